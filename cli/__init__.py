@@ -1,0 +1,1 @@
+"""The `onnx-dns` command line: parse options, call the library, print results."""

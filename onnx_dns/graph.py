@@ -1,0 +1,97 @@
+"""Small read-only helpers over an ONNX graph shared by the passes: producers, consumers, initializers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Map each value name to the (node, input index) pairs that read it."""
+    table: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name:
+                table[name].append((node, index))
+    return table
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Map each value name to the node that writes it."""
+    return {name: node for node in graph.node for name in node.output if name}
+
+
+def initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in graph.initializer}
+
+
+def to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(tensor)
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """A stable, readable name for a node: its own name, else op type and position."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def unique_name(taken: set[str], wanted: str) -> str:
+    """`wanted`, or `wanted_1`, `wanted_2`... whichever is not in `taken`; the result is added to `taken`."""
+    name, n = wanted, 0
+    while name in taken:
+        n += 1
+        name = f"{wanted}_{n}"
+    taken.add(name)
+    return name
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    names |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def sparse_to_array(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """Densify a COO sparse tensor (1-D linearized or 2-D coordinate indices)."""
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    shape = tuple(sparse.dims)
+    dense = np.zeros(int(np.prod(shape)), dtype=values.dtype)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(tuple(indices.T), shape) if indices.size else indices.reshape(-1)
+    dense[indices] = values
+    return dense.reshape(shape)
+
+
+def array_to_sparse(array: np.ndarray, name: str) -> onnx.SparseTensorProto:
+    """COO sparse tensor of the nonzeros of `array`, with 1-D linearized INT64 indices (what onnx.checker wants)."""
+    flat = array.reshape(-1)
+    indices = np.flatnonzero(flat).astype(np.int64)
+    values = numpy_helper.from_array(flat[indices], name)
+    return onnx.helper.make_sparse_tensor(values, numpy_helper.from_array(indices, name + "_indices"), array.shape)
+
+
+def sparse_nbytes(nonzeros: int, itemsize: int) -> int:
+    """Bytes a COO sparse tensor stores: the values plus one INT64 index each."""
+    return nonzeros * (itemsize + 8)
+
+
+def replace_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose named initializers hold the given values (same dtype as before)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in arrays:
+            dtype = numpy_helper.to_array(tensor).dtype if tensor.data_type != onnx.TensorProto.BFLOAT16 else None
+            value = np.asarray(arrays[tensor.name], dtype=dtype)
+            if tuple(value.shape) != tuple(tensor.dims):
+                raise ValueError(f"{tensor.name}: new value has shape {value.shape}, expected {tuple(tensor.dims)}")
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    return out

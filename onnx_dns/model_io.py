@@ -1,0 +1,128 @@
+"""Load and save ONNX models: clear errors for bad files, external data, atomic writes.
+
+onnxruntime-training 1.19 accepts IR version <= 10 and default-domain opset <= 21, so a model beyond those
+limits is refused here, before any work starts, with the versions named.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from onnx_dns.errors import ModelError, OutputError
+
+MAX_IR_VERSION = 10
+MAX_OPSET = 21
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(source: str | os.PathLike | bytes, *, check: bool = True) -> onnx.ModelProto:
+    """Read a model from a path or bytes, with its external data, and refuse what training cannot take."""
+    if isinstance(source, (bytes, bytearray)):
+        name = "<bytes>"
+        try:
+            model = onnx.load_from_string(bytes(source))
+        except Exception as exc:
+            raise ModelError(f"{name}: not an ONNX model ({_short(exc)})") from exc
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise ModelError(f"{name}: no such file; give the path of an .onnx model")
+        if path.is_dir():
+            raise ModelError(f"{name}: is a directory; give the path of an .onnx model file")
+        if path.stat().st_size == 0:
+            raise ModelError(f"{name}: the file is empty; re-export the model")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise ModelError(
+                f"{name}: not a readable ONNX model, truncated or corrupted ({_short(exc)}); re-export it"
+            ) from exc
+        if _uses_external_data(model):
+            try:
+                onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+            except Exception as exc:
+                raise ModelError(
+                    f"{name}: its external data could not be read ({_short(exc)}); keep the data files "
+                    "beside the model under the names it records"
+                ) from exc
+    if not model.graph.node:
+        raise ModelError(f"{name}: not an ONNX model (the graph has no nodes); check the file")
+    check_versions(model, name)
+    if check and model.ByteSize() < PROTOBUF_LIMIT:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            raise ModelError(f"{name}: fails onnx.checker ({_short(exc)}); fix or re-export the model") from exc
+    return model
+
+
+def check_versions(model: onnx.ModelProto, name: str = "model") -> None:
+    """Refuse IR and opset versions newer than onnxruntime-training 1.19 runs."""
+    if model.ir_version > MAX_IR_VERSION:
+        raise ModelError(
+            f"{name}: IR version {model.ir_version} is newer than onnxruntime-training 1.19 accepts "
+            f"(at most {MAX_IR_VERSION}); re-export with onnx<1.18 or set the model's ir_version to "
+            f"{MAX_IR_VERSION} if it uses no newer feature"
+        )
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > MAX_OPSET:
+            raise ModelError(
+                f"{name}: opset {opset.version} is newer than onnxruntime-training 1.19 accepts "
+                f"(at most {MAX_OPSET}); re-export with opset_version={MAX_OPSET} or lower"
+            )
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:
+    """Write a model atomically (temporary file, then rename); models near the 2 GB limit get external data.
+
+    `forbid` names the input model: writing over it is refused so the input is never modified.
+    """
+    path = Path(path)
+    if forbid is not None and path.resolve() == Path(forbid).resolve():
+        raise OutputError(f"{path}: the output path is the input model; choose another output path")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise OutputError(f"{path}: the directory {directory} does not exist; create it or choose another path")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"{path}: the directory {directory} is not writable; choose another output path")
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        tmp_model = Path(tmpdir) / path.name
+        data_name = path.name + ".data"
+        try:
+            if external:
+                onnx.save_model(
+                    model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024,
+                )
+            else:
+                onnx.save_model(model, str(tmp_model))
+        except OSError as exc:
+            raise OutputError(f"{path}: writing failed ({exc.strerror or exc}); free space or choose another path") from exc
+        if external:
+            os.replace(Path(tmpdir) / data_name, directory / data_name)
+        os.replace(tmp_model, path)
+    finally:
+        for leftover in Path(tmpdir).iterdir() if Path(tmpdir).exists() else ():
+            leftover.unlink()
+        if Path(tmpdir).exists():
+            os.rmdir(tmpdir)
+    return path
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

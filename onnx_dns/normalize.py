@@ -1,0 +1,51 @@
+"""Passes that bring a user's model into the shape the other passes expect, without changing what it computes.
+
+- `lift_constants`: Constant nodes holding a tensor become initializers (exporters put weights in them).
+- `densify_sparse`: sparse initializers become dense ones (training cannot take them).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import numpy_helper
+
+from onnx_dns.graph import sparse_to_array
+from onnx_dns.passes import PassResult
+
+
+def lift_constants(model: onnx.ModelProto) -> PassResult:
+    """Turn top-level `Constant` nodes with a `value` tensor into initializers of the same name."""
+    lifted = [n for n in model.graph.node if n.op_type == "Constant" and _value_attribute(n) is not None]
+    if not lifted:
+        return PassResult(model, False)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [n for n in out.graph.node if not (n.op_type == "Constant" and _value_attribute(n) is not None)]
+    for node in lifted:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(_value_attribute(node).t)
+        tensor.name = node.output[0]
+        out.graph.initializer.append(tensor)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return PassResult(out, True)
+
+
+def densify_sparse(model: onnx.ModelProto) -> PassResult:
+    """Replace each sparse initializer by the dense initializer it stands for."""
+    if not model.graph.sparse_initializer:
+        return PassResult(model, False)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for sparse in out.graph.sparse_initializer:
+        dense = numpy_helper.from_array(sparse_to_array(sparse), sparse.values.name)
+        out.graph.initializer.append(dense)
+    del out.graph.sparse_initializer[:]
+    return PassResult(out, True)
+
+
+def _value_attribute(node: onnx.NodeProto) -> onnx.AttributeProto | None:
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+            return attr
+    return None

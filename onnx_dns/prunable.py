@@ -1,0 +1,141 @@
+"""Find the prunable weights of a model: the float initializers that serve as weights and biases of
+Conv, ConvTranspose, Gemm and MatMul (with the Add that follows a MatMul as its bias).
+
+Everything else (shape constants, BatchNorm statistics, embedding tables, quantization scales) is left alone.
+A weight read by several nodes, directly or through Identity nodes, is one layer with one mask.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnx_dns.graph import FLOAT_TYPES, consumers, initializers, node_label, producers
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class PrunableTensor:
+    """One initializer that gets a mask: a layer's weight or its bias."""
+
+    name: str
+    role: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A prunable weight with its optional bias, named after the node that first uses it."""
+
+    name: str
+    op: str
+    weight: PrunableTensor
+    bias: PrunableTensor | None
+
+    @property
+    def tensors(self) -> tuple[PrunableTensor, ...]:
+        return (self.weight,) if self.bias is None else (self.weight, self.bias)
+
+    @property
+    def params(self) -> int:
+        return sum(t.size for t in self.tensors)
+
+
+def find_layers(
+    model: onnx.ModelProto,
+    *,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    biases: bool = True,
+) -> list[Layer]:
+    """The prunable layers of `model` in graph order.
+
+    `include`/`exclude` are globs matched against the layer name and the weight's initializer name;
+    `biases=False` leaves biases unmasked (the paper prunes them).
+    """
+    graph = model.graph
+    inits = {n: t for n, t in initializers(graph).items() if t.data_type in FLOAT_TYPES}
+    graph_inputs = {v.name for v in graph.input}
+    made_by = producers(graph)
+    read_by = consumers(graph)
+
+    def source(name: str) -> str | None:
+        seen = set()
+        while name not in inits:
+            node = made_by.get(name)
+            if node is None or node.op_type != "Identity" or name in seen:
+                return None
+            seen.add(name)
+            name = node.input[0]
+        return None if name in graph_inputs else name
+
+    layers: list[Layer] = []
+    claimed: set[str] = set()
+    taken_names: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if node.op_type not in WEIGHT_OPS:
+            continue
+        found = _weight_and_bias(node, source, read_by)
+        if found is None:
+            continue
+        weight, bias = found
+        if weight in claimed:
+            continue
+        claimed.add(weight)
+        if bias is not None and (bias in claimed or bias == weight):
+            bias = None
+        if bias is not None:
+            claimed.add(bias)
+        name = node_label(node, index)
+        if name in taken_names:
+            name = f"{name}_{index}"
+        taken_names.add(name)
+        layer = Layer(
+            name=name,
+            op=node.op_type,
+            weight=PrunableTensor(weight, "weight", tuple(inits[weight].dims)),
+            bias=PrunableTensor(bias, "bias", tuple(inits[bias].dims)) if bias and biases else None,
+        )
+        if _selected(layer, include, exclude):
+            layers.append(layer)
+    return layers
+
+
+def _weight_and_bias(node, source, read_by) -> tuple[str, str | None] | None:
+    def init_at(i: int) -> str | None:
+        return source(node.input[i]) if len(node.input) > i and node.input[i] else None
+
+    if node.op_type in ("Conv", "ConvTranspose"):
+        weight = init_at(1)
+        return None if weight is None else (weight, init_at(2))
+    if node.op_type == "Gemm":
+        weight = init_at(1) or init_at(0)
+        return None if weight is None else (weight, init_at(2))
+    weight = init_at(1) or init_at(0)
+    if weight is None:
+        return None
+    users = read_by.get(node.output[0], [])
+    if len(users) == 1 and users[0][0].op_type == "Add":
+        add = users[0][0]
+        other = add.input[1 - users[0][1]]
+        bias = source(other)
+        if bias is not None:
+            return weight, bias
+    return weight, None
+
+
+def _selected(layer: Layer, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    names = (layer.name, layer.weight.name)
+
+    def matches(patterns: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+    return (not include or matches(include)) and not matches(exclude)

@@ -1,0 +1,180 @@
+"""Inspect a model: per-layer parameters, nonzeros and sparsity, totals, compression, file sizes, versions,
+and the operators onnxruntime-training cannot differentiate on CPU (so a user knows before training)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_dns.graph import initializers, to_array
+from onnx_dns.insert_masks import read_masks
+from onnx_dns.normalize import densify_sparse, lift_constants
+from onnx_dns.prunable import Layer, find_layers
+
+NO_CPU_GRADIENT = {
+    "LRN": "no gradient",
+    "GlobalMaxPool": "no gradient; ReduceMax over the spatial axes is equivalent",
+    "InstanceNormalization": "no gradient",
+    "Einsum": "no gradient",
+    "PRelu": "no gradient",
+    "Elu": "no gradient",
+    "HardSigmoid": "no gradient",
+    "HardSwish": "no gradient",
+    "Upsample": "no gradient",
+    "Sum": "no gradient; a chain of Add is equivalent",
+    "DepthToSpace": "no gradient",
+    "ConvTranspose": "gradient on CUDA only",
+    "Resize": "gradient on CUDA only",
+}
+
+
+@dataclass
+class LayerStats:
+    name: str
+    op: str
+    shape: list[int]
+    params: int
+    nonzeros: int
+    weight_params: int
+    weight_nonzeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return 100.0 * (1 - self.nonzeros / self.params) if self.params else 0.0
+
+
+@dataclass
+class ModelReport:
+    path: str | None
+    file_size: int | None
+    gzip_size: int | None
+    ir_version: int
+    opsets: dict[str, int]
+    layers: list[LayerStats]
+    untrainable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return sum(x.params for x in self.layers)
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(x.nonzeros for x in self.layers)
+
+    @property
+    def weight_params(self) -> int:
+        return sum(x.weight_params for x in self.layers)
+
+    @property
+    def weight_nonzeros(self) -> int:
+        return sum(x.weight_nonzeros for x in self.layers)
+
+    @property
+    def compression(self) -> float:
+        """Parameters over nonzeros, biases counted (the paper's way)."""
+        return self.params / max(self.nonzeros, 1)
+
+    @property
+    def weight_compression(self) -> float:
+        """Parameters over nonzeros, weights only."""
+        return self.weight_params / max(self.weight_nonzeros, 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for layer, stats in zip(data["layers"], self.layers):
+            layer["sparsity"] = round(stats.sparsity, 4)
+        data["totals"] = {
+            "params": self.params, "nonzeros": self.nonzeros, "compression": round(self.compression, 4),
+            "weight_params": self.weight_params, "weight_nonzeros": self.weight_nonzeros,
+            "weight_compression": round(self.weight_compression, 4),
+        }
+        return data
+
+
+def layer_stats(model: onnx.ModelProto, layers: list[Layer]) -> list[LayerStats]:
+    """Parameter and nonzero counts per layer; a masked model counts its masks' nonzeros."""
+    inits = initializers(model.graph)
+    masks = read_masks(model)
+    stats = []
+    for layer in layers:
+        counts = []
+        for tensor in layer.tensors:
+            values = masks[tensor.name] if tensor.name in masks else to_array(inits[tensor.name])
+            counts.append(int(np.count_nonzero(values)))
+        stats.append(LayerStats(
+            name=layer.name, op=layer.op, shape=list(layer.weight.shape), params=layer.params,
+            nonzeros=sum(counts), weight_params=layer.weight.size, weight_nonzeros=counts[0],
+        ))
+    return stats
+
+
+def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> ModelReport:
+    """Everything `onnx-dns inspect` prints, computed from a loaded model (and its file, when given)."""
+    file_size = gzip_size = None
+    if path is not None:
+        raw = Path(path).read_bytes()
+        file_size = len(raw)
+        gzip_size = len(gzip.compress(raw, compresslevel=6))
+    prepared = densify_sparse(lift_constants(model).model).model
+    layers = find_layers(prepared)
+    ops = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")})
+    return ModelReport(
+        path=str(path) if path is not None else None,
+        file_size=file_size,
+        gzip_size=gzip_size,
+        ir_version=model.ir_version,
+        opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        layers=layer_stats(prepared, layers),
+        untrainable={op: NO_CPU_GRADIENT[op] for op in ops if op in NO_CPU_GRADIENT},
+    )
+
+
+def format_table(stats: list[LayerStats]) -> str:
+    """A plain-text per-layer table with a totals row."""
+    rows = [("layer", "op", "shape", "params", "nonzeros", "sparsity")]
+    for s in stats:
+        rows.append((s.name, s.op, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}", f"{s.sparsity:.2f}%"))
+    params = sum(s.params for s in stats)
+    nonzeros = sum(s.nonzeros for s in stats)
+    rows.append(("total", "", "", f"{params:,}", f"{nonzeros:,}",
+                 f"{100 * (1 - nonzeros / params) if params else 0:.2f}%"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {3, 4, 5}
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0 or k == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_report(report: ModelReport) -> str:
+    lines = [format_table(report.layers)]
+    lines.append(
+        f"compression {report.compression:.1f}x with biases ({report.params:,} -> {report.nonzeros:,}), "
+        f"{report.weight_compression:.1f}x weights only"
+    )
+    if report.file_size is not None:
+        lines.append(f"file {human_bytes(report.file_size)}, gzip {human_bytes(report.gzip_size)}")
+    opsets = ", ".join(f"{d} {v}" for d, v in sorted(report.opsets.items()))
+    lines.append(f"IR version {report.ir_version}, opsets: {opsets}")
+    if report.untrainable:
+        lines.append("operators without a CPU gradient in onnxruntime-training:")
+        lines.extend(f"  {op}: {why}" for op, why in report.untrainable.items())
+    return "\n".join(lines)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
