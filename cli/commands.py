@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.main import emit_json, handle_errors, main
+from onnx_dns.errors import AccuracyBoundError, OutputError
 from onnx_dns.model_io import load_model
 from onnx_dns.report import format_report, inspect_model
 
@@ -23,8 +24,193 @@ def inspect(model: str, as_json: bool) -> None:
     Example:
       onnx-dns inspect models/lenet5/model.onnx --json
     """
-    report = inspect_model(load_model(model, check=False), model)
+    report = inspect_model(load_model(model), model)
     if as_json:
         emit_json(report.to_dict())
     else:
         click.echo(format_report(report))
+
+
+def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
+    """NAME=VALUE options into a dict, with an error that names the option at fault."""
+    result = {}
+    for item in values:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint=option)
+        try:
+            result[name] = cast(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {value!r} is not a number", param_hint=option) from None
+    return result
+
+
+def _target(value: str | None) -> float | None:
+    if value is None:
+        return None
+    text = str(value).strip().lower().removesuffix("x")
+    try:
+        number = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a compression such as 100x", param_hint="--target") from None
+    if not number >= 1:
+        raise click.BadParameter(f"{value!r}: the compression must be at least 1x", param_hint="--target")
+    return number
+
+
+TRAIN_DEFAULTS = {"iterations": 10000, "batch_size": 64, "lr": 0.01, "optimizer": "sgd", "schedule": "inv",
+                  "warmup": 0, "seed": 0, "eval_every": 1000, "checkpoint_every": 1000, "eval_batch_size": 1000,
+                  "threads": 0}
+OTHER_DEFAULTS = {"data": None, "val": None, "distill": None, "distill_weight": 0.5, "temperature": 4.0,
+                  "task": None, "output_name": None, "target": None, "default_c": 1.0, "surgery_stop": None,
+                  "weight_decay": None, "max_accuracy_drop": None, "c": {}, "sparsity": {}, "stop": {},
+                  "include": (), "exclude": (), "biases": True}
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=str),
+              help="Where to write the compressed model.")
+@click.option("--data", help="Training data: a .npz (arrays named after the model inputs, plus 'labels'), "
+              "a folder of .npy or MNIST-style idx files, or module:function returning batches.")
+@click.option("--val", help="Validation data (same forms). Default: the idx folder's test split, else 10% of --data.")
+@click.option("--distill/--no-distill", default=None,
+              help="Learn from the input model's outputs (knowledge distillation). Automatic without labels.")
+@click.option("--distill-weight", type=click.FloatRange(0, 1), help="Share of distillation in the loss when "
+              "there are labels too.  [default: 0.5]")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Distillation temperature.  [default: 4]")
+@click.option("--task", type=click.Choice(["classify", "regress"]), help="What the output is. Default: classify "
+              "with integer labels or a Softmax output, else regress.")
+@click.option("--output-name", help="The model output to train on.  [default: the first]")
+@click.option("--target", help="Total compression to reach, e.g. 100x (beyond the paper: per-layer thresholds "
+              "follow a cubic schedule to it).")
+@click.option("--c", "c_values", multiple=True, metavar="NAME=VALUE",
+              help="Paper mode: threshold knob c of one layer (t = mean + c*std of |w|). Repeatable.")
+@click.option("--default-c", type=float, help="c of layers not named by --c.  [default: 1.0]")
+@click.option("--sparsity", "sparsities", multiple=True, metavar="NAME=FRACTION",
+              help="Target mode: the final sparsity of one layer, e.g. conv1=0.8. Repeatable.")
+@click.option("--stop", "stops", multiple=True, metavar="NAME=ITER",
+              help="Iteration after which one layer's mask stops changing. Repeatable.")
+@click.option("--surgery-stop", type=click.IntRange(min=1), help="Stop iteration of layers not named by --stop. "
+              "[default: all iterations; 75% of them with --target]")
+@click.option("--include", multiple=True, metavar="GLOB", help="Prune only layers whose name or weight matches.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Never prune layers whose name or weight matches.")
+@click.option("--biases/--no-biases", default=None, help="Prune biases with their layer (the paper does).  "
+              "[default: biases]")
+@click.option("--iterations", type=click.IntRange(min=1), help="Training iterations.  [default: 10000]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[default: 64]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.  [default: 0.01]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]),
+              help="sgd: momentum 0.9, weight decay 5e-4 (the paper's); adamw.  [default: sgd]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="[default: 5e-4 sgd, 1e-4 adamw]")
+@click.option("--schedule", type=click.Choice(["inv", "step", "cosine", "constant"]),
+              help="Learning-rate schedule; inv is Caffe's (gamma 1e-4, power 0.75).  [default: inv]")
+@click.option("--warmup", type=click.IntRange(min=0), help="Linear warm-up iterations.  [default: 0]")
+@click.option("--seed", type=int, help="Seed of shuffling and surgery draws; same seed, same result.  [default: 0]")
+@click.option("--eval-every", type=click.IntRange(min=1), help="Validate every N iterations.  [default: 1000]")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), help="[default: 1000]")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), help="[default: 1000]")
+@click.option("--threads", type=click.IntRange(min=0), help="onnxruntime threads; 0 lets it choose.  [default: 0]")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
+              help="Fail (exit 6) when validation accuracy drops more than this many points; the best state "
+              "within the bound is kept, and a model that misses it is written as NAME.below-bound.onnx.")
+@click.option("--dense", is_flag=True, help="Write plain initializers with exact zeros instead of sparse ones "
+              "(for tools that cannot read sparse initializers).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=str), metavar="DIR",
+              help="Continue an interrupted run from the checkpoint in its work folder DIR.")
+@click.option("--work-dir", type=click.Path(path_type=str), help="Checkpoints and training graphs.  "
+              "[default: OUTPUT.dns-work, removed after success]")
+@click.option("--keep-work", is_flag=True, help="Keep the work folder after success.")
+@click.option("--report", "report_path", type=click.Path(path_type=str), help="Write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress; only the summary line and errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every evaluation on its own line.")
+@click.pass_context
+@handle_errors
+def compress(ctx: click.Context, model: str, output_path: str, report_path: str | None, as_json: bool, quiet: bool,
+             verbose: bool, dense: bool, resume_dir: str | None, work_dir: str | None, keep_work: bool,
+             **given) -> None:
+    """Compress MODEL with Dynamic Network Surgery and write it to OUTPUT.
+
+    Fine-tunes MODEL in onnxruntime-training while pruning small weights and splicing back the ones that
+    grow again, then writes the model with masks folded in (sparse initializers, or --dense). Options not
+    given come from a dns.json beside MODEL when there is one (the bundled reference models have one).
+
+    \b
+    Examples:
+      onnx-dns compress models/lenet5/model.onnx -o lenet5.dns.onnx
+      onnx-dns compress model.onnx --data train.npz --target 50x --max-accuracy-drop 0.5 -o model.dns.onnx
+      onnx-dns compress model.onnx --data inputs.npz --distill -o model.dns.onnx   # no labels needed
+    """
+    from cli.progress import Progress
+    from onnx_dns.compress import CompressOptions, compress as run_compress
+    from onnx_dns.report import format_table
+    from onnx_dns.settings import load_settings
+    from onnx_dns.trainer import TrainConfig
+
+    settings = load_settings(model)
+    unknown = set(settings) - set(TRAIN_DEFAULTS) - set(OTHER_DEFAULTS)
+    if unknown:
+        raise click.UsageError(f"{model}: dns.json has unknown setting {sorted(unknown)[0]!r}")
+    given["c"] = _pairs(given.pop("c_values"), "--c", float) or None
+    given["sparsity"] = _pairs(given.pop("sparsities"), "--sparsity", float) or None
+    given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
+    given["include"] = given["include"] or None
+    given["exclude"] = given["exclude"] or None
+
+    def pick(key: str):
+        if given.get(key) is not None:
+            return given[key]
+        if key in settings:
+            return settings[key]
+        return TRAIN_DEFAULTS.get(key, OTHER_DEFAULTS.get(key))
+
+    train = TrainConfig(**{k: pick(k) for k in TRAIN_DEFAULTS}, weight_decay=pick("weight_decay"),
+                        max_accuracy_drop=pick("max_accuracy_drop"))
+    options = CompressOptions(
+        data=pick("data"), val=pick("val"), distill=pick("distill"), distill_weight=pick("distill_weight"),
+        temperature=pick("temperature"), task=pick("task"), output=pick("output_name"),
+        target=_target(pick("target")), c=dict(pick("c")), default_c=pick("default_c"),
+        sparsity=dict(pick("sparsity")), stop={k: int(v) for k, v in dict(pick("stop")).items()},
+        surgery_stop=pick("surgery_stop"), include=tuple(pick("include")), exclude=tuple(pick("exclude")),
+        biases=pick("biases"), train=train, dense=dense, work_dir=resume_dir or work_dir, keep_work=keep_work,
+    )
+    progress = Progress(0 if quiet else (2 if verbose else 1))
+    result = run_compress(model, output_path, options, progress=progress, resume=resume_dir is not None)
+    data = result.to_dict()
+    if report_path:
+        _write_json(report_path, data)
+    if as_json:
+        emit_json(data)
+    elif not quiet:
+        click.echo(format_table(result.layers_after))
+    click.echo(summary_line(result))
+    if not result.met_bound:
+        raise AccuracyBoundError(
+            f"accuracy dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
+            f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
+
+
+def summary_line(result) -> str:
+    from onnx_dns.report import human_bytes
+
+    before, after = result.accuracy_before, result.accuracy_after
+    return (f"params {result.params:,} -> {result.nonzeros:,} ({result.compression:.1f}x; "
+            f"{result.weight_compression:.1f}x weights only), {before.label} {before.score:.2f} -> {after.score:.2f} "
+            f"on {before.samples} samples, file {human_bytes(result.file_size_before)} -> "
+            f"{human_bytes(result.file_size_after)}, {result.seconds:.0f} s -> {result.output}")
+
+
+def _write_json(path: str, data: dict) -> None:
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise OutputError(f"{path}: the directory {target.parent} does not exist; create it or choose another path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, target)

@@ -84,13 +84,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     `forbid` names the input model: writing over it is refused so the input is never modified.
     """
     path = Path(path)
-    if forbid is not None and path.resolve() == Path(forbid).resolve():
-        raise OutputError(f"{path}: the output path is the input model; choose another output path")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OutputError(f"{path}: the directory {directory} does not exist; create it or choose another path")
-    if not os.access(directory, os.W_OK):
-        raise OutputError(f"{path}: the directory {directory} is not writable; choose another output path")
+    directory = check_output_path(path, forbid=forbid)
     external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
     try:
@@ -98,15 +92,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
         data_name = path.name + ".data"
         try:
             if external:
+                # onnx.save_model converts the tensors it writes to external references in place: save a copy
+                # so that the caller's model keeps its weights.
+                copy = onnx.ModelProto()
+                copy.CopyFrom(model)
                 onnx.save_model(
-                    model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                    copy, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024,
                 )
             else:
                 onnx.save_model(model, str(tmp_model))
         except OSError as exc:
             raise OutputError(f"{path}: writing failed ({exc.strerror or exc}); free space or choose another path") from exc
-        if external:
+        if external and (Path(tmpdir) / data_name).exists():
             os.replace(Path(tmpdir) / data_name, directory / data_name)
         os.replace(tmp_model, path)
     finally:
@@ -115,6 +113,24 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
         if Path(tmpdir).exists():
             os.rmdir(tmpdir)
     return path
+
+
+def check_output_path(path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:
+    """Refuse an output path that is the input model or lies in a missing or read-only directory.
+
+    Returns the directory the output goes to. Called before long work starts, and again when writing.
+    """
+    path = Path(path)
+    if forbid is not None and path.resolve() == Path(forbid).resolve():
+        raise OutputError(f"{path}: the output path is the input model; choose another output path")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file path such as {path / 'model.dns.onnx'}")
+    directory = path.parent
+    if not directory.is_dir():
+        raise OutputError(f"{path}: the directory {directory} does not exist; create it or choose another path")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"{path}: the directory {directory} is not writable; choose another output path")
+    return directory
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:

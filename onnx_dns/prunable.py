@@ -3,6 +3,7 @@ Conv, ConvTranspose, Gemm and MatMul (with the Add that follows a MatMul as its 
 
 Everything else (shape constants, BatchNorm statistics, embedding tables, quantization scales) is left alone.
 A weight read by several nodes, directly or through Identity nodes, is one layer with one mask.
+In a masked model (see insert_masks) the mask's Mul is seen through as well, so the same layers are found.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 
 from onnx_dns.graph import FLOAT_TYPES, consumers, initializers, node_label, producers
+from onnx_dns.insert_masks import mask_name, masked_name
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -71,7 +73,7 @@ def find_layers(
         seen = set()
         while name not in inits:
             node = made_by.get(name)
-            if node is None or node.op_type != "Identity" or name in seen:
+            if node is None or not (node.op_type == "Identity" or _is_mask_mul(node)) or name in seen:
                 return None
             seen.add(name)
             name = node.input[0]
@@ -80,7 +82,9 @@ def find_layers(
     layers: list[Layer] = []
     claimed: set[str] = set()
     taken_names: set[str] = set()
-    for index, node in enumerate(graph.node):
+    # Positions count the model's own nodes only, so unnamed layers keep their names once masks are inserted.
+    unmasked_nodes = [n for n in graph.node if not _is_mask_mul(n)]
+    for index, node in enumerate(unmasked_nodes):
         if node.op_type not in WEIGHT_OPS:
             continue
         found = _weight_and_bias(node, source, read_by)
@@ -107,6 +111,14 @@ def find_layers(
         if _selected(layer, include, exclude):
             layers.append(layer)
     return layers
+
+
+def _is_mask_mul(node: onnx.NodeProto) -> bool:
+    """The `Mul(W, W__dns_mask) -> W__dns_masked` node that insert_masks adds."""
+    return (
+        node.op_type == "Mul" and len(node.input) == 2 and len(node.output) == 1
+        and node.output[0] == masked_name(node.input[0]) and node.input[1] == mask_name(node.input[0])
+    )
 
 
 def _weight_and_bias(node, source, read_by) -> tuple[str, str | None] | None:

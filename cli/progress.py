@@ -1,0 +1,83 @@
+"""Training progress for people and for logs: a one-line bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """Receives the trainer's events. `verbosity`: 0 quiet, 1 normal, 2 verbose (every evaluation in full)."""
+
+    def __init__(self, verbosity: int = 1, stream=None) -> None:
+        self.verbosity = verbosity
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.perf_counter()
+        self.first_iteration = 0
+        self.last_line = 0.0
+        self.metric = "-"
+
+    def _echo(self, text: str) -> None:
+        click.echo(text, file=self.stream)
+
+    def __call__(self, event: dict) -> None:
+        if self.verbosity == 0:
+            return
+        kind = event["event"]
+        if kind == "building":
+            self._echo(f"building training graphs for {event['layers']} prunable layers ...")
+        elif kind == "start":
+            self.start = time.perf_counter()
+            self.first_iteration = event["iteration"]
+            self.metric = event["baseline"].describe()
+            where = f"resuming at iteration {event['iteration']}" if event["iteration"] else "training"
+            self._echo(f"{where}: {event['iterations']} iterations; before: {self.metric}")
+        elif kind == "rollback":
+            self._clear()
+            self._echo(f"loss diverged: rolled back to iteration {event['iteration']}, learning rate x{event['lr_scale']:g}")
+        elif kind == "step":
+            self._step(event)
+        elif kind == "writing":
+            self._clear()
+            self._echo(f"writing {event['path']}")
+
+    def _step(self, event: dict) -> None:
+        i, n = event["iteration"], event["iterations"]
+        if event["evaluated"]:
+            self.metric = event["metrics"].describe()
+        elapsed = time.perf_counter() - self.start
+        done = i - self.first_iteration
+        eta = elapsed / done * (n - i) if done else 0.0
+        status = (f"{i}/{n}  loss {event['loss']:.4f}  compression {event['compression']:.1f}x  "
+                  f"val {self.metric}  eta {_duration(eta)}")
+        if self.tty:
+            if time.perf_counter() - self.last_line < 0.1 and i != n and not event["evaluated"]:
+                return
+            width = 24
+            filled = int(width * i / max(n, 1))
+            self.stream.write("\r\x1b[2K[" + "#" * filled + "-" * (width - filled) + "] " + status)
+            self.stream.flush()
+            self.last_line = time.perf_counter()
+            if event["evaluated"] and self.verbosity > 1:
+                self.stream.write("\n")
+            if i == n:
+                self.stream.write("\n")
+        elif event["evaluated"] or (self.verbosity > 1 and i % 100 == 0):
+            self._echo(f"iteration {status}  ({_duration(elapsed)})")
+
+    def _clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()

@@ -1,0 +1,105 @@
+"""Build onnxruntime-training artifacts (training graph, eval graph, checkpoint) from a masked model.
+
+The loss is attached as ONNX nodes (losses.py); weights and biases require gradients, masks are frozen
+parameters the host rewrites between steps, and the mask gradient is rewired straight-through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnx_dns.errors import TrainingError
+from onnx_dns.fold import fold_masks
+from onnx_dns.graph import FLOAT_TYPES, initializers
+from onnx_dns.insert_masks import mask_pairs
+from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
+from onnx_dns.ort_training import artifacts, captured_stderr
+from onnx_dns.prunable import find_layers
+from onnx_dns.straight_through import rewire_straight_through
+
+NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2)}
+
+
+@dataclass(frozen=True)
+class TrainingArtifacts:
+    directory: Path
+    training_model: Path
+    eval_model: Path
+    checkpoint: Path
+    inputs: tuple[str, ...]
+    targets: tuple[str, ...]
+    outputs: tuple[str, ...]
+    trainable: tuple[str, ...]
+    masks: dict[str, str]
+
+
+def trainable_parameters(model: onnx.ModelProto) -> list[str]:
+    """Weights and biases of every Conv/Gemm/MatMul layer (masked or not) and the scale and shift of
+    normalization layers. BatchNorm running statistics and all other constants stay frozen."""
+    names = [t.name for layer in find_layers(model) for t in layer.tensors]
+    inits = initializers(model.graph)
+    for node in model.graph.node:
+        for index in NORMALIZATION_PARAMS.get(node.op_type, ()):
+            if len(node.input) > index and node.input[index] in inits:
+                names.append(node.input[index])
+    return [n for n in dict.fromkeys(names) if inits[n].data_type in FLOAT_TYPES]
+
+
+def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: str | Path) -> TrainingArtifacts:
+    """Write the training artifacts of `masked_model` with `loss` into `directory` and describe them."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    masks = mask_pairs(masked_model)
+    graph_inputs = [i.name for i in masked_model.graph.input]
+    init_names = set(initializers(masked_model.graph))
+    user_inputs = tuple(n for n in graph_inputs if n not in init_names)
+    trainable = [n for n in trainable_parameters(_unmasked_view(masked_model)) if n not in masks.values()]
+    with_loss = attach_loss(masked_model, loss)
+    with captured_stderr() as log:
+        try:
+            artifacts.generate_artifacts(
+                with_loss, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
+                artifact_directory=str(directory),
+            )
+        except Exception as exc:
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        raise TrainingError(_explain(failure, log[0] if log else "")) from failure
+    training_path = directory / "training_model.onnx"
+    training = onnx.load(str(training_path))
+    try:
+        rewired = rewire_straight_through(training, masks).model
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    onnx.save(rewired, str(training_path))
+    return TrainingArtifacts(
+        directory=directory,
+        training_model=training_path,
+        eval_model=directory / "eval_model.onnx",
+        checkpoint=directory / "checkpoint",
+        inputs=user_inputs,
+        targets=loss.targets,
+        outputs=(LOSS_OUTPUT, *[o.name for o in masked_model.graph.output]),
+        trainable=tuple(trainable),
+        masks=masks,
+    )
+
+
+def _unmasked_view(masked_model: onnx.ModelProto) -> onnx.ModelProto:
+    """The masked model with Mul(W, mask) outputs renamed back to W, so layer discovery sees the weights."""
+    return fold_masks(masked_model, sparse=False).model
+
+
+def _explain(exc: Exception, log: str) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    for op in ("No gradient", "not supported", "Failed to find gradient"):
+        for line in log.splitlines() + text:
+            if op.lower() in line.lower():
+                return f"onnxruntime-training cannot build the gradient graph: {line.strip()[:300]}"
+    return f"onnxruntime-training cannot build the training graph: {first[:300]}"

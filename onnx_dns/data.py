@@ -1,0 +1,275 @@
+"""Training and validation data: `.npz` files, folders of `.npy` or MNIST-style idx files, or `module:function`.
+
+Arrays are named after the model's inputs, with an optional `labels` array. Everything is checked against the
+model's inputs (names, dtypes, shapes) before training starts. Batches are a pure function of (seed, iteration),
+so a run is reproducible from its seed and a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnx_dns.errors import DataError
+from onnx_dns.graph import initializers
+from onnx_dns.idx import find_idx, load_mnist_split
+
+LABELS = "labels"
+IDX_SCALE = 1.0 / 256.0
+
+Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, numpy dtype and shape (None for a symbolic dimension)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype} [{dims}]"
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    inits = set(initializers(model.graph))
+    specs = []
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        specs.append(InputSpec(value.name, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
+    return specs
+
+
+class Dataset:
+    """Arrays held in memory: one per model input, plus optional labels, all with the same first dimension."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str) -> None:
+        self.inputs = inputs
+        self.labels = labels
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def subset(self, index: np.ndarray, source: str) -> Dataset:
+        return Dataset({k: v[index] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[index], source)
+
+    def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        """Hold out `fraction` of the samples (at least one), chosen with `seed`, as a validation set."""
+        order = np.random.default_rng([seed, 7]).permutation(len(self))
+        n_val = max(1, int(round(fraction * len(self))))
+        if n_val >= len(self):
+            raise DataError(f"{self.source}: {len(self)} samples are too few to hold out a validation set; "
+                            "give --val")
+        return (self.subset(np.sort(order[n_val:]), self.source),
+                self.subset(np.sort(order[:n_val]), f"{self.source} (held-out {fraction:.0%})"))
+
+    def batch(self, iteration: int, batch_size: int, seed: int) -> Batch:
+        """Batch number `iteration` of an endless shuffled stream: epoch e uses permutation (seed, e)."""
+        per_epoch = max(len(self) // batch_size, 1)
+        epoch, k = divmod(iteration, per_epoch)
+        order = _permutation(seed, epoch, len(self))
+        index = np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order
+        return ({n: a[index] for n, a in self.inputs.items()},
+                None if self.labels is None else self.labels[index])
+
+    def iterate(self, batch_size: int) -> Iterator[Batch]:
+        """One ordered pass over all samples."""
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield ({n: a[start:stop] for n, a in self.inputs.items()},
+                   None if self.labels is None else self.labels[start:stop])
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    key = (seed, epoch, n)
+    if key not in _PERMUTATIONS:
+        _PERMUTATIONS.clear()
+        _PERMUTATIONS[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERMUTATIONS[key]
+
+
+class CallableData:
+    """Batches from a user function `module:function` returning an iterable of batches.
+
+    A batch is a dict of arrays named after the model's inputs (plus optional `labels`) or a tuple
+    (inputs, labels) for a single-input model. The function is called again for each new pass.
+    Runs are reproducible and resumable when the function yields the same batches each time it is called.
+    """
+
+    def __init__(self, function: Callable[[], Iterable], source: str, specs: list[InputSpec]) -> None:
+        self.function = function
+        self.source = source
+        self.specs = specs
+        self._stream: Iterator | None = None
+        self._position = 0
+
+    def _normalize(self, item) -> Batch:
+        if isinstance(item, dict):
+            arrays = dict(item)
+            labels = arrays.pop(LABELS, None)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and len(self.specs) == 1:
+            arrays, labels = {self.specs[0].name: item[0]}, item[1]
+        else:
+            raise DataError(f"{self.source}: a batch must be a dict of arrays named after the model inputs "
+                            "(and optional 'labels'), or (inputs, labels) for a one-input model")
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        labels = None if labels is None else np.asarray(labels)
+        return check_arrays(arrays, labels, self.specs, self.source)
+
+    def _calls(self) -> Iterator:
+        try:
+            return iter(self.function())
+        except Exception as exc:
+            raise DataError(f"{self.source}: calling it failed ({type(exc).__name__}: {exc})") from exc
+
+    def batch(self, iteration: int, batch_size: int, seed: int) -> Batch:
+        if self._stream is None or iteration != self._position:
+            self._stream, self._position = self._calls(), 0
+            for _ in range(iteration):
+                self._next()
+        self._position += 1
+        return self._normalize(self._next())
+
+    def _next(self):
+        for _ in range(2):
+            try:
+                return next(self._stream)
+            except StopIteration:
+                self._stream = self._calls()
+        raise DataError(f"{self.source}: returned no batches")
+
+    def iterate(self, batch_size: int) -> Iterator[Batch]:
+        for item in self._calls():
+            yield self._normalize(item)
+
+    def __len__(self) -> int:
+        return sum(len(next(iter(b[0].values()))) for b in self.iterate(0))
+
+
+def load_data(spec: str, inputs: list[InputSpec], split: str = "train") -> Dataset | CallableData:
+    """Open `spec` (file, folder or `module:function`) as data for a model with these inputs.
+
+    For an MNIST-style idx folder `split` picks `train` or `t10k`; images are scaled by 1/256 as in the paper.
+    """
+    path = Path(spec)
+    if not path.exists() and ":" in spec and not spec.startswith((".", "/")):
+        return _callable(spec, inputs)
+    if not path.exists():
+        raise DataError(f"{spec}: no such file or folder; give a .npz file, a folder of .npy or idx files, "
+                        "or module:function")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{spec}: unsupported data file; give a .npz, a folder of .npy or idx files, "
+                            "or module:function")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except Exception as exc:
+            raise DataError(f"{spec}: cannot read the .npz file ({exc})") from exc
+        return _dataset(arrays, inputs, str(path))
+    if find_idx(path, "train-images-idx3-ubyte") or find_idx(path, "t10k-images-idx3-ubyte"):
+        return _idx_dataset(path, inputs, split)
+    npys = sorted(path.glob("*.npy"))
+    if npys:
+        return _dataset({p.stem: np.load(p, allow_pickle=False, mmap_mode="r") for p in npys}, inputs, str(path))
+    raise DataError(f"{spec}: the folder holds neither .npy files nor MNIST-style idx files")
+
+
+def _dataset(arrays: dict[str, np.ndarray], inputs: list[InputSpec], source: str) -> Dataset:
+    arrays = dict(arrays)
+    labels = arrays.pop(LABELS, None)
+    names = {s.name for s in inputs}
+    if len(inputs) == 1 and len(arrays) == 1 and not names & set(arrays):
+        arrays = {inputs[0].name: next(iter(arrays.values()))}
+    checked, labels = check_arrays(arrays, labels, inputs, source)
+    return Dataset({k: np.ascontiguousarray(v) for k, v in checked.items()}, labels, source)
+
+
+def _idx_dataset(folder: Path, inputs: list[InputSpec], split: str) -> Dataset:
+    if len(inputs) != 1:
+        raise DataError(f"{folder}: idx image data feeds a model with one input; the model has {len(inputs)}")
+    if split == "t10k" and not find_idx(folder, "t10k-images-idx3-ubyte"):
+        split = "train"
+    images, labels = load_mnist_split(folder, split)
+    spec = inputs[0]
+    if not np.issubdtype(spec.dtype, np.floating):
+        raise DataError(f"{folder}: idx images are fed as floats but input {spec.name} is {spec.dtype}")
+    per_sample = images[0].size
+    rest = [d for d in spec.shape[1:]]
+    if None in rest or int(np.prod(rest)) != per_sample:
+        raise DataError(f"{folder}: idx images have {per_sample} pixels each, which do not fit input "
+                        f"{spec.describe()}")
+    x = (images.reshape((len(images), *rest)).astype(spec.dtype) * spec.dtype.type(IDX_SCALE))
+    return Dataset({spec.name: x}, labels.astype(np.int64), f"{folder} ({split})")
+
+
+def _callable(spec: str, inputs: list[InputSpec]) -> CallableData:
+    module_name, _, attr = spec.partition(":")
+    try:
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")
+        module = importlib.import_module(module_name)
+        function = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise DataError(f"{spec}: cannot import {attr!r} from module {module_name!r} ({exc})") from exc
+    if not callable(function):
+        raise DataError(f"{spec}: {attr!r} is not callable")
+    return CallableData(function, spec, inputs)
+
+
+def check_arrays(arrays: dict[str, np.ndarray], labels: np.ndarray | None, inputs: list[InputSpec],
+                 source: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Check names, dtypes and shapes against the model's inputs; cast floats to the model's float type."""
+    names = [s.name for s in inputs]
+    missing = [n for n in names if n not in arrays]
+    extra = [n for n in arrays if n not in names]
+    if missing:
+        raise DataError(f"{source}: no array for model input {missing[0]!r} (it has {sorted(arrays) or 'none'}); "
+                        f"name the arrays after the model inputs: {', '.join(names)}")
+    if extra:
+        raise DataError(f"{source}: array {extra[0]!r} is not a model input; the model takes {', '.join(names)} "
+                        f"and optional '{LABELS}'")
+    out = {}
+    count = None
+    for spec in inputs:
+        array = np.asarray(arrays[spec.name])
+        if array.dtype != spec.dtype:
+            same_kind = (np.issubdtype(array.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)) or (
+                np.issubdtype(array.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer))
+            if not same_kind:
+                raise DataError(f"{source}: input {spec.name!r} is {array.dtype} but the model wants {spec.dtype}; "
+                                "convert it (and scale it as in training) before saving")
+            array = array.astype(spec.dtype)
+        if array.ndim != len(spec.shape) or any(
+                d is not None and d != a for d, a in zip(spec.shape[1:], array.shape[1:])):
+            raise DataError(f"{source}: input {spec.name!r} has shape {list(array.shape)} but the model wants "
+                            f"{spec.describe()}")
+        if count is not None and len(array) != count:
+            raise DataError(f"{source}: arrays have different numbers of samples ({count} and {len(array)})")
+        count = len(array)
+        out[spec.name] = array
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if count is not None and len(labels) != count:
+            raise DataError(f"{source}: {len(labels)} labels for {count} samples")
+    return out, labels

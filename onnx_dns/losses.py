@@ -1,0 +1,121 @@
+"""Attach a training loss to a model as plain ONNX nodes, so one graph gives the loss and the model's outputs.
+
+Classification (output z of shape (N, C)), with targets computed on the host:
+    hard = -sum_c onehot(y)_c * log_softmax(z)_c                       (cross-entropy on labels)
+    soft = -T^2 * sum_c softmax(z_teacher / T)_c * log_softmax(z / T)_c   (distillation, Hinton et al.)
+    loss = mean over the batch of (w_hard * hard + w_soft * soft)
+The sum over C is written as C times a ReduceMean over all elements, which every opset spells the same way.
+A model ending in Softmax is trained on the Softmax's input (its logits); one ending in LogSoftmax on its
+output, since log_softmax is idempotent.
+Regression (any output shape): loss = mean((y - target)^2), the target being labels or the teacher's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx_dns.graph import producers
+
+LOSS_OUTPUT = "dns_loss"
+HARD_TARGET = "dns_target_hard"
+SOFT_TARGET = "dns_target_soft"
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What the loss compares: `task` is "classify" or "regress"; weights mix labels and distillation."""
+
+    task: str
+    output: str
+    label_weight: float
+    distill_weight: float
+    temperature: float = 4.0
+    num_classes: int | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        names = []
+        if self.label_weight > 0:
+            names.append(HARD_TARGET)
+        if self.distill_weight > 0:
+            names.append(SOFT_TARGET)
+        return tuple(names)
+
+
+def logits_name(model: onnx.ModelProto, output: str) -> str:
+    """The tensor that holds the logits behind `output`: the input of a final Softmax, else `output`."""
+    node = producers(model.graph).get(output)
+    if node is not None and node.op_type == "Softmax":
+        return node.input[0]
+    return output
+
+
+def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:
+    """A copy of `model` with target inputs, the loss nodes, and outputs `[dns_loss, *original outputs]`."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    value = next((o for o in graph.output if o.name == spec.output), None)
+    if value is None:
+        raise ValueError(f"attach_loss: the model has no output named {spec.output!r}")
+    elem = value.type.tensor_type.elem_type
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    nodes: list[onnx.NodeProto] = []
+    terms: list[str] = []
+
+    def const(name: str, number: float) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.array(number, dtype=dtype), f"dns_loss_{name}"))
+        return f"dns_loss_{name}"
+
+    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [f"dns_loss_{name}"], name=f"dns_loss_{name}", **attrs))
+        return f"dns_loss_{name}"
+
+    if spec.task == "classify":
+        if not spec.num_classes:
+            raise ValueError("attach_loss: classification needs num_classes")
+        z = logits_name(model, spec.output)
+        target_shape = ["N", spec.num_classes]
+        scale = float(spec.num_classes)
+        if spec.label_weight > 0:
+            graph.input.append(helper.make_tensor_value_info(HARD_TARGET, elem, target_shape))
+            logp = node("LogSoftmax", [z], "hard_logp", axis=-1)
+            prod = node("Mul", [logp, HARD_TARGET], "hard_prod")
+            mean = node("ReduceMean", [prod], "hard_mean", keepdims=0)
+            terms.append(node("Mul", [mean, const("hard_scale", -scale * spec.label_weight)], "hard"))
+        if spec.distill_weight > 0:
+            t = spec.temperature
+            graph.input.append(helper.make_tensor_value_info(SOFT_TARGET, elem, target_shape))
+            soft_z = node("Div", [z, const("temperature", t)], "soft_z")
+            logp = node("LogSoftmax", [soft_z], "soft_logp", axis=-1)
+            prod = node("Mul", [logp, SOFT_TARGET], "soft_prod")
+            mean = node("ReduceMean", [prod], "soft_mean", keepdims=0)
+            terms.append(node("Mul", [mean, const("soft_scale", -scale * t * t * spec.distill_weight)], "soft"))
+    elif spec.task == "regress":
+        shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] or None
+        for target, weight in ((HARD_TARGET, spec.label_weight), (SOFT_TARGET, spec.distill_weight)):
+            if weight <= 0:
+                continue
+            graph.input.append(helper.make_tensor_value_info(target, elem, shape))
+            diff = node("Sub", [spec.output, target], f"{target}_diff")
+            sq = node("Mul", [diff, diff], f"{target}_sq")
+            mean = node("ReduceMean", [sq], f"{target}_mean", keepdims=0)
+            terms.append(node("Mul", [mean, const(f"{target}_weight", weight)], f"{target}_term"))
+    else:
+        raise ValueError(f"attach_loss: unknown task {spec.task!r}")
+    if not terms:
+        raise ValueError("attach_loss: the loss has no term (label and distillation weights are both 0)")
+    total = terms[0]
+    for i, term in enumerate(terms[1:]):
+        total = node("Add", [total, term], f"sum_{i}")
+    nodes.append(helper.make_node("Identity", [total], [LOSS_OUTPUT], name=LOSS_OUTPUT))
+    graph.node.extend(nodes)
+    outputs = list(graph.output)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(LOSS_OUTPUT, elem, []))
+    graph.output.extend(outputs)
+    return out
