@@ -62,6 +62,7 @@ class CompressOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     val_fraction: float = 0.1
     dense: bool = False
+    prune: bool = True
     work_dir: str | None = None
     keep_work: bool = False
 
@@ -129,7 +130,9 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     original = load_model(model_path)
     model = densify_sparse(lift_constants(original).model).model
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
-    if not layers:
+    if not options.prune:
+        layers = []
+    elif not layers:
         raise ModelError(f"{model_path}: no prunable weights (float initializers of Conv, ConvTranspose, Gemm or "
                          "MatMul) were found" + (" matching --include/--exclude" if options.include or
                                                  options.exclude else ""))
