@@ -324,9 +324,12 @@ def _check_resume_settings(work: Path, model_path: Path, options: CompressOption
                 raise DnsError(f"--resume {work}: the run was started with {key}={saved.get(key)!r}, now "
                                f"{value!r}; resume with the same options, or start afresh without --resume")
         return
-    if work.exists():
+    if work.exists() and any(work.iterdir()):
+        if not (path.exists() or (work / "checkpoint.npz").exists()):
+            raise OutputError(f"{work}: the work folder exists and is not an onnx-dns work folder; "
+                              "choose an empty or new --work-dir")
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2))
 
 

@@ -1,0 +1,84 @@
+"""Measure a model on data and check it against bounds: the CI gate behind `onnx-dns evaluate`.
+
+Accuracy comes from a plain onnxruntime session of the model file (what a deployment runs). With a reference
+model (usually the uncompressed original) the drop is measured on the same samples, and label-free data is
+scored by agreement with the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from onnx_dns.data import load_data, model_inputs
+from onnx_dns.errors import AccuracyBoundError, DataError
+from onnx_dns.evaluate import Metrics, collect, compute_metrics
+from onnx_dns.model_io import load_model
+from onnx_dns.ort_training import onnxruntime
+from onnx_dns.report import ModelReport, inspect_model
+
+
+@dataclass
+class GateResult:
+    model: ModelReport
+    metrics: Metrics
+    reference: Metrics | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "metrics": {**asdict(self.metrics), "score": self.metrics.score},
+                "reference": None if self.reference is None else {**asdict(self.reference),
+                                                                  "score": self.reference.score},
+                "failures": self.failures, "passed": not self.failures}
+
+
+def session_runner(model: onnx.ModelProto, output: str):
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run([output], {k: v for k, v in feed.items() if k in names})[0]
+
+    return run
+
+
+def evaluate_model(path: str, data: str, *, reference: str | None = None, split: str = "t10k",
+                   output: str | None = None, task: str | None = None, batch_size: int = 1000,
+                   min_accuracy: float | None = None, max_accuracy_drop: float | None = None,
+                   min_compression: float | None = None) -> GateResult:
+    """Score the model at `path` on `data`; list every bound it misses in `failures`."""
+    model = load_model(path)
+    output = output or model.graph.output[0].name
+    specs = model_inputs(model)
+    dataset = load_data(data, specs, split)
+    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    outputs, labels, _ = collect(session_runner(model, output), dataset, batch_size, fixed)
+    ref_out = None
+    ref_metrics = None
+    if reference is not None:
+        ref_model = load_model(reference)
+        ref_out, _, _ = collect(session_runner(ref_model, output), dataset, batch_size, fixed)
+    elif labels is None:
+        raise DataError(f"{data}: no labels; give --reference ORIGINAL to score agreement with it instead")
+    task = task or ("classify" if labels is None or np.issubdtype(labels.dtype, np.integer) else "regress")
+    if task == "classify" and outputs.ndim != 2:
+        task = "regress"
+    metrics = compute_metrics(task, outputs, labels, ref_out)
+    if ref_out is not None:
+        ref_metrics = compute_metrics(task, ref_out, labels, ref_out)
+    result = GateResult(inspect_model(model, path), metrics, ref_metrics)
+    if min_accuracy is not None and metrics.score < min_accuracy:
+        result.failures.append(f"{metrics.label} {metrics.score:.2f} is below --min-accuracy {min_accuracy}")
+    if max_accuracy_drop is not None:
+        if ref_metrics is None:
+            raise AccuracyBoundError("--max-accuracy-drop needs --reference ORIGINAL to measure the drop against")
+        drop = ref_metrics.score - metrics.score
+        if drop > max_accuracy_drop:
+            result.failures.append(f"{metrics.label} dropped {drop:.2f} points from the reference, more than "
+                                   f"--max-accuracy-drop {max_accuracy_drop}")
+    if min_compression is not None and result.model.compression < min_compression:
+        result.failures.append(f"compression {result.model.compression:.1f}x is below --min-compression "
+                               f"{min_compression}x")
+    return result
