@@ -92,7 +92,7 @@ OTHER_DEFAULTS = {"data": None, "val": None, "distill": None, "distill_weight": 
 @click.option("--stop", "stops", multiple=True, metavar="NAME=ITER",
               help="Iteration after which one layer's mask stops changing. Repeatable.")
 @click.option("--surgery-stop", type=click.IntRange(min=1), help="Stop iteration of layers not named by --stop. "
-              "[default: all iterations; 75% of them with --target]")
+              "[default: 75% of the iterations]")
 @click.option("--include", multiple=True, metavar="GLOB", help="Prune only layers whose name or weight matches.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Never prune layers whose name or weight matches.")
 @click.option("--biases/--no-biases", default=None, help="Prune biases with their layer (the paper does).  "
@@ -184,7 +184,7 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
         emit_json(data)
     elif not quiet:
         click.echo(format_table(result.layers_after))
-    click.echo(summary_line(result))
+    click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
         raise AccuracyBoundError(
             f"accuracy dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "

@@ -33,6 +33,8 @@ def handle_errors(func):
         debug = click.get_current_context().find_object(Context).debug
         try:
             return func(*args, **kwargs)
+        except click.ClickException:
+            raise
         except DnsError as exc:
             if debug:
                 raise

@@ -36,6 +36,7 @@ from onnx_dns.trainer import TrainConfig, Trainer
 log = logging.getLogger(__name__)
 
 DEFAULT_C = 1.0
+STOP_FRACTION = 0.75
 MISSED_SUFFIX = ".below-bound"
 
 
@@ -156,7 +157,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     teacher = _teacher(model, output)
     first_inputs, first_labels = train.batch(0, cfg.batch_size, cfg.seed)
     sample = teacher(first_inputs)
-    task = options.task or _guess_task(model, output, first_labels)
+    task = options.task or _guess_task(first_labels, sample)
     spec = _loss_spec(task, output, first_labels, sample, options)
     if isinstance(train, Dataset) and spec.distill_weight > 0:
         attach_teacher(train, teacher, cfg.eval_batch_size if fixed_batch is None else fixed_batch)
@@ -196,9 +197,11 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     before = _measure(original, val, spec, teacher, cfg.eval_batch_size, fixed_batch)
     after = _measure(folded, val, spec, teacher, cfg.eval_batch_size, fixed_batch)
     met = options.train.max_accuracy_drop is None or after.score >= before.score - options.train.max_accuracy_drop
-    if met and final_path != output_path:
-        os.replace(final_path, output_path)
-        final_path = output_path
+    # the written model's own measurement decides where it lies (the trainer's estimate may differ slightly)
+    wanted = output_path if met else output_path.with_name(output_path.stem + MISSED_SUFFIX + output_path.suffix)
+    if final_path != wanted:
+        os.replace(final_path, wanted)
+        final_path = wanted
     if not options.keep_work and met:
         shutil.rmtree(work, ignore_errors=True)
     steps = max(result.iterations_run, 1)
@@ -243,14 +246,11 @@ def _teacher(model: onnx.ModelProto, output: str) -> Callable[[dict[str, np.ndar
     return run
 
 
-def _guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None) -> str:
+def _guess_task(labels: np.ndarray | None, sample: np.ndarray) -> str:
+    """Integer labels, or no labels and a (batch, classes) output, mean classification."""
     if labels is not None:
         return "classify" if np.issubdtype(labels.dtype, np.integer) else "regress"
-    return "classify" if logits_name(model, output) != output or _ends_in(model, output, "LogSoftmax") else "regress"
-
-
-def _ends_in(model: onnx.ModelProto, output: str, op: str) -> bool:
-    return any(n.op_type == op and output in n.output for n in model.graph.node)
+    return "classify" if sample.ndim == 2 and sample.shape[1] > 1 else "regress"
 
 
 def _loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndarray,
@@ -277,7 +277,7 @@ def _loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.nda
 
 def _plans(layers: list[Layer], options: CompressOptions) -> dict[str, LayerPlan]:
     iterations = options.train.iterations
-    default_stop = options.surgery_stop or (iterations if options.target is None else int(0.75 * iterations))
+    default_stop = options.surgery_stop or max(1, int(STOP_FRACTION * iterations))
     keep = None
     if options.target is not None or options.sparsity:
         fixed = {k: 1.0 - v for k, v in options.sparsity.items()}

@@ -142,10 +142,10 @@ class CallableData:
 
     def batch(self, iteration: int, batch_size: int, seed: int) -> Batch:
         if self._stream is None or iteration != self._position:
-            self._stream, self._position = self._calls(), 0
+            self._stream = self._calls()
             for _ in range(iteration):
                 self._next()
-        self._position += 1
+        self._position = iteration + 1
         return self._normalize(self._next())
 
     def _next(self):

@@ -13,7 +13,8 @@ from the pretrained weights. At iteration i each layer draws r ~ U(0, 1) and ope
 
 Target mode (beyond the paper): each layer's kept fraction follows a cubic schedule (Zhu and Gupta 2017)
     keep(i) = keep_f + (keep_0 - keep_f) * (1 - (i - i_0) / (i_1 - i_0))^3
-and t_k is the magnitude that keeps that fraction, still with a = 0.9t, b = 1.1t so weights can be spliced.
+and t_k is the magnitude that keeps that fraction: a = t_k, b = 1.1 t_k, so the kept fraction follows the
+schedule from below and weights that grow past b are still spliced back.
 At the last iteration before the stop the mask is set to exactly the keep_f largest magnitudes, so the target is met.
 The final keep fractions come from a total compression target: keep_k = min(1, beta / sqrt(n_k)), beta chosen
 so that the kept total is n / target (larger layers are pruned harder, as in the paper's LeNet-5 results).
@@ -135,7 +136,7 @@ class Surgeon:
         self.gamma = gamma
         self.power = power
         self.refresh = refresh
-        self._thresholds: dict[str, float] = {}
+        self._thresholds: dict[str, tuple[int, float]] = {}
 
     def initialize(self, weights: Mapping[str, np.ndarray]) -> None:
         """Record mu and sigma of |w| (and the starting density) from the pretrained weights, once."""
@@ -145,14 +146,20 @@ class Surgeon:
             total = sum(a.size for a in arrays)
             plan.keep_0 = sum(int(np.count_nonzero(a)) for a in arrays) / total if total else 1.0
 
-    def thresholds(self, layer: str, iteration: int, weights: Mapping[str, np.ndarray]) -> float:
+    def thresholds(self, layer: str, iteration: int, weights: Mapping[str, np.ndarray]) -> tuple[float, float]:
+        """(a, b) of a layer at this iteration. Target mode recomputes t once per `refresh` iterations and
+        prunes below t itself, so the kept fraction follows the schedule from below."""
         plan = self.plans[layer]
         if plan.c is not None:
-            return paper_threshold(plan.stats, plan.c)
-        if iteration % self.refresh == 0 or layer not in self._thresholds:
+            t = paper_threshold(plan.stats, plan.c)
+            return LOW * t, HIGH * t
+        bucket = iteration // self.refresh
+        cached = self._thresholds.get(layer)
+        if cached is None or cached[0] != bucket:
             keep = cubic_keep(iteration, self.start, plan.stop, plan.keep_0, min(plan.keep, plan.keep_0))
-            self._thresholds[layer] = magnitude_for_keep([weights[t] for t in plan.tensors], keep)
-        return self._thresholds[layer]
+            cached = (bucket, magnitude_for_keep([weights[t] for t in plan.tensors], keep))
+            self._thresholds[layer] = cached
+        return cached[1], HIGH * cached[1]
 
     def step(self, iteration: int, rng: np.random.Generator, weights: Mapping[str, np.ndarray],
              masks: Mapping[str, np.ndarray]) -> list[str]:
@@ -173,9 +180,9 @@ class Surgeon:
                 continue
             if not probability > r:
                 continue
-            t = self.thresholds(name, iteration, weights)
+            low, high = self.thresholds(name, iteration, weights)
             for tensor in plan.tensors:
-                update_mask(weights[tensor], masks[tensor], LOW * t, HIGH * t)
+                update_mask(weights[tensor], masks[tensor], low, high)
             operated.append(name)
         return operated
 
@@ -195,4 +202,4 @@ class Surgeon:
             plan = self.plans[name]
             plan.stats = MagnitudeStats(**data["stats"])
             plan.keep_0 = data["keep_0"]
-        self._thresholds = dict(state["thresholds"])
+        self._thresholds = {k: tuple(v) for k, v in state["thresholds"].items()}

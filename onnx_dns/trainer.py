@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -130,7 +131,9 @@ class Trainer:
                        "compression": self.compression()})
         host_seconds = surgery_seconds = 0.0
         last_metrics = history[-1]["metrics"] if history else baseline
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        # Ctrl-C finishes the iteration and checkpoints; Python lets only the main thread install handlers
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         iteration = start
         try:
             while iteration < cfg.iterations:
@@ -144,10 +147,12 @@ class Trainer:
                         raise TrainingError(
                             f"the loss became {loss} at iteration {iteration} after {MAX_ROLLBACKS} rollbacks; "
                             "lower --lr or check the data scaling")
-                    iteration, _, lr_scale, _, history, best = self._load_checkpoint()
-                    lr_scale *= 0.5
+                    failed = iteration
+                    # the checkpoint may predate earlier rollbacks: halve the scale in effect, not the saved one
+                    iteration, _, saved_scale, _, history, best = self._load_checkpoint()
+                    lr_scale = min(lr_scale, saved_scale) * 0.5
                     log.warning("loss is %s at iteration %d: rolled back to iteration %d, learning rate halved "
-                                "(x%g)", loss, iteration, iteration, lr_scale)
+                                "(x%g)", loss, failed, iteration, lr_scale)
                     self.progress({"event": "rollback", "iteration": iteration, "lr_scale": lr_scale})
                     self.module.lazy_reset_grad()
                     continue
@@ -177,7 +182,8 @@ class Trainer:
                 if self._stop_requested:
                     raise KeyboardInterrupt
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if in_main:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         final = self._snapshot(iteration, last_metrics)
         meets = self._meets(final.metrics, baseline)
         if cfg.max_accuracy_drop is None or meets or best is None:

@@ -1,0 +1,172 @@
+"""The loss attached as ONNX nodes, evaluated in a plain onnxruntime InferenceSession, against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from engine_fixtures import linear, numpy_cross_entropy
+from graphs import make_model, tensor, value
+from onnx import helper
+
+from onnx_dns.losses import HARD_TARGET, LOSS_OUTPUT, SOFT_TARGET, LossSpec, attach_loss, logits_name
+from onnx_dns.ort_training import onnxruntime
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((6, 4)).astype(np.float32)
+B = RNG.standard_normal(4).astype(np.float32)
+X = RNG.standard_normal((9, 6)).astype(np.float32)
+LABELS = RNG.integers(0, 4, 9)
+LOGITS = X.astype(np.float64) @ W + B
+
+
+def run(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
+    onnx.checker.check_model(model)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].name == LOSS_OUTPUT
+    return session.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})
+
+
+def onehot(labels, classes=4):
+    return np.eye(classes)[labels]
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def soft_cross_entropy(logits, teacher_logits, t):
+    """T^2 * mean over the batch of -sum_c softmax(teacher/T)_c log softmax(z/T)_c (Hinton et al.)."""
+    p = np_softmax(teacher_logits / t)
+    z = logits / t
+    z = z - z.max(axis=1, keepdims=True)
+    logq = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(t * t * np.mean(-(p * logq).sum(axis=1)))
+
+
+def test_hard_loss_is_cross_entropy():
+    model = linear(W, B)
+    out = attach_loss(model, LossSpec("classify", "y", 1.0, 0.0, num_classes=4))
+    loss, y = run(out, x=X, **{HARD_TARGET: onehot(LABELS)})
+    assert float(loss) == pytest.approx(numpy_cross_entropy(LOGITS, LABELS), rel=1e-5)
+    np.testing.assert_allclose(y, LOGITS, rtol=1e-5, atol=1e-5)  # the model's own output is still there
+    assert [i.name for i in out.graph.input] == ["x", HARD_TARGET]
+
+
+def test_attach_loss_leaves_the_model_alone():
+    model = linear(W, B)
+    before = model.SerializeToString()
+    attach_loss(model, LossSpec("classify", "y", 1.0, 0.0, num_classes=4))
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_distillation_loss_is_t_squared_soft_cross_entropy(temperature):
+    teacher = RNG.standard_normal((9, 4)) * 3
+    soft = np_softmax(teacher / temperature)
+    out = attach_loss(linear(W, B), LossSpec("classify", "y", 0.0, 1.0, temperature, num_classes=4))
+    loss = run(out, x=X, **{SOFT_TARGET: soft})[0]
+    assert float(loss) == pytest.approx(soft_cross_entropy(LOGITS, teacher, temperature), rel=1e-5)
+    assert [i.name for i in out.graph.input] == ["x", SOFT_TARGET]
+
+
+def test_mixed_loss_weights_both_terms():
+    teacher = RNG.standard_normal((9, 4))
+    t = 2.0
+    out = attach_loss(linear(W, B), LossSpec("classify", "y", 0.3, 0.7, t, num_classes=4))
+    loss = run(out, x=X, **{HARD_TARGET: onehot(LABELS), SOFT_TARGET: np_softmax(teacher / t)})[0]
+    want = 0.3 * numpy_cross_entropy(LOGITS, LABELS) + 0.7 * soft_cross_entropy(LOGITS, teacher, t)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_a_softmax_ended_model_trains_on_its_logits():
+    model = linear(W, B, softmax=True)
+    assert logits_name(model, "y") == "logits"
+    out = attach_loss(model, LossSpec("classify", "y", 1.0, 0.0, num_classes=4))
+    loss, y = run(out, x=X, **{HARD_TARGET: onehot(LABELS)})
+    assert float(loss) == pytest.approx(numpy_cross_entropy(LOGITS, LABELS), rel=1e-5)
+    np.testing.assert_allclose(y, np_softmax(LOGITS), rtol=1e-5, atol=1e-6)  # output stays probabilities
+    # log_softmax applied to the probabilities would give a visibly different number
+    assert abs(numpy_cross_entropy(np_softmax(LOGITS), LABELS) - float(loss)) > 0.05
+
+
+def test_a_logsoftmax_ended_model_trains_on_its_output():
+    inits = [tensor("fc.w", W), tensor("fc.b", B)]
+    nodes = [helper.make_node("Gemm", ["x", "fc.w", "fc.b"], ["z"], name="fc"),
+             helper.make_node("LogSoftmax", ["z"], ["y"], name="logsoftmax", axis=-1)]
+    model = make_model(nodes, [value("x", ["N", 6])], [value("y", ["N", 4])], inits)
+    out = attach_loss(model, LossSpec("classify", "y", 1.0, 0.0, num_classes=4))
+    loss = run(out, x=X, **{HARD_TARGET: onehot(LABELS)})[0]
+    assert float(loss) == pytest.approx(numpy_cross_entropy(LOGITS, LABELS), rel=1e-5)
+
+
+def test_regression_loss_is_mean_squared_error():
+    target = RNG.standard_normal((9, 4))
+    out = attach_loss(linear(W, B), LossSpec("regress", "y", 1.0, 0.0))
+    loss = run(out, x=X, **{HARD_TARGET: target})[0]
+    assert float(loss) == pytest.approx(np.mean((LOGITS - target) ** 2), rel=1e-5)
+
+
+def test_regression_with_labels_and_teacher_mixes_both():
+    labels, teacher = RNG.standard_normal((9, 4)), RNG.standard_normal((9, 4))
+    out = attach_loss(linear(W, B), LossSpec("regress", "y", 0.25, 0.75))
+    loss = run(out, x=X, **{HARD_TARGET: labels, SOFT_TARGET: teacher})[0]
+    want = 0.25 * np.mean((LOGITS - labels) ** 2) + 0.75 * np.mean((LOGITS - teacher) ** 2)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_loss_spec_lists_the_targets_it_needs():
+    assert LossSpec("classify", "y", 1.0, 0.0, num_classes=3).targets == (HARD_TARGET,)
+    assert LossSpec("classify", "y", 0.0, 1.0, num_classes=3).targets == (SOFT_TARGET,)
+    assert LossSpec("classify", "y", 0.5, 0.5, num_classes=3).targets == (HARD_TARGET, SOFT_TARGET)
+
+
+@pytest.mark.parametrize("spec, words", [
+    (LossSpec("classify", "nope", 1.0, 0.0, num_classes=4), "no output named 'nope'"),
+    (LossSpec("classify", "y", 1.0, 0.0), "num_classes"),
+    (LossSpec("classify", "y", 0.0, 0.0, num_classes=4), "no term"),
+    (LossSpec("segment", "y", 1.0, 0.0), "unknown task"),
+])
+def test_bad_specs_are_refused(spec, words):
+    with pytest.raises(ValueError, match=words):
+        attach_loss(linear(W, B), spec)
+
+
+# ---------------------------------------------------------------- the targets fed beside each batch
+
+
+def test_targets_are_one_hot_labels_and_softened_teacher_outputs():
+    from onnx_dns.evaluate import Targets
+
+    teacher_logits = RNG.standard_normal((9, 4)).astype(np.float32)
+    spec = LossSpec("classify", "y", 0.5, 0.5, 3.0, num_classes=4)
+    targets = Targets(spec, lambda inputs: teacher_logits, (4,))
+    hard, soft = targets.for_batch({"x": X}, LABELS)
+    np.testing.assert_array_equal(hard, onehot(LABELS))
+    np.testing.assert_allclose(soft, np_softmax(teacher_logits.astype(np.float64) / 3.0), rtol=1e-5)
+    assert hard.dtype == soft.dtype == np.float32
+    # fed to the attached graph they give the loss computed in numpy
+    loss = run(attach_loss(linear(W, B), spec), x=X, **{HARD_TARGET: hard, SOFT_TARGET: soft})[0]
+    want = 0.5 * numpy_cross_entropy(LOGITS, LABELS) + 0.5 * soft_cross_entropy(LOGITS, teacher_logits, 3.0)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_metrics_top1_top5_fidelity_and_mse():
+    from onnx_dns.evaluate import compute_metrics
+
+    outputs = np.random.default_rng(5).standard_normal((40, 7))  # no ties
+    labels = np.random.default_rng(6).integers(0, 7, 40)
+    m = compute_metrics("classify", outputs, labels, None)
+    ranked = np.argsort(-outputs, axis=1)
+    assert m.top1 == pytest.approx(100 * np.mean(ranked[:, 0] == labels)) and m.score == m.top1
+    assert m.top5 == pytest.approx(100 * np.mean([labels[i] in ranked[i, :5] for i in range(40)]))
+    assert m.top1 < m.top5 < 100
+    outputs = np.zeros((4, 7))
+    outputs[np.arange(4), [0, 1, 2, 3]] = 10  # predicted classes 0 1 2 3
+    reference = np.zeros((4, 7))
+    reference[np.arange(4), [0, 1, 6, 6]] = 1
+    f = compute_metrics("classify", outputs, None, reference)
+    assert f.fidelity == 50.0 and f.top1 is None and f.score == 50.0
+    r = compute_metrics("regress", np.array([[1.0], [3.0]]), np.array([0.0, 1.0]), None)
+    assert r.mse == pytest.approx(2.5) and r.score == pytest.approx(-2.5)
