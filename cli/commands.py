@@ -158,6 +158,9 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
     given["include"] = given["include"] or None
     given["exclude"] = given["exclude"] or None
 
+    if given["c"] and given.get("target") is None:
+        settings.pop("target", None)  # per-layer c on the command line asks for paper mode
+
     def pick(key: str):
         if given.get(key) is not None:
             return given[key]

@@ -38,7 +38,7 @@ def handle_errors(func):
         except DnsError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"{'stopped' if isinstance(exc, KeyboardInterrupt) else 'error'}: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             if debug:

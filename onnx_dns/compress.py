@@ -142,8 +142,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     specs = model_inputs(model)
     if options.data is None:
         raise DataError("no training data: give --data (a .npz, a folder of .npy or idx files, or module:function)")
-    train = load_data(options.data, specs, "train")
-    val = _validation(train, options, specs)
+    train, val = _train_and_validation(options, specs)
     for spec in specs:
         if spec.shape and spec.shape[0] is not None and spec.shape[0] != cfg.batch_size:
             raise DataError(f"model input {spec.name!r} has a fixed batch size of {spec.shape[0]}; pass "
@@ -217,17 +216,17 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     )
 
 
-def _validation(train: Dataset | CallableData, options: CompressOptions, specs) -> Dataset | CallableData:
+def _train_and_validation(options: CompressOptions, specs) -> tuple[Dataset | CallableData, Dataset | CallableData]:
+    """--data and --val; without --val, an idx folder's test split, else a held-out part of --data."""
+    train = load_data(options.data, specs, "train")
     if options.val is not None:
-        return load_data(options.val, specs, "t10k")
+        return train, load_data(options.val, specs, "t10k")
     source = Path(options.data)
     if source.is_dir() and any(source.glob("t10k-images-idx3-ubyte*")):
-        return load_data(options.data, specs, "t10k")
+        return train, load_data(options.data, specs, "t10k")
     if isinstance(train, CallableData):
         raise DataError(f"{options.data}: callable data needs a validation set; give --val")
-    held_train, held_val = train.split(options.val_fraction, options.train.seed)
-    train.inputs, train.labels = held_train.inputs, held_train.labels
-    return held_val
+    return train.split(options.val_fraction, options.train.seed)
 
 
 def _teacher(model: onnx.ModelProto, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:

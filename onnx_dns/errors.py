@@ -37,3 +37,9 @@ class OutputError(DnsError):
     """The output cannot be written (missing or read-only directory, same path as the input, disk full)."""
 
     exit_code = 7
+
+
+class Interrupted(DnsError, KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); a checkpoint was written to resume from."""
+
+    exit_code = 130

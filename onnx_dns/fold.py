@@ -69,7 +69,7 @@ def fold_masks(model: onnx.ModelProto, *, sparse: bool = True, record: dict | No
         kept_inits.append(tensor)
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
-    _set_metadata(out, {"tool": "onnx-dns", "version": __version__, "storage": "sparse" if sparse else "dense",
+    write_metadata(out, {"tool": "onnx-dns", "version": __version__, "storage": "sparse" if sparse else "dense",
                         **(record or {})})
     return PassResult(out, True)
 
@@ -79,7 +79,8 @@ def _sparse_is_smaller(array: np.ndarray) -> bool:
     return sparse_nbytes(nonzeros, array.dtype.itemsize) < array.nbytes
 
 
-def _set_metadata(model: onnx.ModelProto, value: dict) -> None:
+def write_metadata(model: onnx.ModelProto, value: dict) -> None:
+    """Store `value` as JSON in metadata_props under `onnx_dns`, replacing what was there."""
     text = json.dumps(value, sort_keys=True)
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:

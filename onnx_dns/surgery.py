@@ -13,8 +13,9 @@ from the pretrained weights. At iteration i each layer draws r ~ U(0, 1) and ope
 
 Target mode (beyond the paper): each layer's kept fraction follows a cubic schedule (Zhu and Gupta 2017)
     keep(i) = keep_f + (keep_0 - keep_f) * (1 - (i - i_0) / (i_1 - i_0))^3
-and t_k is the magnitude that keeps that fraction: a = t_k, b = 1.1 t_k, so the kept fraction follows the
-schedule from below and weights that grow past b are still spliced back.
+and t_k is the magnitude that keeps that fraction, with a = b = t_k: the layer keeps exactly the scheduled
+fraction of largest |w|, and a pruned weight that grows past t_k is spliced back. (A band a < b would leave
+pruned weights inside it masked while t_k counts them as kept, pruning more than scheduled.)
 At the last iteration before the stop the mask is set to exactly the keep_f largest magnitudes, so the target is met.
 The final keep fractions come from a total compression target: keep_k = min(1, beta / sqrt(n_k)), beta chosen
 so that the kept total is n / target (larger layers are pruned harder, as in the paper's LeNet-5 results).
@@ -148,7 +149,7 @@ class Surgeon:
 
     def thresholds(self, layer: str, iteration: int, weights: Mapping[str, np.ndarray]) -> tuple[float, float]:
         """(a, b) of a layer at this iteration. Target mode recomputes t once per `refresh` iterations and
-        prunes below t itself, so the kept fraction follows the schedule from below."""
+        uses a = b = t, so the kept fraction is the scheduled one; a pruned weight that grows past t returns."""
         plan = self.plans[layer]
         if plan.c is not None:
             t = paper_threshold(plan.stats, plan.c)
@@ -159,7 +160,7 @@ class Surgeon:
             keep = cubic_keep(iteration, self.start, plan.stop, plan.keep_0, min(plan.keep, plan.keep_0))
             cached = (bucket, magnitude_for_keep([weights[t] for t in plan.tensors], keep))
             self._thresholds[layer] = cached
-        return cached[1], HIGH * cached[1]
+        return cached[1], cached[1]
 
     def step(self, iteration: int, rng: np.random.Generator, weights: Mapping[str, np.ndarray],
              masks: Mapping[str, np.ndarray]) -> list[str]:

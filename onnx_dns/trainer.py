@@ -23,7 +23,7 @@ import numpy as np
 
 from onnx_dns.artifacts import TrainingArtifacts
 from onnx_dns.data import CallableData, Dataset
-from onnx_dns.errors import TrainingError
+from onnx_dns.errors import Interrupted, TrainingError
 from onnx_dns.evaluate import Metrics, Targets, evaluate_module
 from onnx_dns.optimizers import make_optimizer
 from onnx_dns.ort_training import api, onnxruntime
@@ -180,7 +180,8 @@ class Trainer:
                 if iteration % cfg.checkpoint_every == 0 or self._stop_requested:
                     self._save_checkpoint(iteration, baseline, lr_scale, rollbacks, history, best)
                 if self._stop_requested:
-                    raise KeyboardInterrupt
+                    raise Interrupted(f"interrupted at iteration {iteration}; the checkpoint is in {self.work_dir}: "
+                                      f"continue with --resume {self.work_dir} and the same options")
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)

@@ -28,7 +28,7 @@ from engine_fixtures import (
 )
 
 from onnx_dns.compress import CompressOptions, compress
-from onnx_dns.errors import TrainingError
+from onnx_dns.errors import Interrupted, TrainingError
 from onnx_dns.surgery import LayerPlan, allocate_keep
 from onnx_dns.trainer import TrainConfig
 
@@ -161,7 +161,7 @@ def test_resume_equals_an_uninterrupted_run(mode, tmp_path):
 
     handler = signal.getsignal(signal.SIGINT)
     trainer = make_trainer(setup, plans(), config, tmp_path / "split", interrupt, gamma=gamma)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match=f"--resume {tmp_path / 'split'}"):
         trainer.run()
     assert signal.getsignal(signal.SIGINT) is handler  # the trainer's handler was taken down again
 
