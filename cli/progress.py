@@ -60,8 +60,9 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         done = i - self.first_iteration
         eta = elapsed / done * (n - i) if done else 0.0
+        rate = done / elapsed if elapsed > 0 else 0.0
         status = (f"{i}/{n}  loss {event['loss']:.4f}  compression {event['compression']:.1f}x  "
-                  f"val {self.metric}  eta {_duration(eta)}")
+                  f"val {self.metric}  {rate:.0f} it/s  eta {_duration(eta)}")
         if self.tty:
             if time.perf_counter() - self.last_line < 0.1 and i != n and not event["evaluated"]:
                 return
