@@ -126,6 +126,12 @@ def main() -> None:
         shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "python benchmarks/paper_table.py"
     rows = [run(name, recipe, args.install) for name in args.models for recipe in args.runs]
     RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / f"{args.name}.json"
+    if previous.exists():  # keep the rows of runs not repeated this time
+        done = {(r["model"], r["recipe"]) for r in rows}
+        kept = [r for r in json.loads(previous.read_text())["results"] if (r["model"], r["recipe"]) not in done]
+        rows = sorted(kept + rows, key=lambda r: (list(PAPER).index(r["model"]), r["recipe"] != "paper"))
+        command = "python benchmarks/paper_table.py"
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"command": command, "results": rows}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(markdown(rows, command))
     print(markdown(rows, command))

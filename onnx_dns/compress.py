@@ -20,17 +20,17 @@ from onnx_dns import __version__
 from onnx_dns.artifacts import build_artifacts
 from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
 from onnx_dns.errors import DataError, DnsError, ModelError, OutputError
-from onnx_dns.evaluate import Metrics, Targets, attach_teacher, collect, compute_metrics
+from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
 from onnx_dns.graph import replace_initializers
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import densify_sparse, lift_constants
-from onnx_dns.ort_training import onnxruntime
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.report import LayerStats, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
+from onnx_dns.targets import Targets, attach_teacher
 from onnx_dns.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -231,18 +231,7 @@ def _train_and_validation(options: CompressOptions, specs) -> tuple[Dataset | Ca
 
 def _teacher(model: onnx.ModelProto, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """The original model as a function from a batch to its logits (the input of a final Softmax) or output."""
-    wanted = logits_name(model, output)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    if wanted not in [o.name for o in probe.graph.output]:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(wanted))
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-
-    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([wanted], {k: v for k, v in inputs.items() if k in names})[0]
-
-    return run
+    return session_runner(model, logits_name(model, output))
 
 
 def _guess_task(labels: np.ndarray | None, sample: np.ndarray) -> str:
@@ -342,13 +331,7 @@ def _comparable(options: CompressOptions) -> dict:
 def _measure(model: onnx.ModelProto, data: Dataset | CallableData, spec: LossSpec, teacher: Callable,
              batch_size: int, fixed_batch: int | None) -> Metrics:
     """Metrics of a plain onnxruntime session of `model` on `data` (what a deployment would see)."""
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([spec.output], {k: v for k, v in feed.items() if k in names})[0]
-
-    outputs, labels, reference = collect(run, data, batch_size, fixed_batch)
+    outputs, labels, reference = collect(session_runner(model, spec.output), data, batch_size, fixed_batch)
     if labels is None and reference is None:
         reference, _, _ = collect(teacher, data, batch_size, fixed_batch)
     return compute_metrics(spec.task, outputs, labels, reference)

@@ -1,4 +1,4 @@
-"""Accuracy of a model on a dataset, and the loss targets fed beside each training batch.
+"""Accuracy of a model on a dataset, through any function from a batch to the model's output.
 
 Classification: top-1 and top-5 accuracy in percent against labels, and fidelity (top-1 agreement with the
 original model) when there are no labels. Regression: mean squared error against labels or the original model.
@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from onnx_dns.data import CallableData, Dataset
-from onnx_dns.losses import HARD_TARGET, SOFT_TARGET, LossSpec
-
-TEACHER = "__dns_teacher__"
+from onnx_dns.ort_training import onnxruntime
+from onnx_dns.targets import TEACHER, Targets
 
 
 @dataclass
@@ -50,55 +50,21 @@ class Metrics:
         return f"mse {self.mse:.6g}"
 
 
-def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = z / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+def session_runner(model: onnx.ModelProto, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A plain onnxruntime session of `model` as a function from a batch to the tensor `output`
+    (made a graph output when it is an intermediate, such as the logits before a final Softmax)."""
+    if output not in [o.name for o in model.graph.output]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(output))
+        model = probe
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
 
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run([output], {k: v for k, v in feed.items() if k in names})[0]
 
-class Targets:
-    """Builds the loss inputs of a batch: one-hot labels and/or the original model's softened outputs."""
-
-    def __init__(self, spec: LossSpec, teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None,
-                 sample_shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.float32)) -> None:
-        """`teacher` maps a batch to the original model's logits (classify) or outputs (regress);
-        `sample_shape` is the shape of one sample's target."""
-        self.spec = spec
-        self.teacher = teacher
-        self.sample_shape = tuple(sample_shape)
-        self.dtype = dtype
-
-    def teacher_output(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        cached = inputs.get(TEACHER)
-        return cached if cached is not None else self.teacher(inputs)
-
-    def for_batch(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> list[np.ndarray]:
-        feeds = []
-        for name in self.spec.targets:
-            if name == HARD_TARGET:
-                if self.spec.task == "classify":
-                    onehot = np.zeros((len(labels), self.spec.num_classes), dtype=self.dtype)
-                    onehot[np.arange(len(labels)), labels.astype(np.int64)] = 1
-                    feeds.append(onehot)
-                else:
-                    feeds.append(labels.astype(self.dtype))
-            elif name == SOFT_TARGET:
-                out = self.teacher_output(inputs)
-                if self.spec.task == "classify":
-                    out = softmax(out, self.spec.temperature)
-                feeds.append(out.astype(self.dtype))
-        return feeds
-
-    def dummy(self, batch: int) -> list[np.ndarray]:
-        """Zero targets for the eval graph, which computes the loss too."""
-        return [np.zeros((batch, *self.sample_shape), dtype=self.dtype) for _ in self.spec.targets]
-
-
-def attach_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int) -> None:
-    """Compute the original model's outputs for every sample once, stored beside the inputs."""
-    outs = [teacher(inputs) for inputs, _ in data.iterate(batch_size)]
-    data.inputs[TEACHER] = np.concatenate(outs)
+    return run
 
 
 def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,

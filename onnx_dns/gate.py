@@ -10,13 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import onnx
 
 from onnx_dns.data import load_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
-from onnx_dns.evaluate import Metrics, collect, compute_metrics
+from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.model_io import load_model
-from onnx_dns.ort_training import onnxruntime
 from onnx_dns.report import ModelReport, inspect_model
 
 
@@ -32,16 +30,6 @@ class GateResult:
                 "reference": None if self.reference is None else {**asdict(self.reference),
                                                                   "score": self.reference.score},
                 "failures": self.failures, "passed": not self.failures}
-
-
-def session_runner(model: onnx.ModelProto, output: str):
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([output], {k: v for k, v in feed.items() if k in names})[0]
-
-    return run
 
 
 def evaluate_model(path: str, data: str, *, reference: str | None = None, split: str = "t10k",

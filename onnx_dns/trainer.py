@@ -24,7 +24,8 @@ import numpy as np
 from onnx_dns.artifacts import TrainingArtifacts
 from onnx_dns.data import CallableData, Dataset
 from onnx_dns.errors import Interrupted, TrainingError
-from onnx_dns.evaluate import Metrics, Targets, evaluate_module
+from onnx_dns.evaluate import Metrics, evaluate_module
+from onnx_dns.targets import Targets
 from onnx_dns.optimizers import make_optimizer
 from onnx_dns.ort_training import api, onnxruntime
 from onnx_dns.schedules import LearningRate

@@ -179,7 +179,8 @@ def setup_training(model: onnx.ModelProto, directory: Path, x: np.ndarray, label
     a copy of the training data)."""
     from onnx_dns.artifacts import build_artifacts
     from onnx_dns.data import Dataset
-    from onnx_dns.evaluate import Targets, attach_teacher
+    from onnx_dns.evaluate import session_runner
+    from onnx_dns.targets import Targets, attach_teacher
     from onnx_dns.insert_masks import insert_masks
     from onnx_dns.losses import LossSpec
     from onnx_dns.prunable import find_layers
@@ -195,13 +196,7 @@ def setup_training(model: onnx.ModelProto, directory: Path, x: np.ndarray, label
         spec = LossSpec("regress", output, 1.0, 0.0)
         sample_shape = (classes,)
     art = build_artifacts(masked, spec, directory / "artifacts")
-    teacher = None
-    if distill:
-        session = __import__("onnxruntime").InferenceSession(model.SerializeToString(),
-                                                              providers=["CPUExecutionProvider"])
-
-        def teacher(inputs):
-            return session.run([output], {"x": inputs["x"]})[0]
+    teacher = session_runner(model, output) if distill else None
 
     train = Dataset({"x": x}, labels, "train")
     vx, vy = val if val is not None else (x.copy(), None if labels is None else labels.copy())

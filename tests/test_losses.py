@@ -137,7 +137,7 @@ def test_bad_specs_are_refused(spec, words):
 
 
 def test_targets_are_one_hot_labels_and_softened_teacher_outputs():
-    from onnx_dns.evaluate import Targets
+    from onnx_dns.targets import Targets
 
     teacher_logits = RNG.standard_normal((9, 4)).astype(np.float32)
     spec = LossSpec("classify", "y", 0.5, 0.5, 3.0, num_classes=4)
