@@ -1,7 +1,9 @@
 """Build onnxruntime-training artifacts (training graph, eval graph, checkpoint) from a masked model.
 
-The loss is attached as ONNX nodes (losses.py); weights and biases require gradients, masks are frozen
-parameters the host rewrites between steps, and the mask gradient is rewired straight-through.
+Operators without a CPU gradient are first rewritten into equivalent ones that have one (trainable_rewrites.py;
+initializer names are kept, so trained values go back into the user's original graph). The loss is attached as
+ONNX nodes (losses.py); weights and biases require gradients, masks are frozen parameters the host rewrites
+between steps, and the mask gradient is rewired straight-through.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from onnx_dns.errors import TrainingError
+from onnx_dns.errors import ModelError, TrainingError
 from onnx_dns.fold import fold_masks
 from onnx_dns.graph import FLOAT_TYPES, initializers
 from onnx_dns.insert_masks import mask_pairs
@@ -19,8 +21,10 @@ from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
 from onnx_dns.ort_training import artifacts, captured_stderr
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
+from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 
-NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2)}
+NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+                        "PRelu": (1,)}
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,12 @@ class TrainingArtifacts:
     outputs: tuple[str, ...]
     trainable: tuple[str, ...]
     masks: dict[str, str]
+    batch: int | None = None
 
 
 def trainable_parameters(model: onnx.ModelProto) -> list[str]:
-    """Weights and biases of every Conv/Gemm/MatMul layer (masked or not) and the scale and shift of
-    normalization layers. BatchNorm running statistics and all other constants stay frozen."""
+    """Weights and biases of every Conv/Gemm/MatMul layer (masked or not), the scale and shift of
+    normalization layers and PRelu slopes. BatchNorm running statistics and all other constants stay frozen."""
     names = [t.name for layer in find_layers(model) for t in layer.tensors]
     inits = initializers(model.graph)
     for node in model.graph.node:
@@ -57,7 +62,14 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     init_names = set(initializers(masked_model.graph))
     user_inputs = tuple(n for n in graph_inputs if n not in init_names)
     trainable = [n for n in trainable_parameters(_unmasked_view(masked_model)) if n not in masks.values()]
-    with_loss = attach_loss(masked_model, loss)
+    rewritten = rewrite_for_training(masked_model).model
+    blocked = untrainable_nodes(rewritten, trainable)
+    if blocked:
+        first = untrainable_message(rewritten, blocked[:1])
+        more = f" (and {len(blocked) - 1} more such nodes)" if len(blocked) > 1 else ""
+        raise ModelError(f"{first}{more}; replace the operator before exporting, or --exclude the layers "
+                         "before it so that no gradient has to pass through it")
+    with_loss = attach_loss(rewritten, loss)
     with captured_stderr() as log:
         try:
             artifacts.generate_artifacts(
@@ -87,7 +99,17 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
         outputs=(LOSS_OUTPUT, *[o.name for o in masked_model.graph.output]),
         trainable=tuple(trainable),
         masks=masks,
+        batch=_fixed_batch(masked_model, user_inputs),
     )
+
+
+def _fixed_batch(model: onnx.ModelProto, inputs: tuple[str, ...]) -> int | None:
+    """The batch size the graphs were built for, when the first dimension of an input is fixed."""
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in inputs and dims and dims[0].HasField("dim_value"):
+            return dims[0].dim_value
+    return None
 
 
 def _unmasked_view(masked_model: onnx.ModelProto) -> onnx.ModelProto:

@@ -26,7 +26,7 @@ from onnx_dns.graph import replace_initializers
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name
 from onnx_dns.model_io import check_output_path, load_model, save_model
-from onnx_dns.normalize import densify_sparse, lift_constants
+from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.report import LayerStats, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
@@ -172,7 +172,10 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     _check_resume_settings(work, model_path, options, resume)
     progress({"event": "building", "layers": len(layers)})
     t_art = time.perf_counter()
-    art = build_artifacts(masked, spec, work / "artifacts")
+    # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
+    batch = cfg.batch_size if any(n.op_type == "AveragePool" for n in model.graph.node) else None
+    pinned = pin_input_shapes(masked, {s.name: (batch, *first_inputs[s.name].shape[1:]) for s in specs}).model
+    art = build_artifacts(pinned, spec, work / "artifacts")
     artifact_seconds = time.perf_counter() - t_art
     surgeon = Surgeon(_plans(layers, options), start=0)
     trainer = Trainer(art, surgeon, cfg, train, val, targets, work, progress)

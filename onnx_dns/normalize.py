@@ -2,6 +2,7 @@
 
 - `lift_constants`: Constant nodes holding a tensor become initializers (exporters put weights in them).
 - `densify_sparse`: sparse initializers become dense ones (training cannot take them).
+- `pin_input_shapes`: symbolic input sizes become those of the data (the training graph needs them).
 """
 
 from __future__ import annotations
@@ -49,3 +50,26 @@ def _value_attribute(node: onnx.NodeProto) -> onnx.AttributeProto | None:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
             return attr
     return None
+
+
+def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int | None, ...]]) -> PassResult:
+    """Give named graph inputs these sizes (None leaves a dimension as it is); for the training graph only.
+
+    onnxruntime-training 1.19's MaxPool and AveragePool gradients come out as zeros when the spatial sizes are
+    symbolic, and AveragePool's crashes with a symbolic batch: the sizes of the data at hand avoid both.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    modified = False
+    for value in out.graph.input:
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shapes[value.name]):
+            raise ValueError(f"pin_input_shapes: {value.name} has rank {len(dims)}, not {len(shapes[value.name])}")
+        for dim, size in zip(dims, shapes[value.name]):
+            if size is not None and not (dim.HasField("dim_value") and dim.dim_value == size):
+                dim.Clear()
+                dim.dim_value = size
+                modified = True
+    return PassResult(out if modified else model, modified)

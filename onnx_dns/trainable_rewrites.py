@@ -234,8 +234,9 @@ class _Emitter:
         return name
 
     def float_dtype(self, tensor: str) -> np.dtype:
+        """numpy type of the constants a rewrite writes beside `tensor` (bfloat16 has none: skipped)."""
         elem = self._types.get(tensor)
-        if elem is None or elem not in FLOAT_TYPES:
+        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             raise _Skip
         return helper.tensor_dtype_to_np_dtype(elem)
 
@@ -340,7 +341,7 @@ def _hard_sigmoid_of(e: _Emitter, x: str, dtype, alpha: float, beta: float, outp
 def _hard_sigmoid(e: _Emitter, node: onnx.NodeProto) -> None:
     x = node.input[0]
     dtype = e.float_dtype(x)
-    _hard_sigmoid_of(e, x, dtype, _attr(node, "alpha", 0.2), 0.5, node.output[0])
+    _hard_sigmoid_of(e, x, dtype, _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5), node.output[0])
 
 
 def _hard_swish(e: _Emitter, node: onnx.NodeProto) -> None:

@@ -110,7 +110,8 @@ class Trainer:
         return total / max(kept, 1)
 
     def evaluate(self) -> Metrics:
-        return evaluate_module(self.module, self.art, self.val_data, self.targets, self.config.eval_batch_size)
+        return evaluate_module(self.module, self.art, self.val_data, self.targets, self.config.eval_batch_size,
+                               self.art.batch)
 
     def _snapshot(self, iteration: int, metrics: Metrics) -> Snapshot:
         return Snapshot(iteration, metrics, self.compression(),

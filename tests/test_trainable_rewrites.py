@@ -1,0 +1,419 @@
+"""Rewriting operators without a CPU gradient in onnxruntime-training into equivalent trainable subgraphs.
+
+Each case is `x -> Conv 1x1 (trainable weight W) -> c -> <op> -> y`. Checked for every case:
+- the rewritten model computes what the original computes (onnxruntime InferenceSession, random inputs), and the
+  numpy reference of the op written here agrees with onnxruntime's kernel of the original op;
+- the rewritten model builds training artifacts and one real training step gives dL/dW (and the gradients of the
+  op's own parameters: PRelu slope, normalization scale and bias) equal to central finite differences of the
+  numpy reference in float64, with L = mean(y * R) for a fixed random R;
+- the original model's artifacts cannot be built (so the rewrite is needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import pytest
+from graphs import cnn, conv_transpose, make_model, mlp, run, untrainable_ops, value
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_dns.ort_training import api, artifacts, captured_stderr
+from onnx_dns.trainable_rewrites import (
+    CUDA_ONLY_GRADIENT,
+    NO_GRADIENT,
+    rewrite_for_training,
+    untrainable_message,
+    untrainable_nodes,
+)
+
+N, C = 2, 6
+H = helper.make_node
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op under test: `nodes` read `c` and write `y`; `ref(c, params)` is its numpy reference."""
+
+    id: str
+    nodes: tuple
+    ref: object
+    opset: int = 17
+    spatial: tuple = (4, 5)
+    params: dict = field(default_factory=dict)  # initializers the op reads, name -> float array
+    trainable: tuple = ()  # of those, the ones whose gradient is checked
+    ort_runs_original: bool = True  # onnxruntime's LRN kernel only takes 4-D inputs and odd sizes
+
+    @property
+    def op(self) -> str:
+        return self.nodes[0].op_type
+
+
+def np_lrn(c, size, alpha=1e-4, beta=0.75, bias=1.0):
+    lo = (size - 1) // 2
+    hi = size - 1 - lo
+    padded = np.pad(c * c, [(0, 0), (lo, hi)] + [(0, 0)] * (c.ndim - 2))
+    window = sum(padded[:, i:i + c.shape[1]] for i in range(size))
+    return c / (bias + alpha / size * window) ** beta
+
+
+def np_instance_norm(c, scale, bias, eps=1e-5):
+    axes = tuple(range(2, c.ndim))
+    mean = c.mean(axis=axes, keepdims=True)
+    var = ((c - mean) ** 2).mean(axis=axes, keepdims=True)
+    shape = (-1,) + (1,) * (c.ndim - 2)
+    return scale.reshape(shape) * (c - mean) / np.sqrt(var + eps) + bias.reshape(shape)
+
+
+def np_layer_norm(c, scale, bias, axis=-1, eps=1e-5):
+    axes = tuple(range(axis % c.ndim, c.ndim))
+    mean = c.mean(axis=axes, keepdims=True)
+    var = ((c - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (c - mean) / np.sqrt(var + eps) * scale + (0 if bias is None else bias)
+
+
+def lrn_case(size, opset=17, spatial=(4, 5), **attrs):
+    label = "-".join([f"size{size}", f"opset{opset}", f"{len(spatial)}d"] + [f"{k}{v}" for k, v in attrs.items()])
+    return Case(f"LRN-{label}", (H("LRN", ["c"], ["y"], name="op", size=size, **attrs),),
+                lambda c, p: np_lrn(c, size, **attrs), opset, spatial,
+                ort_runs_original=size % 2 == 1 and len(spatial) == 2)
+
+
+def prelu_case(slope_shape, opset=17):
+    slope = np.random.default_rng(5).uniform(-0.5, 0.8, slope_shape)
+    return Case(f"PRelu-slope{'x'.join(map(str, slope_shape)) or 'scalar'}-opset{opset}",
+                (H("PRelu", ["c", "slope"], ["y"], name="op"),),
+                lambda c, p: np.where(c >= 0, c, p["slope"] * c), opset, params={"slope": slope},
+                trainable=("slope",))
+
+
+def instance_norm_case(opset=17, spatial=(4, 5), epsilon=None):
+    rng = np.random.default_rng(6)
+    attrs = {} if epsilon is None else {"epsilon": epsilon}
+    return Case(f"InstanceNormalization-opset{opset}-{len(spatial)}d-eps{epsilon}",
+                (H("InstanceNormalization", ["c", "in.scale", "in.bias"], ["y"], name="op", **attrs),),
+                lambda c, p: np_instance_norm(c, p["in.scale"], p["in.bias"], **({} if epsilon is None
+                                                                                 else {"eps": epsilon})),
+                opset, spatial, {"in.scale": rng.uniform(0.5, 1.5, C), "in.bias": rng.standard_normal(C)},
+                ("in.scale", "in.bias"))
+
+
+def layer_norm_case(opset=17, axis=-1, with_bias=True):
+    rng = np.random.default_rng(7)
+    norm_shape = ((C, 4, 5) if axis == 1 else (5,))
+    params = {"ln.scale": rng.uniform(0.5, 1.5, norm_shape)}
+    if with_bias:
+        params["ln.bias"] = rng.standard_normal(norm_shape)
+    inputs = ["c", "ln.scale"] + (["ln.bias"] if with_bias else [])
+    return Case(f"LayerNormalization-opset{opset}-axis{axis}-bias{with_bias}",
+                (H("LayerNormalization", inputs, ["y"], name="op", axis=axis),),
+                lambda c, p: np_layer_norm(c, p["ln.scale"], p.get("ln.bias"), axis), opset, params=params,
+                trainable=tuple(params))
+
+
+def global_max_pool_case(opset=17, spatial=(4, 5)):
+    return Case(f"GlobalMaxPool-opset{opset}-{len(spatial)}d", (H("GlobalMaxPool", ["c"], ["y"], name="op"),),
+                lambda c, p: c.max(axis=tuple(range(2, c.ndim)), keepdims=True), opset, spatial)
+
+
+def sum_case(inputs, opset=17):
+    shift = np.random.default_rng(8).standard_normal((1, C, 1, 1))
+    terms = {"c": lambda c, p, x: c, "x": lambda c, p, x: x, "shift": lambda c, p, x: p["shift"]}
+    return Case(f"Sum-{'+'.join(inputs)}-opset{opset}", (H("Sum", list(inputs), ["y"], name="op"),),
+                lambda c, p, x=None: sum(terms[i](c, p, x) for i in inputs), opset,
+                params={"shift": shift} if "shift" in inputs else {})
+
+
+CASES = [
+    lrn_case(3), lrn_case(3, opset=11), lrn_case(3, opset=13), lrn_case(3, opset=21),
+    lrn_case(3, alpha=2.0, beta=0.75, bias=1.5), lrn_case(4, alpha=3.0, beta=0.5, bias=2.0),
+    lrn_case(5, alpha=2.0, beta=0.9, bias=1.0, opset=13), lrn_case(5, alpha=1e-4, beta=0.75, bias=1.0),
+    lrn_case(3, alpha=2.0, opset=18, spatial=(7,)),
+    prelu_case(()), prelu_case((1,), opset=11), prelu_case((C, 1, 1)), prelu_case((C, 1, 1), opset=13),
+    prelu_case((C, 4, 5), opset=21), prelu_case((5,), opset=16),
+    Case("Elu-default", (H("Elu", ["c"], ["y"], name="op"),), lambda c, p: np.where(c >= 0, c, np.expm1(
+        np.minimum(c, 0)))),
+    Case("Elu-alpha0.5-opset11", (H("Elu", ["c"], ["y"], name="op", alpha=0.5),),
+         lambda c, p: np.where(c >= 0, c, 0.5 * np.expm1(np.minimum(c, 0))), 11),
+    Case("HardSigmoid-default", (H("HardSigmoid", ["c"], ["y"], name="op"),),
+         lambda c, p: np.clip(0.2 * c + 0.5, 0, 1)),
+    Case("HardSigmoid-alpha0.7-beta0.3-opset13", (H("HardSigmoid", ["c"], ["y"], name="op", alpha=0.7, beta=0.3),),
+         lambda c, p: np.clip(0.7 * c + 0.3, 0, 1), 13),
+    Case("HardSwish-opset14", (H("HardSwish", ["c"], ["y"], name="op"),),
+         lambda c, p: c * np.clip(c / 6 + 0.5, 0, 1), 14),
+    Case("HardSwish-opset21", (H("HardSwish", ["c"], ["y"], name="op"),),
+         lambda c, p: c * np.clip(c / 6 + 0.5, 0, 1), 21),
+    global_max_pool_case(), global_max_pool_case(11), global_max_pool_case(21, spatial=(9,)),
+    sum_case(("c", "x", "shift")), sum_case(("c", "shift"), opset=11), sum_case(("c",), opset=13),
+    instance_norm_case(), instance_norm_case(11), instance_norm_case(18, epsilon=0.1),
+    instance_norm_case(21, spatial=(9,)),
+    layer_norm_case(), layer_norm_case(18, axis=1), layer_norm_case(17, with_bias=False),
+    layer_norm_case(21, axis=1, with_bias=False),
+]
+IDS = [case.id for case in CASES]
+assert len(set(IDS)) == len(IDS)
+
+
+def weight_array(spatial) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((C, C) + (1,) * len(spatial))
+
+
+def op_model(case: Case, symbolic_spatial: bool = False) -> onnx.ModelProto:
+    """x -> Conv 1x1 (W, no bias) -> c -> case.nodes -> y; the batch axis is symbolic, the others static unless
+    `symbolic_spatial` (some onnxruntime gradients silently give zeros when spatial sizes are symbolic)."""
+    inits = [numpy_helper.from_array(weight_array(case.spatial).astype(np.float32), "W")]
+    inits += [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in case.params.items()]
+    nodes = [H("Conv", ["x", "W"], ["c"], name="conv"), *case.nodes]
+    y_shape = ["N", *loss_weights(case).shape[1:]]
+    spatial = list(case.spatial)
+    if symbolic_spatial:
+        spatial = [f"d{i}" for i in range(len(spatial))]
+        y_shape = ["N"] + [f"y{i}" for i in range(1, len(y_shape))]
+    return make_model(nodes, [value("x", ["N", C, *spatial])], [value("y", y_shape)], inits,
+                      name="op", opset=case.opset)
+
+
+def inputs(case: Case, seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((N, C, *case.spatial)).astype(np.float32)
+
+
+def reference(case: Case, x: np.ndarray, w: np.ndarray, params: dict) -> np.ndarray:
+    c = np.einsum("oi,ni...->no...", w.reshape(C, C), x)
+    if case.op == "Sum":
+        return case.ref(c, params, x)
+    return case.ref(c, params)
+
+
+def loss_weights(case: Case) -> np.ndarray:
+    shape = reference(case, inputs(case).astype(np.float64), weight_array(case.spatial),
+                      {k: np.asarray(v, np.float64) for k, v in case.params.items()}).shape
+    return np.random.default_rng(3).standard_normal(shape)
+
+
+def with_loss(model: onnx.ModelProto, r: np.ndarray) -> onnx.ModelProto:
+    """The model with `loss = mean(y * R)` as its only output."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.initializer.append(numpy_helper.from_array(r.astype(np.float32), "loss.r"))
+    out.graph.node.extend([H("Mul", ["y", "loss.r"], ["loss.yr"], name="loss.mul"),
+                           H("ReduceMean", ["loss.yr"], ["loss"], name="loss.mean", keepdims=0)])
+    del out.graph.output[:]
+    out.graph.output.append(value("loss", []))
+    return out
+
+
+def generate(model: onnx.ModelProto, requires_grad, directory) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with captured_stderr():
+        artifacts.generate_artifacts(model, requires_grad=list(requires_grad), frozen_params=[], loss=None,
+                                     artifact_directory=str(directory))
+
+
+def train_step_gradients(directory, x: np.ndarray, names) -> dict[str, np.ndarray]:
+    """Run one forward/backward pass of the training model; return the accumulated gradients."""
+    with captured_stderr():
+        state = api.CheckpointState.load_checkpoint(str(directory / "checkpoint"))
+        module = api.Module(str(directory / "training_model.onnx"), state, str(directory / "eval_model.onnx"))
+        module.train()
+        module(x)
+    return {n: np.array(state.parameters[n].grad, dtype=np.float64) for n in names}
+
+
+def finite_difference(case: Case, x: np.ndarray, r: np.ndarray, name: str, eps: float = 1e-6) -> np.ndarray:
+    x, r = x.astype(np.float64), r.astype(np.float32).astype(np.float64)  # what the ONNX model holds
+    tensors = {"W": weight_array(case.spatial).astype(np.float32).astype(np.float64)}
+    tensors |= {k: np.asarray(v, np.float32).astype(np.float64) for k, v in case.params.items()}
+
+    def loss() -> float:
+        params = {k: v for k, v in tensors.items() if k != "W"}
+        return float(np.mean(reference(case, x, tensors["W"], params) * r))
+
+    target = tensors[name]
+    grad = np.zeros_like(target)
+    for index in np.ndindex(target.shape):
+        saved = target[index]
+        target[index] = saved + eps
+        up = loss()
+        target[index] = saved - eps
+        down = loss()
+        target[index] = saved
+        grad[index] = (up - down) / (2 * eps)
+    return grad
+
+
+def op_types(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node}
+
+
+# ---------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_rewrite_computes_what_the_original_computes(case):
+    original = op_model(case)
+    result = rewrite_for_training(original)
+    assert result.modified
+    rewritten = result.model
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert case.op not in op_types(rewritten) or case.op == "LayerNormalization"
+    assert not op_types(rewritten) & NO_GRADIENT
+    assert untrainable_nodes(rewritten) == []
+    # what the caller relies on to write trained values back: names of initializers, inputs, outputs
+    assert [t.SerializeToString() for t in rewritten.graph.initializer] == \
+           [t.SerializeToString() for t in original.graph.initializer]
+    assert rewritten.graph.input == original.graph.input and rewritten.graph.output == original.graph.output
+    assert rewritten.graph.node[0] == original.graph.node[0]  # the Conv
+    for seed in (2, 4):
+        x = inputs(case, seed)
+        got = run(rewritten, {"x": x})[0]
+        params = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in case.params.items()}
+        ref = reference(case, x.astype(np.float64), weight_array(case.spatial).astype(np.float32), params)
+        if case.ort_runs_original:
+            expected = run(original, {"x": x})[0]
+            np.testing.assert_allclose(expected, ref, rtol=1e-4, atol=1e-4)  # the reference is the op
+        else:
+            expected = ref
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("symbolic_spatial", [False, True], ids=["static", "symbolic"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_rewritten_model_trains_with_the_gradients_of_the_original_op(case, symbolic_spatial, tmp_path):
+    rewritten = rewrite_for_training(op_model(case, symbolic_spatial)).model
+    r = loss_weights(case)
+    names = ("W", *case.trainable)
+    generate(with_loss(rewritten, r), names, tmp_path)
+    x = inputs(case)
+    grads = train_step_gradients(tmp_path, x, names)
+    for name in names:
+        expected = finite_difference(case, x, r, name)
+        assert np.abs(expected).max() > 1e-4, name  # a gradient that says something
+        np.testing.assert_allclose(grads[name], expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max(),
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("op", ["LRN", "PRelu", "Elu", "HardSigmoid", "HardSwish", "GlobalMaxPool", "Sum",
+                                "InstanceNormalization", "LayerNormalization"])
+def test_the_original_op_cannot_be_trained(op, tmp_path):
+    case = next(c for c in CASES if c.op == op)
+    model = with_loss(op_model(case), loss_weights(case))
+    with pytest.raises(Exception) as info:
+        generate(model, ("W", *case.trainable), tmp_path)
+    text = str(info.value)
+    if op == "LayerNormalization":
+        assert "OutputDefs().size()" in text
+    else:
+        assert f"The gradient builder has not been registered: {op}" in text
+    assert untrainable_nodes(op_model(case)) == [("op", op)]
+
+
+def test_layer_norm_keeps_its_node_and_gets_the_two_statistics_outputs():
+    case = layer_norm_case(18, axis=1)
+    rewritten = rewrite_for_training(op_model(case)).model
+    node = rewritten.graph.node[1]
+    assert node.op_type == "LayerNormalization" and node.name == "op" and list(node.input) == list(
+        case.nodes[0].input)
+    assert node.output[0] == "y" and len(node.output) == 3 and all(node.output)
+    assert node.attribute == case.nodes[0].attribute
+    three = op_model(case)
+    three.graph.node[1].output.extend(["m", "s"])
+    assert not rewrite_for_training(three).modified and untrainable_nodes(three) == []
+    no_bias = op_model(layer_norm_case(with_bias=False))
+    no_bias.graph.node[1].output.extend(["m", "s"])
+    assert untrainable_nodes(no_bias) == [("op", "LayerNormalization")]  # ORT's gradient reads B
+    node = rewrite_for_training(no_bias).model.graph.node[-1]
+    assert list(node.output) == ["y", "m", "s"] and len(node.input) == 3
+
+
+# ---------------------------------------------------------------- the pass itself
+
+
+def test_parameters_of_rewritten_ops_keep_their_names():
+    for case in [prelu_case((C, 1, 1)), instance_norm_case()]:
+        rewritten = rewrite_for_training(op_model(case)).model
+        readers = {n: [node.op_type for node in rewritten.graph.node if n in node.input] for n in case.params}
+        if case.op == "PRelu":
+            assert readers == {"slope": ["Mul"]}
+        else:
+            assert readers == {"in.scale": ["Reshape"], "in.bias": ["Reshape"]}
+
+
+def test_new_names_are_fresh_and_derived_from_the_node():
+    case = lrn_case(3)
+    original = op_model(case)
+    rewritten = rewrite_for_training(original).model
+    old = {name for node in original.graph.node for name in list(node.input) + list(node.output)}
+    new_nodes = rewritten.graph.node[1:]
+    produced = [o for node in new_nodes for o in node.output]
+    assert produced[-1] == "y" and len(set(produced)) == len(produced)
+    assert all(o.startswith("op__dns_") for o in produced[:-1]) and not set(produced[:-1]) & old
+    assert len({n.name for n in rewritten.graph.node}) == len(rewritten.graph.node)
+    # an unnamed node is labelled by op type and position
+    original.graph.node[1].name = ""
+    assert rewrite_for_training(original).model.graph.node[-1].name.startswith("LRN_1__dns_")
+
+
+def test_models_without_such_ops_are_untouched_and_inputs_never_mutated():
+    for model in (cnn(), mlp(), op_model(layer_norm_case()), untrainable_ops()):
+        before = model.SerializeToString()
+        result = rewrite_for_training(model)
+        assert model.SerializeToString() == before
+        if model.graph.name in ("cnn", "mlp"):
+            assert result.modified is False and result.model is model
+        else:
+            assert result.modified is True and result.model.SerializeToString() != before
+
+
+def test_the_alexnet_like_graph_of_the_test_suite_becomes_trainable(tmp_path):
+    model = untrainable_ops()
+    assert untrainable_nodes(model) == [("lrn", "LRN"), ("prelu", "PRelu")]
+    rewritten = rewrite_for_training(model).model
+    assert untrainable_nodes(rewritten) == []
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 3, 5, 5)).astype(np.float32)}
+    np.testing.assert_allclose(run(rewritten, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-6)
+    y_shape = run(model, feeds)[0].shape
+    generate(with_loss(rewritten, np.ones(y_shape)), ["uc.w", "uc.b", "slope"], tmp_path)
+
+
+def test_unknown_rank_or_non_float_input_is_left_and_reported():
+    unknown = make_model([H("GlobalMaxPool", ["x"], ["y"], name="gmp")], [value("x", None)], [value("y", None)], [],
+                         check=False)
+    assert not rewrite_for_training(unknown).modified
+    assert untrainable_nodes(unknown) == [("gmp", "GlobalMaxPool")]
+    ints = make_model([H("PRelu", ["a", "b"], ["y"], name="p")], [value("a", [2], TensorProto.INT32),
+                                                                 value("b", [2], TensorProto.INT32)],
+                      [value("y", [2], TensorProto.INT32)], [])
+    assert not rewrite_for_training(ints).modified
+    old_opset = op_model(lrn_case(3, opset=10))
+    assert not rewrite_for_training(old_opset).modified
+    assert untrainable_nodes(old_opset) == [("op", "LRN")]
+    message = untrainable_message(unknown, untrainable_nodes(unknown))
+    assert message.startswith("node gmp (GlobalMaxPool) has no gradient in onnxruntime-training;")
+
+
+def test_untrainable_nodes_lists_cpu_gaps_and_only_nodes_behind_trainable_tensors(tmp_path):
+    model = conv_transpose()
+    assert untrainable_nodes(model) == [("deconv", "ConvTranspose")]
+    assert "CUDA" in untrainable_message(model, untrainable_nodes(model))
+    assert CUDA_ONLY_GRADIENT == {"ConvTranspose", "Resize"}
+    # a ConvTranspose gradient graph builds, but the CPU training session has no ConvTransposeGrad kernel
+    generate(with_loss(model, np.ones((2, 3, 9, 9))), ["ct.w", "ct.b"], tmp_path)
+    with pytest.raises(Exception, match="Could not find an implementation for ConvTransposeGrad"):
+        train_step_gradients(tmp_path, np.ones((2, 2, 4, 4), np.float32), ["ct.w"])
+    # Einsum before the first trainable tensor needs no gradient; after it, it does
+    rng = np.random.default_rng(0)
+    chain = make_model(
+        [H("Einsum", ["x"], ["e"], name="early", equation="ij->ij"), H("MatMul", ["e", "w"], ["m"], name="mm"),
+         H("Einsum", ["m"], ["y"], name="late", equation="ij->ji"),
+         H("Pad", ["y", "pads"], ["p"], name="pad", mode="reflect")],
+        [value("x", [2, 3])], [value("p", [5, 4])],
+        [numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "pads")])
+    assert untrainable_nodes(chain) == [("early", "Einsum"), ("late", "Einsum"), ("pad", "Pad")]
+    assert untrainable_nodes(chain, trainable=["w"]) == [("late", "Einsum"), ("pad", "Pad")]
+    assert untrainable_nodes(chain, trainable=[]) == []
