@@ -15,22 +15,17 @@ from onnx_dns.graph import initializers, to_array
 from onnx_dns.insert_masks import read_masks
 from onnx_dns.normalize import densify_sparse, lift_constants
 from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 
-NO_CPU_GRADIENT = {
-    "LRN": "no gradient",
-    "GlobalMaxPool": "no gradient; ReduceMax over the spatial axes is equivalent",
-    "InstanceNormalization": "no gradient",
-    "Einsum": "no gradient",
-    "PRelu": "no gradient",
-    "Elu": "no gradient",
-    "HardSigmoid": "no gradient",
-    "HardSwish": "no gradient",
-    "Upsample": "no gradient",
-    "Sum": "no gradient; a chain of Add is equivalent",
-    "DepthToSpace": "no gradient",
-    "ConvTranspose": "gradient on CUDA only",
-    "Resize": "gradient on CUDA only",
-}
+def training_support(op: str) -> str | None:
+    """How onnxruntime-training 1.19 on CPU copes with an operator without a gradient of its own, or None."""
+    if op in REWRITTEN_OPS:
+        return "no CPU gradient; rewritten for training into equivalent operators, kept as is in the output"
+    if op in CUDA_ONLY_GRADIENT:
+        return "gradient on CUDA only: training cannot pass through it on CPU"
+    if op in NO_GRADIENT:
+        return "no gradient: training cannot pass through it"
+    return None
 
 
 @dataclass
@@ -130,7 +125,7 @@ def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None)
         ir_version=model.ir_version,
         opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         layers=layer_stats(prepared, layers),
-        untrainable={op: NO_CPU_GRADIENT[op] for op in ops if op in NO_CPU_GRADIENT},
+        untrainable={op: training_support(op) for op in ops if training_support(op)},
     )
 
 
@@ -165,7 +160,7 @@ def format_report(report: ModelReport) -> str:
     opsets = ", ".join(f"{d} {v}" for d, v in sorted(report.opsets.items()))
     lines.append(f"IR version {report.ir_version}, opsets: {opsets}")
     if report.untrainable:
-        lines.append("operators without a CPU gradient in onnxruntime-training:")
+        lines.append("operators without a CPU gradient of their own in onnxruntime-training:")
         lines.extend(f"  {op}: {why}" for op, why in report.untrainable.items())
     return "\n".join(lines)
 

@@ -460,3 +460,5 @@ def _infer_types_and_ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict
         types[init.name] = init.data_type
         ranks[init.name] = len(init.dims)
     return types, ranks
+
+REWRITTEN_OPS = frozenset(_REWRITES)

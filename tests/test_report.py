@@ -155,6 +155,8 @@ def test_lists_operators_without_a_cpu_gradient():
     assert any(line.startswith("LRN") for line in lines)
     assert any(line.startswith("PRelu") for line in lines)
     assert "ConvTranspose" in inspect_model(conv_transpose()).untrainable
+    assert "rewritten for training" in report.untrainable["LRN"]
+    assert "cannot pass through" in inspect_model(conv_transpose()).untrainable["ConvTranspose"]
 
 
 def test_trainable_model_lists_no_operator():
