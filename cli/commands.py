@@ -201,7 +201,8 @@ def summary_line(result) -> str:
     return (f"params {result.params:,} -> {result.nonzeros:,} ({result.compression:.1f}x; "
             f"{result.weight_compression:.1f}x weights only), {before.label} {before.score:.2f} -> {after.score:.2f} "
             f"on {before.samples} samples, file {human_bytes(result.file_size_before)} -> "
-            f"{human_bytes(result.file_size_after)}, {result.seconds:.0f} s -> {result.output}")
+            f"{human_bytes(result.file_size_after)}, {result.seconds:.0f} s (mask updates {result.surgery_ms_per_step:.2f} "
+            f"ms/step) -> {result.output}")
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnx_dns import __version__
 from onnx_dns.artifacts import build_artifacts
@@ -22,7 +23,7 @@ from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
 from onnx_dns.errors import DataError, DnsError, ModelError, OutputError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
-from onnx_dns.graph import replace_initializers
+from onnx_dns.graph import FLOAT_TYPES, replace_initializers
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name
 from onnx_dns.model_io import check_output_path, load_model, save_model
@@ -130,6 +131,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     check_output_path(output_path, forbid=model_path)
     original = load_model(model_path)
     model = densify_sparse(lift_constants(original).model).model
+    _check_finite(model, model_path)
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
     if not options.prune:
         layers = []
@@ -217,6 +219,17 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
         chosen_iteration=result.chosen.iteration, history=result.history, val_source=val.source,
         artifact_seconds=artifact_seconds,
     )
+
+
+def _check_finite(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse weights holding NaN or infinity: training would only spread them."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES:
+            values = numpy_helper.to_array(tensor)
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            if bad:
+                raise ModelError(f"{path}: initializer {tensor.name!r} holds {bad} NaN or infinite values; "
+                                 "fix the model (re-export it from a healthy checkpoint)")
 
 
 def _train_and_validation(options: CompressOptions, specs) -> tuple[Dataset | CallableData, Dataset | CallableData]:

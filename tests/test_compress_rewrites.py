@@ -77,3 +77,19 @@ def test_an_operator_that_cannot_be_trained_is_named(tmp_path):
     with pytest.raises(ModelError, match=r"node lrn \(LpNormalization\) has no gradient"):
         compress(path, tmp_path / "out.onnx", options)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_non_finite_weights_are_refused_before_training(tmp_path):
+    model = cnn_with_untrainable_ops()
+    weights = numpy_helper.to_array(model.graph.initializer[2]).copy()
+    weights[0, 0] = np.nan
+    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(weights, "fc.w"))
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    original = path.read_bytes()
+    np.savez(tmp_path / "train.npz", x=np.zeros((64, 1, 8, 8), np.float32), labels=np.zeros(64, np.int64))
+    options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
+    with pytest.raises(ModelError, match=r"'fc.w' holds 1 NaN"):
+        compress(path, tmp_path / "out.onnx", options)
+    assert path.read_bytes() == original
+    assert not (tmp_path / "out.onnx").exists()
