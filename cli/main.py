@@ -1,6 +1,7 @@
 """`onnx-dns`: compress ONNX models with Dynamic Network Surgery; inspect, evaluate and gate them in CI.
 
-Exit codes: 0 success, 1 unexpected internal error, 2 bad command-line usage, 3 bad model, 4 bad data,
+Exit codes: 0 success, 1 unexpected internal error, 2 bad command-line usage (including an option naming a
+layer that does not exist), 3 bad model, 4 bad data,
 5 training failed, 6 accuracy bound missed (model still written with a suffix), 7 output not writable,
 130 interrupted (a checkpoint is left to --resume from).
 """

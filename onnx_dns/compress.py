@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from onnx_dns import __version__
 from onnx_dns.artifacts import build_artifacts
 from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
-from onnx_dns.errors import DataError, DnsError, ModelError, OutputError
+from onnx_dns.errors import DataError, ModelError, OptionError, OutputError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
 from onnx_dns.graph import FLOAT_TYPES, replace_initializers
@@ -170,7 +170,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     masked = insert_masks(model, [t.name for layer in layers for t in layer.tensors]).model
     work = Path(options.work_dir) if options.work_dir else output_path.with_name(output_path.name + ".dns-work")
     if resume and not (work / "checkpoint.npz").exists():
-        raise DnsError(f"{work}: no checkpoint to resume from; run without --resume to start afresh")
+        raise OptionError(f"{work}: no checkpoint to resume from; run without --resume to start afresh")
     _check_resume_settings(work, model_path, options, resume)
     progress({"event": "building", "layers": len(layers)})
     t_art = time.perf_counter()
@@ -260,7 +260,7 @@ def _guess_task(labels: np.ndarray | None, sample: np.ndarray) -> str:
 def _loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndarray,
                options: CompressOptions) -> LossSpec:
     if task not in ("classify", "regress"):
-        raise DnsError(f"--task must be classify or regress, not {task!r}")
+        raise OptionError(f"--task must be classify or regress, not {task!r}")
     distill = options.distill if options.distill is not None else labels is None
     if labels is None and options.distill is False:
         raise DataError(f"{options.data}: the data has no 'labels' array; use --distill to learn from the "
@@ -309,11 +309,11 @@ def _check_layer_names(layers: list[Layer], options: CompressOptions) -> None:
     for option, given in (("--c", options.c), ("--sparsity", options.sparsity), ("--stop", options.stop)):
         for name in given:
             if name not in names:
-                raise DnsError(f"{option} {name}=...: no prunable layer named {name!r}; layers: "
+                raise OptionError(f"{option} {name}=...: no prunable layer named {name!r}; layers: "
                                + ", ".join(sorted(names)) + " (see onnx-dns inspect)")
     for name, value in options.sparsity.items():
         if not 0 <= value < 1:
-            raise DnsError(f"--sparsity {name}={value}: give a fraction in [0, 1), e.g. 0.95")
+            raise OptionError(f"--sparsity {name}={value}: give a fraction in [0, 1), e.g. 0.95")
 
 
 def _check_resume_settings(work: Path, model_path: Path, options: CompressOptions, resume: bool) -> None:
@@ -325,7 +325,7 @@ def _check_resume_settings(work: Path, model_path: Path, options: CompressOption
         saved = json.loads(path.read_text()) if path.exists() else {}
         for key, value in settings.items():
             if saved.get(key) != value:
-                raise DnsError(f"--resume {work}: the run was started with {key}={saved.get(key)!r}, now "
+                raise OptionError(f"--resume {work}: the run was started with {key}={saved.get(key)!r}, now "
                                f"{value!r}; resume with the same options, or start afresh without --resume")
         return
     if work.exists() and any(work.iterdir()):

@@ -9,6 +9,12 @@ class DnsError(Exception):
     exit_code = 1
 
 
+class OptionError(DnsError):
+    """An option names something that does not exist or has a value out of range (like a usage error)."""
+
+    exit_code = 2
+
+
 class ModelError(DnsError):
     """The model file cannot be read, is invalid, or uses something the tool does not support."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -189,3 +190,11 @@ def test_a_work_dir_that_is_not_ours_is_never_deleted(case):
     result = invoke(*compress_args(folder, "--work-dir", mine))
     one_line_error(result, OutputError.exit_code)
     assert (mine / "thesis.tex").read_text() == "precious"
+
+
+def test_unknown_layer_in_an_option_is_a_usage_error(tmp_path):
+    model = Path(__file__).resolve().parents[1] / "models" / "lenet300" / "model.onnx"
+    result = CliRunner().invoke(main, ["compress", str(model), "-o", str(tmp_path / "out.onnx"), "--c", "fc9=2"])
+    assert result.exit_code == 2
+    assert "no prunable layer named 'fc9'" in result.output and "fc1, fc2, fc3" in result.output
+    assert "Traceback" not in result.output
