@@ -14,7 +14,6 @@ from pathlib import Path
 import onnx
 
 from onnx_dns.errors import ModelError, TrainingError
-from onnx_dns.fold import fold_masks
 from onnx_dns.graph import FLOAT_TYPES, initializers
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
@@ -61,7 +60,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     graph_inputs = [i.name for i in masked_model.graph.input]
     init_names = set(initializers(masked_model.graph))
     user_inputs = tuple(n for n in graph_inputs if n not in init_names)
-    trainable = [n for n in trainable_parameters(_unmasked_view(masked_model)) if n not in masks.values()]
+    trainable = [n for n in trainable_parameters(masked_model) if n not in masks.values()]
     rewritten = rewrite_for_training(masked_model).model
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
@@ -110,11 +109,6 @@ def _fixed_batch(model: onnx.ModelProto, inputs: tuple[str, ...]) -> int | None:
         if value.name in inputs and dims and dims[0].HasField("dim_value"):
             return dims[0].dim_value
     return None
-
-
-def _unmasked_view(masked_model: onnx.ModelProto) -> onnx.ModelProto:
-    """The masked model with Mul(W, mask) outputs renamed back to W, so layer discovery sees the weights."""
-    return fold_masks(masked_model, sparse=False).model
 
 
 def _explain(exc: Exception, log: str) -> str:

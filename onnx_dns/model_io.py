@@ -54,7 +54,7 @@ def load_model(source: str | os.PathLike | bytes, *, check: bool = True) -> onnx
     if not model.graph.node:
         raise ModelError(f"{name}: not an ONNX model (the graph has no nodes); check the file")
     check_versions(model, name)
-    if check and model.ByteSize() < PROTOBUF_LIMIT:
+    if check and not over_protobuf_limit(model, PROTOBUF_LIMIT):
         try:
             onnx.checker.check_model(model)
         except Exception as exc:
@@ -85,7 +85,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     """
     path = Path(path)
     directory = check_output_path(path, forbid=forbid)
-    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    external = over_protobuf_limit(model, EXTERNAL_DATA_THRESHOLD)
     tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
     try:
         tmp_model = Path(tmpdir) / path.name
@@ -113,6 +113,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
         if Path(tmpdir).exists():
             os.rmdir(tmpdir)
     return path
+
+
+def over_protobuf_limit(model: onnx.ModelProto, limit: int) -> bool:
+    """Whether the serialized model exceeds `limit` bytes; protobuf's upb backend refuses to even measure
+    a message over 2 GB, which also means it is over."""
+    try:
+        return model.ByteSize() > limit
+    except Exception:  # noqa: BLE001 - google.protobuf.message.EncodeError, whose import path varies by backend
+        return True
 
 
 def check_output_path(path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.npz"
 MAX_ROLLBACKS = 3
+PROGRESS_EVERY = 50  # iterations between recounts of the kept weights for progress (a pass over every mask)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Trainer:
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         iteration = start
+        compression = self.compression()
         try:
             while iteration < cfg.iterations:
                 inputs, labels = self.train_data.batch(iteration, cfg.batch_size, cfg.seed)
@@ -176,9 +178,10 @@ class Trainer:
                     if self._meets(last_metrics, baseline) and (
                             best is None or snap.compression >= best.compression * 0.995):
                         best = snap
+                if evaluate_now or iteration % PROGRESS_EVERY == 0:
+                    compression = self.compression()
                 self.progress({"event": "step", "iteration": iteration, "iterations": cfg.iterations, "loss": loss,
-                               "compression": self.compression(), "metrics": last_metrics,
-                               "evaluated": evaluate_now})
+                               "compression": compression, "metrics": last_metrics, "evaluated": evaluate_now})
                 if iteration % cfg.checkpoint_every == 0 or self._stop_requested:
                     self._save_checkpoint(iteration, baseline, lr_scale, rollbacks, history, best)
                 if self._stop_requested:

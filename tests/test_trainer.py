@@ -98,9 +98,10 @@ def test_target_mode_reaches_the_requested_compression(tmp_path):
     assert kept1 / (10 * 64 + 64) < kept2 / (64 * 3 + 3)
     keep = allocate_keep({"fc1": 704, "fc2": 195}, 4.0)
     assert kept1 == round(keep["fc1"] * 704) and kept2 == round(keep["fc2"] * 195)
-    # the compression stopped changing at the surgery stop (75% of the iterations)
-    after_stop = {round(e["compression"], 6) for e in events if e["event"] == "step" and e["iteration"] >= 120}
-    assert len(after_stop) == 1
+    # the compression stopped changing at the surgery stop (75% of the iterations); progress recounts the
+    # kept weights every PROGRESS_EVERY iterations, so the first count after the stop is at iteration 150
+    after_stop = {round(e["compression"], 6) for e in events if e["event"] == "step" and e["iteration"] >= 150}
+    assert after_stop == {round(result.compression, 6)}
     assert result.accuracy_after.top1 > 80
 
 
