@@ -1,0 +1,883 @@
+"""Speed of one DNS training step in onnx-dns against a plain PyTorch implementation of DNS (issue 5).
+
+    python benchmarks/speed.py            # the full run (about 20 minutes on a 2-core machine)
+    python benchmarks/speed.py --quick    # tiny sizes, a smoke run of a minute or two
+
+The step, identical on both sides: forward with W * T, cross-entropy, backward with the straight-through
+gradient (every entry of W gets it), momentum SGD with weight decay on every entry (momentum 0.9, decay 5e-4,
+lr 0.01), then the surgery rule on every masked tensor at every iteration with fixed thresholds a = 0.9 t,
+b = 1.1 t (t = mean + 1 * std of |w| of the layer's initial weights and biases). Same model, same random
+weights, same synthetic batches (batch 64), 2 threads on each side.
+
+- onnx-dns side: the library's own pieces, as compress.py and trainer.py put them together: the model built
+  with onnx.helper, `find_layers`, `insert_masks`, `build_artifacts` with a classification LossSpec, then
+  api.CheckpointState / api.Module with zero-copy param, grad and mask views, `optimizers.SGD` and
+  `surgery.update_mask`; each step is timed in parts (module call, optimizer, mask update, data and targets).
+- PyTorch side: benchmarks/speed_torch.py, run in its own virtual environment benchmarks/.torch-venv
+  (created on first use with `pip install torch==2.13.0 numpy`); torch is never a dependency of onnx-dns.
+- Each measurement runs in its own subprocess (so peak resident memory is that side's alone), interleaved
+  per model as A B A B A B; warm-up steps are excluded; the median images/s of the repeats is reported.
+- Two more onnx-dns rows: `proto`, the same loop with the host-side fixes this benchmark recommends
+  (prototyped here, not in the library: chunked, threaded optimizer and mask update), and `Trainer.run`, the
+  library's real training loop (with its surgery schedule, progress events and bookkeeping).
+- Fold and write: `fold_masks` + `save_model` of MLPs of 1M, 10M and 100M parameters at 90% sparsity, and a
+  dense one above 2 GB that exercises external data when the machine has the memory for it.
+
+Writes benchmarks/results/speed.json and speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+TORCH_VENV = ROOT / "benchmarks" / ".torch-venv"
+TORCH_VERSION = "2.13.0"
+BATCH = 64
+LR = 0.01
+C = 1.0  # the paper mode's default c: t = mean + 1 * std of |w|
+INPUT = "input"
+OUTPUT = "logits"
+
+
+# ----------------------------------------------------------------------------------------------- the models
+
+def fc(name: str, n_in: int, n_out: int) -> dict:
+    return {"op": "fc", "name": name, "in": n_in, "out": n_out}
+
+
+def conv(name: str, c_in: int, c_out: int, k: int, pad: int = 0) -> dict:
+    return {"op": "conv", "name": name, "in": c_in, "out": c_out, "k": k, "pad": pad}
+
+
+RELU, FLATTEN = {"op": "relu"}, {"op": "flatten"}
+
+
+def maxpool(k: int = 2) -> dict:
+    return {"op": "maxpool", "k": k}
+
+
+def bn(name: str, channels: int) -> dict:
+    return {"op": "bn", "name": name, "c": channels}
+
+
+def model_specs(quick: bool) -> dict[str, dict]:
+    wide = 512 if quick else 4096
+    widths = (8, 16, 32) if quick else (32, 64, 128)
+    vgg, c_in = [], 3
+    for i, w in enumerate(widths, start=1):
+        vgg += [conv(f"conv{i}a", c_in, w, 3, 1), bn(f"bn{i}a", w), RELU,
+                conv(f"conv{i}b", w, w, 3, 1), bn(f"bn{i}b", w), RELU, maxpool()]
+        c_in = w
+    vgg += [FLATTEN, fc("fc1", widths[-1] * 16, 256), RELU, fc("fc2", 256, 10)]
+    return {
+        "lenet300": {"title": "LeNet-300-100", "input": [784], "classes": 10,
+                     "layers": [fc("fc1", 784, 300), RELU, fc("fc2", 300, 100), RELU, fc("fc3", 100, 10)]},
+        "lenet5": {"title": "LeNet-5 (Caffe)", "input": [1, 28, 28], "classes": 10,
+                   "layers": [conv("conv1", 1, 20, 5), maxpool(), conv("conv2", 20, 50, 5), maxpool(), FLATTEN,
+                              fc("fc1", 800, 500), RELU, fc("fc2", 500, 10)]},
+        "vgg_bn": {"title": f"VGG-BN CIFAR ({'-'.join(map(str, widths))})", "input": [3, 32, 32], "classes": 10,
+                   "layers": vgg},
+        "wide_mlp": {"title": f"wide MLP ({wide}x4)", "input": [wide], "classes": 10,
+                     "layers": [fc("fc1", wide, wide), RELU, fc("fc2", wide, wide), RELU, fc("fc3", wide, wide),
+                                RELU, fc("fc4", wide, 10)]},
+    }
+
+
+def make_weights(spec: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Xavier-uniform weights (Caffe's filler), small nonzero biases, BatchNorm near identity."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for layer in spec["layers"]:
+        if layer["op"] in ("fc", "conv"):
+            shape = (layer["out"], layer["in"]) if layer["op"] == "fc" else (layer["out"], layer["in"], layer["k"],
+                                                                                layer["k"])
+            fan_in = int(np.prod(shape[1:]))
+            scale = math.sqrt(3.0 / fan_in)
+            out[layer["name"] + ".weight"] = rng.uniform(-scale, scale, shape).astype(np.float32)
+            out[layer["name"] + ".bias"] = rng.uniform(-0.05, 0.05, layer["out"]).astype(np.float32)
+        elif layer["op"] == "bn":
+            c = layer["c"]
+            out[layer["name"] + ".scale"] = rng.uniform(0.9, 1.1, c).astype(np.float32)
+            out[layer["name"] + ".shift"] = rng.uniform(-0.05, 0.05, c).astype(np.float32)
+            out[layer["name"] + ".mean"] = np.zeros(c, np.float32)
+            out[layer["name"] + ".var"] = np.ones(c, np.float32)
+    return out
+
+
+def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
+    """The model as an ONNX graph (opset 17, IR 8), built with onnx.helper; weights in PyTorch layout."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, x = [], INPUT
+    for i, layer in enumerate(spec["layers"]):
+        op, y = layer["op"], f"t{i}"
+        if i == len(spec["layers"]) - 1:
+            y = OUTPUT
+        if op == "fc":
+            n = layer["name"]
+            nodes.append(helper.make_node("Gemm", [x, n + ".weight", n + ".bias"], [y], name=n, transB=1))
+        elif op == "conv":
+            n, p, k = layer["name"], layer["pad"], layer["k"]
+            nodes.append(helper.make_node("Conv", [x, n + ".weight", n + ".bias"], [y], name=n, kernel_shape=[k, k],
+                                          pads=[p, p, p, p]))
+        elif op == "bn":
+            n = layer["name"]
+            nodes.append(helper.make_node("BatchNormalization", [x] + [f"{n}.{s}" for s in ("scale", "shift", "mean",
+                                                                                             "var")],
+                                          [y], name=n, epsilon=1e-5))
+        elif op == "relu" and os.environ.get("SPEED_RELU") == "mul":
+            # experiment (with --profile): Relu as x * float(x > 0), same gradient; onnxruntime 1.19's ReluGrad
+            # kernel costs more than Greater + Cast + Mul together
+            nodes += [helper.make_node("Greater", [x, "speed_zero"], [y + "_gt"], name=f"relu{i}_gt"),
+                      helper.make_node("Cast", [y + "_gt"], [y + "_keep"], name=f"relu{i}_cast", to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [x, y + "_keep"], [y], name=f"relu{i}_mul")]
+        elif op == "relu":
+            nodes.append(helper.make_node("Relu", [x], [y], name=f"relu{i}"))
+        elif op == "maxpool":
+            nodes.append(helper.make_node("MaxPool", [x], [y], name=f"pool{i}", kernel_shape=[layer["k"]] * 2,
+                                          strides=[layer["k"]] * 2))
+        elif op == "flatten":
+            nodes.append(helper.make_node("Flatten", [x], [y], name=f"flatten{i}", axis=1))
+        x = y
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    if os.environ.get("SPEED_RELU") == "mul":
+        inits.append(numpy_helper.from_array(np.zeros((), np.float32), "speed_zero"))
+    graph = helper.make_graph(nodes, spec["title"], [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
+                                                                                   ["N", *spec["input"]])],
+                              [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", spec["classes"]])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="speed.py")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def params_of(spec: dict) -> int:
+    return sum(int(v.size) for k, v in make_weights(spec).items() if not k.endswith((".mean", ".var")))
+
+
+# ----------------------------------------------------------------------------------------------- workers
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_build(work: Path, spec: dict) -> dict:
+    """Weights, thresholds, batches and the training artifacts of one model, written into `work`."""
+    from onnx_dns.artifacts import build_artifacts
+    from onnx_dns.insert_masks import insert_masks
+    from onnx_dns.losses import LossSpec
+    from onnx_dns.normalize import pin_input_shapes
+    from onnx_dns.prunable import find_layers
+    from onnx_dns.surgery import LOW, HIGH, magnitude_stats, paper_threshold
+
+    weights = make_weights(spec)
+    rng = np.random.default_rng(1)
+    n_batches = 8
+    x = rng.random((n_batches, BATCH, *spec["input"]), dtype=np.float32)
+    y = rng.integers(0, spec["classes"], (n_batches, BATCH)).astype(np.int64)
+    np.savez(work / "data.npz", x=x, y=y)
+    np.savez(work / "weights.npz", **weights)
+    (work / "spec.json").write_text(json.dumps(spec))
+
+    t0 = time.perf_counter()
+    model = onnx_model(spec, weights)
+    layers = find_layers(model)
+    masked = insert_masks(model, [t.name for layer in layers for t in layer.tensors]).model
+    pinned = pin_input_shapes(masked, {INPUT: (None, *spec["input"])}).model
+    t1 = time.perf_counter()
+    loss = LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"])
+    art = build_artifacts(pinned, loss, work / "artifacts")
+    t2 = time.perf_counter()
+    thresholds = {}
+    for layer in layers:
+        t = paper_threshold(magnitude_stats([weights[p.name] for p in layer.tensors]), C)
+        for p in layer.tensors:
+            thresholds[p.name] = [LOW * t, HIGH * t]
+    (work / "thresholds.json").write_text(json.dumps(thresholds))
+    with open(work / "art.pkl", "wb") as handle:
+        pickle.dump(art, handle)
+    files = sum(f.stat().st_size for f in (work / "artifacts").iterdir())
+    return {"prepare_seconds": t1 - t0, "artifact_seconds": t2 - t1, "peak_rss_mb": peak_rss_mb(),
+            "layers": [layer.name for layer in layers], "masked_tensors": len(thresholds),
+            "trainable": len(art.trainable), "artifact_mb": files / 2**20}
+
+
+# The host-side fixes prototyped here (recommended for onnx_dns/surgery.py update_mask and
+# onnx_dns/optimizers.py SGD.step):
+# 1. update_mask without np.copyto(..., where=): a masked copy with a random where-pattern costs ~5 ns an entry
+#    (branch mispredictions), ten times the arithmetic. Branch-free and exactly equal for 0/1 masks:
+#        keep = not (|w| < a);  mask *= keep;  mask = max(mask, |w| > b)
+#    into preallocated scratch (no new |w| array per call).
+# 2. Large tensors: the same numpy operations in the same order (bit-identical results), run over cache-sized
+#    chunks, so temporaries stay in cache, and split over the training threads (numpy releases the GIL inside
+#    ufuncs). Small tensors keep a plain whole-array path, where thread hand-off would cost more than it saves.
+CHUNK = 1 << 14
+PARALLEL_MIN = 1 << 18
+
+
+def fast_update_mask(w: np.ndarray, mask: np.ndarray, low: float, high: float, magnitude: np.ndarray,
+                     flag: np.ndarray) -> None:
+    """surgery.update_mask, branch-free: the same mask for 0/1 masks (NaN weights included)."""
+    np.abs(w, out=magnitude)
+    np.less(magnitude, low, out=flag)
+    np.logical_not(flag, out=flag)
+    np.multiply(mask, flag, out=mask)
+    np.greater(magnitude, high, out=flag)
+    np.maximum(mask, flag, out=mask)
+
+
+class ChunkedHost:
+    def __init__(self, threads: int) -> None:
+        self.threads = max(threads, 1)
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.scratch = [np.empty(CHUNK, np.float32) for _ in range(self.threads)]
+        self.flags = [np.empty(CHUNK, np.bool_) for _ in range(self.threads)]
+        self.small: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _ranges(self, n: int) -> list[tuple[int, int]]:
+        step = -(-n // self.threads)
+        step = -(-step // CHUNK) * CHUNK
+        return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+    def _run(self, jobs) -> None:
+        """jobs: (function, args) pairs; job j runs on worker j % threads with that worker's scratch."""
+        if self.pool is None or len(jobs) == 1:
+            for fn, args in jobs:
+                fn(0, *args)
+            return
+        futures = [self.pool.submit(fn, j % self.threads, *args) for j, (fn, args) in enumerate(jobs)]
+        for f in futures:
+            f.result()
+
+    @staticmethod
+    def _flat(a: np.ndarray) -> np.ndarray:
+        if not a.flags.c_contiguous:
+            raise ValueError("non-contiguous parameter view")
+        return a.reshape(-1)
+
+    def sgd_step(self, opt, params, grads, lr: float) -> None:
+        m, wd = opt.momentum, opt.weight_decay
+        jobs = []
+        for name, w in params.items():
+            v, g = opt.velocity[name], grads[name]
+            if w.size < PARALLEL_MIN or w.dtype != np.float32:
+                tmp = opt._scratch[name]
+                np.multiply(w, wd, out=tmp)
+                tmp += g
+                tmp *= lr
+                v *= m
+                v += tmp
+                w -= v
+                continue
+            fw, fg, fv = self._flat(w), self._flat(g), self._flat(v)
+            jobs += [(self._sgd_range, (fw, fg, fv, s, e, wd, lr, m)) for s, e in self._ranges(w.size)]
+        if jobs:
+            self._run(jobs)
+
+    def _sgd_range(self, k, w, g, v, s, e, wd, lr, m) -> None:
+        scratch = self.scratch[k]
+        for i in range(s, e, CHUNK):
+            j = min(i + CHUNK, e)
+            t, ww, vv = scratch[:j - i], w[i:j], v[i:j]
+            np.multiply(ww, wd, out=t)
+            t += g[i:j]
+            t *= lr
+            vv *= m
+            vv += t
+            ww -= vv
+
+    def update_masks(self, params, masks, thresholds) -> None:
+        jobs = []
+        for name, (low, high) in thresholds.items():
+            w, mask = params[name], masks[name]
+            if w.size < PARALLEL_MIN or w.dtype != np.float32:
+                scratch = self.small.get(name)
+                if scratch is None:
+                    scratch = self.small[name] = (np.empty_like(w), np.empty(w.shape, np.bool_))
+                fast_update_mask(w, mask, low, high, *scratch)
+                continue
+            fw, fm = self._flat(w), self._flat(mask)
+            jobs += [(self._mask_range, (fw, fm, s, e, low, high)) for s, e in self._ranges(w.size)]
+        if jobs:
+            self._run(jobs)
+
+    def _mask_range(self, k, w, mask, s, e, low, high) -> None:
+        scratch, flags = self.scratch[k], self.flags[k]
+        for i in range(s, e, CHUNK):
+            j = min(i + CHUNK, e)
+            fast_update_mask(w[i:j], mask[i:j], low, high, scratch[:j - i], flags[:j - i])
+
+
+def check_proto(threads: int) -> bool:
+    """The prototyped host path gives bit-identical weights, velocities and masks to the library's."""
+    from onnx_dns.optimizers import SGD
+    from onnx_dns.surgery import update_mask
+
+    rng = np.random.default_rng(3)
+    shapes = {"big": (700, 1000), "small": (300, 20), "bias": (7,)}
+    w1 = {k: rng.uniform(-0.1, 0.1, s).astype(np.float32) for k, s in shapes.items()}
+    m1 = {k: (rng.random(s) < 0.5).astype(np.float32) for k, s in shapes.items()}
+    w1["small"][0, :3] = np.nan
+    w2, m2 = {k: v.copy() for k, v in w1.items()}, {k: v.copy() for k, v in m1.items()}
+    o1, o2, host = SGD(w1), SGD(w2), ChunkedHost(threads)
+    thresholds = {k: (0.04, 0.05) for k in shapes}
+    for step in range(3):
+        g = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+        o1.step(w1, g, 0.01)
+        host.sgd_step(o2, w2, g, 0.01)
+        for k, (low, high) in thresholds.items():
+            update_mask(w1[k], m1[k], low, high)
+        host.update_masks(w2, m2, thresholds)
+    same = all(np.array_equal(w1[k], w2[k], equal_nan=True) and np.array_equal(m1[k], m2[k])
+               and np.array_equal(o1.velocity[k], o2.velocity[k], equal_nan=True) for k in shapes)
+    host.pool and host.pool.shutdown()
+    return same
+
+
+def _open_module(work: Path, threads: int, spinning: bool = True, profile: Path | None = None):
+    from onnx_dns.ort_training import api, onnxruntime
+
+    with open(work / "art.pkl", "rb") as handle:
+        art = pickle.load(handle)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile)
+    state = api.CheckpointState.load_checkpoint(str(art.checkpoint))
+    module = api.Module(str(art.training_model), state, str(art.eval_model), session_options=options)
+    return art, state, module
+
+
+def worker_onnx(work: Path, args) -> dict:
+    """The DNS step from the library's pieces, timed in parts."""
+    from onnx_dns.losses import LossSpec
+    from onnx_dns.optimizers import SGD
+    from onnx_dns.surgery import update_mask
+    from onnx_dns.targets import Targets
+
+    spec = json.loads((work / "spec.json").read_text())
+    thresholds = json.loads((work / "thresholds.json").read_text())
+    proto = args.variant == "proto"
+    profile = work / "ortprofile" if args.worker == "profile" else None
+    art, state, module = _open_module(work, args.threads, spinning=not (proto and args.proto_nospin),
+                                      profile=profile)
+    parameters = state.parameters
+    params = {n: parameters[n].data for n in art.trainable}
+    grads = {n: parameters[n].grad for n in art.trainable}
+    masks = {w: parameters[m].data for w, m in art.masks.items()}
+    assert set(thresholds) == set(masks), (sorted(thresholds), sorted(masks))
+    optimizer = SGD(params, momentum=0.9, weight_decay=5e-4)
+    targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
+    host = ChunkedHost(args.threads) if proto else None
+    with np.load(work / "data.npz") as data:
+        xs, ys = list(data["x"]), list(data["y"])
+    name = art.inputs[0]
+    order = [(w, masks[w], *thresholds[w]) for w in thresholds]
+
+    rows, losses = [], []
+    started = None
+    i = 0
+    while True:
+        t0 = time.perf_counter()
+        x, y = xs[i % len(xs)], ys[i % len(ys)]
+        feeds = [x] + targets.for_batch({name: x}, y)
+        module.train()
+        t1 = time.perf_counter()
+        loss = float(module(*feeds)[0])
+        t2 = time.perf_counter()
+        if host is None:
+            optimizer.step(params, grads, LR)
+        else:
+            host.sgd_step(optimizer, params, grads, LR)
+        module.lazy_reset_grad()
+        t3 = time.perf_counter()
+        if host is None:
+            for w, mask, low, high in order:
+                update_mask(params[w], mask, low, high)
+        else:
+            host.update_masks(params, masks, thresholds)
+        t4 = time.perf_counter()
+        losses.append(loss)
+        if i >= args.warmup:
+            if started is None:
+                started = t0
+            rows.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        i += 1
+        if started is not None and len(rows) >= args.min_steps and (
+                t4 - started >= args.min_seconds or len(rows) >= args.max_steps):
+            break
+    loop_seconds = time.perf_counter() - started
+    a = np.array(rows)
+    if profile is not None:
+        del module, state, params, grads, masks
+        return {"ops": summarize_profile(work, len(rows) + args.warmup)}
+    kept = sum(int(np.count_nonzero(m)) for m in masks.values())
+    total = sum(m.size for m in masks.values())
+    step = a[:, 0].sum()
+    return {
+        "side": "onnx-dns", "variant": args.variant, "threads": args.threads, "steps": len(rows), "batch": BATCH,
+        "images_per_second": BATCH * len(rows) / loop_seconds, "median_step_ms": 1000 * float(np.median(a[:, 0])),
+        "ms": {"step": 1000 * float(a[:, 0].mean()), "data_other": 1000 * float(a[:, 1].mean()),
+               "module": 1000 * float(a[:, 2].mean()), "optimizer": 1000 * float(a[:, 3].mean()),
+               "mask_update": 1000 * float(a[:, 4].mean())},
+        "host_overhead": float((step - a[:, 2].sum()) / step),
+        "first_loss": losses[0], "last_loss": losses[-1], "kept_fraction": kept / total,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def summarize_profile(work: Path, steps: int) -> list:
+    """Kernel time per op type per step (ms) from onnxruntime's profile of the training session."""
+    import gc
+
+    gc.collect()
+    files = sorted(work.glob("ortprofile*.json"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        return []
+    events = json.loads(files[-1].read_text())
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000 / steps
+    return sorted(([k, round(v, 3)] for k, v in per_op.items()), key=lambda kv: -kv[1])
+
+
+def worker_trainer(work: Path, args) -> dict:
+    """The library's own loop, Trainer.run, timed from its per-step progress events (evaluations excluded)."""
+    from onnx_dns.data import Dataset
+    from onnx_dns.losses import LossSpec
+    from onnx_dns.prunable import find_layers
+    from onnx_dns.surgery import LayerPlan, Surgeon
+    from onnx_dns.targets import Targets
+    from onnx_dns.trainer import TrainConfig, Trainer
+
+    spec = json.loads((work / "spec.json").read_text())
+    with open(work / "art.pkl", "rb") as handle:
+        art = pickle.load(handle)
+    with np.load(work / "data.npz") as data:
+        x = data["x"].reshape(-1, *spec["input"])
+        y = data["y"].reshape(-1)
+    train = Dataset({art.inputs[0]: x}, y, "synthetic")
+    val = Dataset({art.inputs[0]: x[:BATCH]}, y[:BATCH], "synthetic")
+    weights = {}
+    with np.load(work / "weights.npz") as data:
+        weights = {k: data[k] for k in data.files}
+    layers = find_layers(onnx_model(spec, weights))
+    plans = {layer.name: LayerPlan([t.name for t in layer.tensors], stop=10**9, c=C) for layer in layers}
+    steps = args.warmup + args.trainer_steps
+    config = TrainConfig(iterations=steps, batch_size=BATCH, lr=LR, schedule="constant", eval_every=10**9,
+                         checkpoint_every=10**9, eval_batch_size=BATCH, threads=args.threads)
+    targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
+    stamps = []
+
+    def progress(event: dict) -> None:
+        if event["event"] == "step":
+            stamps.append((time.perf_counter(), event["evaluated"]))
+
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        trainer = Trainer(art, Surgeon(plans), config, train, val, targets, tmp, progress)
+        result = trainer.run()
+    intervals = [b[0] - a[0] for a, b in zip(stamps, stamps[1:]) if not b[1]][args.warmup:]
+    return {"side": "onnx-dns", "variant": "trainer", "steps": len(intervals),
+            "images_per_second": BATCH * len(intervals) / sum(intervals),
+            "median_step_ms": 1000 * statistics.median(intervals),
+            "host_overhead_reported": result.host_seconds / result.seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_fold(args) -> dict:
+    """fold_masks + save_model of a 4-layer MLP with `args.params` parameters, masks at `args.sparsity` zeros.
+
+    With --save-only: no masks and no fold, save_model alone of the dense model (its external-data path).
+    The model is assembled field by field: onnx.helper.make_model copies the graph, which protobuf refuses
+    above 2 GB."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx_dns.fold import fold_masks
+    from onnx_dns.insert_masks import mask_name, masked_name
+    from onnx_dns.model_io import save_model
+
+    d = max(int(round(math.sqrt(args.params / 4))), 2)
+    rng = np.random.default_rng(0)
+    model = onnx.ModelProto()
+    model.ir_version = 8
+    model.opset_import.add(domain="", version=17)
+    graph = model.graph
+    graph.name = "fold"
+    x = INPUT
+    for i in range(1, 5):
+        w, b = f"fc{i}.weight", f"fc{i}.bias"
+        for name, shape in ((w, (d, d)), (b, (d,))):
+            graph.initializer.append(numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32), name))
+            if not args.save_only:
+                keep = (rng.random(shape, dtype=np.float32) >= args.sparsity).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(keep, mask_name(name)))
+                del keep
+                graph.node.append(helper.make_node("Mul", [name, mask_name(name)], [masked_name(name)],
+                                                   name=masked_name(name)))
+        y = OUTPUT if i == 4 else f"h{i}"
+        inputs = [w, b] if args.save_only else [masked_name(w), masked_name(b)]
+        graph.node.append(helper.make_node("Gemm", [x, *inputs], [y], name=f"fc{i}", transB=1))
+        x = y
+    graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", d]))
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", d]))
+    params = 4 * (d * d + d)
+    input_gb = sum(len(t.raw_data) for t in graph.initializer) / 1e9
+    result = {"params": params, "width": d, "sparsity": None if args.save_only else args.sparsity,
+              "storage": "dense" if args.dense or args.save_only else "sparse", "save_only": args.save_only,
+              "input_model_gb": input_gb}
+    t0 = time.perf_counter()
+    try:
+        folded = model if args.save_only else fold_masks(model, sparse=not args.dense).model
+    except Exception as exc:
+        return {**result, "error": f"fold_masks: {type(exc).__name__}: {exc}", "peak_rss_mb": peak_rss_mb()}
+    t1 = time.perf_counter()
+    del model, graph
+    out_dir = Path(tempfile.mkdtemp(prefix="fold.", dir=args.scratch))
+    try:
+        path = out_dir / "model.onnx"
+        t2 = time.perf_counter()
+        try:
+            save_model(folded, path)
+        except Exception as exc:
+            return {**result, "fold_seconds": t1 - t0, "error": f"save_model: {type(exc).__name__}: {exc}",
+                    "peak_rss_mb": peak_rss_mb()}
+        t3 = time.perf_counter()
+        data = out_dir / "model.onnx.data"
+        size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        external = data.exists()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return {**result, "fold_seconds": t1 - t0, "save_seconds": t3 - t2, "total_seconds": t3 - t0,
+            "seconds_per_million": (t3 - t0) / (params / 1e6), "file_mb": size / 2**20, "external_data": external,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+def ensure_torch_venv() -> Path:
+    python = TORCH_VENV / "bin" / "python"
+    if python.exists():
+        check = subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                               text=True)
+        if check.returncode == 0 and check.stdout.strip().startswith(TORCH_VERSION):
+            return python
+    print(f"creating {TORCH_VENV} with torch=={TORCH_VERSION} (once)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(TORCH_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={TORCH_VERSION}", "numpy"], check=True)
+    return python
+
+
+def run_json(command: list[str], env: dict | None = None, timeout: float = 900) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def self_command(*extra: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *extra]
+
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[key] = str(threads)
+    return env
+
+
+def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path) -> dict:
+    work = scratch / key
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"[{key}] building artifacts", file=sys.stderr, flush=True)
+    build = run_json(self_command("--worker", "build", "--work", str(work), "--model", key, *quick_flag(args)))
+    timing = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
+              "--min-seconds", str(args.min_seconds)]
+    env = thread_env(args.threads)
+    runs = {"library": [], "proto": [], "torch": []}
+    for r in range(args.repeats):
+        for variant in ("library", "proto", "torch"):
+            if variant == "torch":
+                cmd = [str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), *timing]
+            else:
+                cmd = self_command("--worker", "onnx", "--work", str(work), "--variant", variant, *timing,
+                                   *(["--proto-nospin"] if args.proto_nospin else []))
+            result = run_json(cmd, env)
+            runs[variant].append(result)
+            print(f"[{key}] repeat {r + 1} {variant:8s} {result['images_per_second']:9.1f} img/s  "
+                  f"{json.dumps({k: round(v, 3) for k, v in result['ms'].items()})}", file=sys.stderr, flush=True)
+    trainer = None
+    if args.trainer_steps:
+        trainer = run_json(self_command("--worker", "trainer", "--work", str(work), "--threads", str(args.threads),
+                                        "--warmup", str(args.warmup), "--trainer-steps", str(args.trainer_steps)), env)
+        print(f"[{key}] Trainer.run {trainer['images_per_second']:9.1f} img/s", file=sys.stderr, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+    def med(variant: str, field: str) -> float:
+        return statistics.median(x[field] for x in runs[variant])
+
+    def med_ms(variant: str) -> dict:
+        return {k: statistics.median(x["ms"][k] for x in runs[variant]) for k in runs[variant][0]["ms"]}
+
+    lib, proto, torch = (med(v, "images_per_second") for v in ("library", "proto", "torch"))
+    return {
+        "title": spec["title"], "params": params_of(spec), "build": build, "runs": runs, "trainer": trainer,
+        "images_per_second": {"onnx-dns": lib, "proto": proto, "torch": torch,
+                              "trainer": trainer["images_per_second"] if trainer else None},
+        "ratio": lib / torch, "proto_ratio": proto / torch,
+        "host_overhead": med("library", "host_overhead"), "proto_host_overhead": med("proto", "host_overhead"),
+        "ms": {"onnx-dns": med_ms("library"), "proto": med_ms("proto"), "torch": med_ms("torch")},
+        "peak_rss_mb": {"onnx-dns": max(x["peak_rss_mb"] for x in runs["library"]),
+                        "torch": max(x["peak_rss_mb"] for x in runs["torch"]), "build": build["peak_rss_mb"]},
+        "first_loss": {"onnx-dns": runs["library"][0]["first_loss"], "torch": runs["torch"][0]["first_loss"]},
+        "kept_fraction": {"onnx-dns": runs["library"][0]["kept_fraction"], "torch": runs["torch"][0]["kept_fraction"]},
+    }
+
+
+def quick_flag(args) -> list[str]:
+    return ["--quick"] if args.quick else []
+
+
+def mem_available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def measure_fold(args, scratch: Path) -> list[dict]:
+    # (params, flags): sparse folds of growing size; then, memory permitting, a model whose masked form is above
+    # 2 GB (300M parameters: 1.2 GB of weights plus 1.2 GB of masks), and save_model alone of dense models just
+    # under and just above 2 GB (its external-data path starts at 1.8 GB).
+    sizes = [(10_000, []), (100_000, []), (1_000_000, [])] if args.quick else \
+        [(1_000_000, []), (10_000_000, []), (100_000_000, [])]
+    if not args.quick and args.big_fold:
+        if mem_available_gb() >= 16:
+            sizes += [(300_000_000, []), (470_000_000, ["--save-only"]), (560_000_000, ["--save-only"])]
+        else:
+            print(f"skipping the >2 GB cases: {mem_available_gb():.1f} GB available", file=sys.stderr)
+    out = []
+    for params, flags in sizes:
+        cmd = self_command("--worker", "fold", "--params", str(params), "--sparsity", "0.9", "--scratch",
+                           str(scratch), *flags)
+        try:
+            result = run_json(cmd, timeout=1200)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            result = {"params": params, "storage": "dense" if flags else "sparse", "save_only": bool(flags),
+                      "error": str(exc)[-1500:]}
+        out.append(result)
+        print(f"[fold] {json.dumps(result)[:400]}", file=sys.stderr, flush=True)
+    return out
+
+
+def fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    lines = ["# onnx-dns training step vs PyTorch (issue 5)", "",
+             f"Run {report['started']} to {report['finished']} on {report['machine']}. "
+             f"Command: `{report['command']}`.", "",
+             "Same DNS step on both sides: forward with W*T, backward straight-through, momentum SGD with weight "
+             "decay, mask update at every step (a=0.9t, b=1.1t). Batch 64, synthetic data, "
+             f"{report['threads']} threads. Median of {report['repeats']} interleaved repeats (each in its own "
+             "process, warm-up excluded). `proto`: onnx-dns with the host-side fix prototyped in speed.py "
+             "(branch-free mask update; chunked, threaded optimizer and mask update on large tensors; bit-identical "
+             f"results: {'yes' if report.get('proto_bit_identical') else 'NO'}); `Trainer.run`: the library's real "
+             "loop (its surgery schedule, progress events and bookkeeping included).", "",
+             "| model | params | onnx-dns img/s | PyTorch img/s | onnx-dns/PyTorch | host overhead | proto img/s "
+             "| proto/PyTorch | proto host overhead | Trainer.run img/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in report["models"].values():
+        ips = m["images_per_second"]
+        lines.append(f"| {m['title']} | {m['params']:,} | {fmt(ips['onnx-dns'])} | {fmt(ips['torch'])} | "
+                     f"{m['ratio']:.2f}x | {100 * m['host_overhead']:.1f}% | {fmt(ips['proto'])} | "
+                     f"{m['proto_ratio']:.2f}x | {100 * m['proto_host_overhead']:.1f}% | {fmt(ips['trainer'])} |")
+    lines += ["", "Time per step in ms (mean within a run, median over repeats):", "",
+              "| model | onnx-dns: module | optimizer | mask update | data+targets | step | proto: optimizer | "
+              "mask update | step | PyTorch: fwd+bwd | optimizer | mask update | step |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in report["models"].values():
+        o, p, t = m["ms"]["onnx-dns"], m["ms"]["proto"], m["ms"]["torch"]
+        lines.append(f"| {m['title']} | {o['module']:.3f} | {o['optimizer']:.3f} | {o['mask_update']:.3f} | "
+                     f"{o['data_other']:.3f} | {o['step']:.3f} | {p['optimizer']:.3f} | {p['mask_update']:.3f} | "
+                     f"{p['step']:.3f} | {t['forward_backward']:.3f} | {t['optimizer']:.3f} | "
+                     f"{t['mask_update']:.3f} | {t['step']:.3f} |")
+    lines += ["", "Memory and artifact building:", "",
+              "| model | peak RSS onnx-dns (train) | peak RSS PyTorch | peak RSS building | build_artifacts | "
+              "artifact files | first loss onnx-dns / PyTorch |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for m in report["models"].values():
+        r = m["peak_rss_mb"]
+        lines.append(f"| {m['title']} | {r['onnx-dns']:,.0f} MB | {r['torch']:,.0f} MB | {r['build']:,.0f} MB | "
+                     f"{m['build']['artifact_seconds']:.2f} s | {m['build']['artifact_mb']:,.1f} MB | "
+                     f"{m['first_loss']['onnx-dns']:.4f} / {m['first_loss']['torch']:.4f} |")
+    lines += ["", "Fold and write (`fold_masks` + `save_model`), 4-layer MLPs, 90% of the masks at 0 "
+              "(save-only rows: `save_model` alone of a dense model without masks):", "",
+              "| params | what | input model | fold | save | total | s per M params | file | external data | peak RSS |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for f in report["fold"]:
+        what = "save only (dense)" if f.get("save_only") else f"fold+save ({f['storage']})"
+        size = f"{f['input_model_gb']:.2f} GB" if "input_model_gb" in f else "-"
+        if "error" in f:
+            lines.append(f"| {f['params']:,} | {what} | {size} | failed: {f['error'].splitlines()[-1][:200]} "
+                         "| | | | | | |")
+            continue
+        lines.append(f"| {f['params']:,} | {what} | {size} | {f['fold_seconds']:.2f} s | {f['save_seconds']:.2f} s | "
+                     f"{f['total_seconds']:.2f} s | {f['seconds_per_million']:.3f} | {f['file_mb']:,.1f} MB | "
+                     f"{'yes' if f['external_data'] else 'no'} | {f['peak_rss_mb']:,.0f} MB |")
+    lines += ["", "Goals of issue 5:", ""]
+    lines += [f"- {g}" for g in report["goals"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def goals(report: dict) -> list[str]:
+    models = report["models"].values()
+    out = []
+    ratios = ", ".join(f"{m['title']} {m['ratio']:.2f}x" for m in models)
+    met = all(m["ratio"] >= 1.3 for m in models)
+    out.append(f"onnx-dns >= 1.3x PyTorch images/s on every model: {'met' if met else 'NOT met'} ({ratios})")
+    over = ", ".join(f"{m['title']} {100 * m['host_overhead']:.1f}%" for m in models)
+    met = all(m["host_overhead"] <= 0.03 for m in models)
+    out.append(f"host overhead <= 3% of step time: {'met' if met else 'NOT met'} ({over})")
+    build = ", ".join(f"{m['title']} {m['build']['artifact_seconds']:.1f} s" for m in models)
+    met = all(m["build"]["artifact_seconds"] < 10 for m in models)
+    out.append(f"artifact building in seconds: {'met' if met else 'NOT met'} ({build})")
+    folds = [f for f in report["fold"] if "error" not in f and not f.get("save_only") and f["params"] >= 1e6]
+    failed = [f for f in report["fold"] if "error" in f]
+    if failed:
+        out.append("models above 2 GB: NOT handled (" + "; ".join(
+            f"{f['params'] / 1e6:g}M params: {f['error'].splitlines()[-1][:120]}" for f in failed) + ")")
+    if len(folds) >= 2:
+        per = [f["seconds_per_million"] for f in folds]
+        met = max(per) <= 2 * min(per)
+        out.append("fold linear in parameters (sparse, s per M params within 2x across sizes): "
+                   f"{'met' if met else 'NOT met'} (" + ", ".join(f"{f['params'] / 1e6:g}M {p:.3f}"
+                                                                  for f, p in zip(folds, per)) + ")")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--models", nargs="*", default=None, help="subset of: lenet300 lenet5 vgg_bn wide_mlp")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--min-steps", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=100000)
+    parser.add_argument("--min-seconds", type=float, default=None)
+    parser.add_argument("--trainer-steps", type=int, default=None, help="steps of the Trainer.run row (0: skip)")
+    parser.add_argument("--no-fold", dest="fold", action="store_false")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="fold and write only")
+    parser.add_argument("--no-big-fold", dest="big_fold", action="store_false", help="skip the >2 GB fold")
+    parser.add_argument("--proto-nospin", action="store_true",
+                        help="proto row: also turn off onnxruntime's thread spinning")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    # internal: one measurement in this process
+    parser.add_argument("--worker", choices=("build", "onnx", "trainer", "fold", "profile"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile", metavar="MODEL",
+                        help="instead of the benchmark: onnxruntime's kernel time per op type for MODEL's step")
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="library", help=argparse.SUPPRESS)
+    parser.add_argument("--params", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sparsity", type=float, default=0.9, help=argparse.SUPPRESS)
+    parser.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    defaults = dict(repeats=1, warmup=2, min_steps=3, min_seconds=0.2, trainer_steps=5) if args.quick else \
+        dict(repeats=3, warmup=5, min_steps=10, min_seconds=4.0, trainer_steps=None)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+    if args.worker:
+        if args.worker == "build":
+            result = worker_build(args.work, model_specs(args.quick)[args.model])
+        elif args.worker in ("onnx", "profile"):
+            result = worker_onnx(args.work, args)
+        elif args.worker == "trainer":
+            result = worker_trainer(args.work, args)
+        else:
+            result = worker_fold(args)
+        print(json.dumps(result))
+        return
+
+    if args.profile:
+        scratch = Path(tempfile.mkdtemp(prefix="onnx-dns-speed."))
+        try:
+            work = scratch / args.profile
+            work.mkdir()
+            run_json(self_command("--worker", "build", "--work", str(work), "--model", args.profile, *quick_flag(args)))
+            result = run_json(self_command("--worker", "profile", "--work", str(work), "--threads", str(args.threads),
+                                           "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
+                                           "--min-seconds", str(args.min_seconds)), thread_env(args.threads))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for op, ms in result["ops"]:
+            print(f"{op:32s} {ms:9.3f} ms/step")
+        return
+
+    started = datetime.now(timezone.utc)
+    command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + \
+        ("" if args.models is None else " --models " + " ".join(args.models))
+    torch_python = ensure_torch_venv()
+    specs = model_specs(args.quick)
+    keys = (args.models or list(specs)) if args.train else []
+    scratch = Path(tempfile.mkdtemp(prefix="onnx-dns-speed."))
+    try:
+        models = {}
+        for key in keys:
+            a = argparse.Namespace(**vars(args))
+            if a.trainer_steps is None:  # about as long as a measurement: more steps on the small models
+                a.trainer_steps = {"lenet300": 2000, "lenet5": 200, "vgg_bn": 15, "wide_mlp": 10}[key]
+            models[key] = measure_model(key, specs[key], a, torch_python, scratch)
+        fold = measure_fold(args, scratch) if args.fold else []
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    import onnxruntime
+    report = {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"a shared {os.cpu_count()}-core {platform.machine()} box ({platform.processor() or 'cpu'}), "
+                   f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch {TORCH_VERSION}",
+        "command": command, "threads": args.threads, "repeats": args.repeats, "batch": BATCH, "quick": args.quick,
+        "models": models, "fold": fold,
+    }
+    report["proto_bit_identical"] = check_proto(args.threads) if models else None
+    report["goals"] = goals(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report, args.out / "speed.md")
+    print((args.out / "speed.md").read_text())
+    print(f"reproduce with: {command}")
+
+
+if __name__ == "__main__":
+    main()
