@@ -45,28 +45,6 @@ def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
     return result
 
 
-def _target(value: str | None) -> float | None:
-    if value is None:
-        return None
-    text = str(value).strip().lower().removesuffix("x")
-    try:
-        number = float(text)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give a compression such as 100x", param_hint="--target") from None
-    if not number >= 1:
-        raise click.BadParameter(f"{value!r}: the compression must be at least 1x", param_hint="--target")
-    return number
-
-
-TRAIN_DEFAULTS = {"iterations": 10000, "batch_size": 64, "lr": 0.01, "optimizer": "sgd", "schedule": "inv",
-                  "warmup": 0, "seed": 0, "eval_every": 1000, "checkpoint_every": 1000, "eval_batch_size": 1000,
-                  "threads": 0}
-OTHER_DEFAULTS = {"data": None, "val": None, "distill": None, "distill_weight": 0.5, "temperature": 4.0,
-                  "task": None, "output_name": None, "target": None, "default_c": 1.0, "surgery_stop": None,
-                  "weight_decay": None, "max_accuracy_drop": None, "c": {}, "sparsity": {}, "stop": {},
-                  "include": (), "exclude": (), "biases": True}
-
-
 @main.command()
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=str),
@@ -143,41 +121,17 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
       onnx-dns compress model.onnx --data inputs.npz --distill -o model.dns.onnx   # no labels needed
     """
     from cli.progress import Progress
-    from onnx_dns.compress import CompressOptions, compress as run_compress
+    from onnx_dns.compress import compress as run_compress
     from onnx_dns.report import format_table
-    from onnx_dns.settings import load_settings
-    from onnx_dns.trainer import TrainConfig
+    from onnx_dns.settings import compress_options, load_settings
 
-    settings = load_settings(model)
-    unknown = set(settings) - set(TRAIN_DEFAULTS) - set(OTHER_DEFAULTS)
-    if unknown:
-        raise click.UsageError(f"{model}: dns.json has unknown setting {sorted(unknown)[0]!r}")
     given["c"] = _pairs(given.pop("c_values"), "--c", float) or None
     given["sparsity"] = _pairs(given.pop("sparsities"), "--sparsity", float) or None
     given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
     given["include"] = given["include"] or None
     given["exclude"] = given["exclude"] or None
-
-    if given["c"] and given.get("target") is None:
-        settings.pop("target", None)  # per-layer c on the command line asks for paper mode
-
-    def pick(key: str):
-        if given.get(key) is not None:
-            return given[key]
-        if key in settings:
-            return settings[key]
-        return TRAIN_DEFAULTS.get(key, OTHER_DEFAULTS.get(key))
-
-    train = TrainConfig(**{k: pick(k) for k in TRAIN_DEFAULTS}, weight_decay=pick("weight_decay"),
-                        max_accuracy_drop=pick("max_accuracy_drop"))
-    options = CompressOptions(
-        data=pick("data"), val=pick("val"), distill=pick("distill"), distill_weight=pick("distill_weight"),
-        temperature=pick("temperature"), task=pick("task"), output=pick("output_name"),
-        target=_target(pick("target")), c=dict(pick("c")), default_c=pick("default_c"),
-        sparsity=dict(pick("sparsity")), stop={k: int(v) for k, v in dict(pick("stop")).items()},
-        surgery_stop=pick("surgery_stop"), include=tuple(pick("include")), exclude=tuple(pick("exclude")),
-        biases=pick("biases"), train=train, dense=dense, work_dir=resume_dir or work_dir, keep_work=keep_work,
-    )
+    options = compress_options(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir,
+                               keep_work=keep_work)
     progress = Progress(0 if quiet else (2 if verbose else 1))
     result = run_compress(model, output_path, options, progress=progress, resume=resume_dir is not None)
     data = result.to_dict()

@@ -31,3 +31,33 @@ def test_bad_settings_file_is_a_clear_error(tmp_path, text):
     (tmp_path / "dns.json").write_text(text)
     with pytest.raises(DnsError, match="dns.json"):
         load_settings(tmp_path / "model.onnx")
+
+
+def test_command_line_beats_settings_beats_defaults():
+    from onnx_dns.settings import TRAIN_DEFAULTS, compress_options
+
+    options = compress_options({"iterations": 7, "lr": None}, {"iterations": 5, "lr": 0.5, "batch_size": 8})
+    assert options.train.iterations == 7
+    assert options.train.lr == 0.5
+    assert options.train.batch_size == 8
+    assert options.train.seed == TRAIN_DEFAULTS["seed"]
+
+
+def test_per_layer_c_on_the_command_line_means_paper_mode():
+    from onnx_dns.settings import compress_options
+
+    assert compress_options({}, {"target": "110x"}).target == 110.0
+    paper = compress_options({"c": {"fc1": 2.0}}, {"target": "110x"})
+    assert paper.target is None and paper.c == {"fc1": 2.0}
+    assert compress_options({"c": {"fc1": 2.0}, "target": "50x"}, {}).target == 50.0
+
+
+@pytest.mark.parametrize("settings, message", [({"iteratons": 5}, "unknown setting 'iteratons'"),
+                                               ({"target": "0.5x"}, "at least 1x"),
+                                               ({"target": "lots"}, "such as 100x")])
+def test_bad_settings_values_are_option_errors(settings, message):
+    from onnx_dns.errors import OptionError
+    from onnx_dns.settings import compress_options
+
+    with pytest.raises(OptionError, match=message):
+        compress_options({}, settings)
