@@ -29,7 +29,7 @@ from onnx_dns.losses import LossSpec, logits_name
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes
 from onnx_dns.prunable import Layer, find_layers
-from onnx_dns.report import LayerStats, layer_stats
+from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
 from onnx_dns.targets import Targets, attach_teacher
 from onnx_dns.trainer import TrainConfig, Trainer
@@ -100,11 +100,11 @@ class CompressResult:
 
     @property
     def compression(self) -> float:
-        return self.params / max(self.nonzeros, 1)
+        return compression(self.layers_before, self.layers_after)
 
     @property
     def weight_compression(self) -> float:
-        return sum(x.weight_params for x in self.layers_before) / max(sum(x.weight_nonzeros for x in self.layers_after), 1)
+        return compression(self.layers_before, self.layers_after, weights_only=True)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -187,14 +187,11 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     trained = replace_initializers(masked, values)
     layers_after = layer_stats(trained, layers)
     record = {
-        "method": "dynamic network surgery", "compression": round(
-            sum(x.params for x in layers_after) / max(sum(x.nonzeros for x in layers_after), 1), 3),
+        "method": "dynamic network surgery", "compression": round(compression(layers_after, layers_after), 3),
         "layers": {s.name: {"params": s.params, "nonzeros": s.nonzeros} for s in layers_after},
     }
     folded = fold_masks(trained, sparse=not options.dense, record=record).model
-    final_path = output_path
-    if not result.meets_bound:
-        final_path = output_path.with_name(output_path.stem + MISSED_SUFFIX + output_path.suffix)
+    final_path = output_path if result.meets_bound else _below_bound(output_path)
     progress({"event": "writing", "path": str(final_path)})
     save_model(folded, final_path, forbid=model_path)
 
@@ -202,7 +199,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     after = _measure(folded, val, spec, teacher, cfg.eval_batch_size, fixed_batch)
     met = options.train.max_accuracy_drop is None or after.score >= before.score - options.train.max_accuracy_drop
     # the written model's own measurement decides where it lies (the trainer's estimate may differ slightly)
-    wanted = output_path if met else output_path.with_name(output_path.stem + MISSED_SUFFIX + output_path.suffix)
+    wanted = output_path if met else _below_bound(output_path)
     if final_path != wanted:
         os.replace(final_path, wanted)
         final_path = wanted
@@ -230,6 +227,11 @@ def _check_finite(model: onnx.ModelProto, path: Path) -> None:
             if bad:
                 raise ModelError(f"{path}: initializer {tensor.name!r} holds {bad} NaN or infinite values; "
                                  "fix the model (re-export it from a healthy checkpoint)")
+
+
+def _below_bound(path: Path) -> Path:
+    """Where a model that misses the accuracy bound goes: NAME.below-bound.onnx beside the requested path."""
+    return path.with_name(path.stem + MISSED_SUFFIX + path.suffix)
 
 
 def _train_and_validation(options: CompressOptions, specs) -> tuple[Dataset | CallableData, Dataset | CallableData]:

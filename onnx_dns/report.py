@@ -72,12 +72,12 @@ class ModelReport:
     @property
     def compression(self) -> float:
         """Parameters over nonzeros, biases counted (the paper's way)."""
-        return self.params / max(self.nonzeros, 1)
+        return compression(self.layers, self.layers)
 
     @property
     def weight_compression(self) -> float:
         """Parameters over nonzeros, weights only."""
-        return self.weight_params / max(self.weight_nonzeros, 1)
+        return compression(self.layers, self.layers, weights_only=True)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -89,6 +89,13 @@ class ModelReport:
             "weight_compression": round(self.weight_compression, 4),
         }
         return data
+
+
+def compression(before: list[LayerStats], after: list[LayerStats], *, weights_only: bool = False) -> float:
+    """Parameters of `before` over nonzeros of `after`, with biases (the paper's way) or weights only."""
+    if weights_only:
+        return sum(x.weight_params for x in before) / max(sum(x.weight_nonzeros for x in after), 1)
+    return sum(x.params for x in before) / max(sum(x.nonzeros for x in after), 1)
 
 
 def layer_stats(model: onnx.ModelProto, layers: list[Layer]) -> list[LayerStats]:
