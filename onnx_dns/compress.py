@@ -162,7 +162,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     spec = _loss_spec(task, output, first_labels, sample, options)
     if isinstance(train, Dataset) and spec.distill_weight > 0:
         attach_teacher(train, teacher, cfg.eval_batch_size if fixed_batch is None else fixed_batch)
-    if isinstance(val, Dataset) and (val.labels is None or spec.distill_weight > 0):
+    if isinstance(val, Dataset) and val.labels is None:  # the reference for agreement when there are no labels
         attach_teacher(val, teacher, cfg.eval_batch_size if fixed_batch is None else fixed_batch)
     targets = Targets(spec, teacher, sample.shape[1:] if task == "regress" else (spec.num_classes,),
                       np.dtype(sample.dtype))
