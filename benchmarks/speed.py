@@ -17,9 +17,10 @@ weights, same synthetic batches (batch 64), 2 threads on each side.
   (created on first use with `pip install torch==2.13.0 numpy`); torch is never a dependency of onnx-dns.
 - Each measurement runs in its own subprocess (so peak resident memory is that side's alone), interleaved
   per model as A B A B A B; warm-up steps are excluded; the median images/s of the repeats is reported.
-- Two more onnx-dns rows: `proto`, the same loop with the host-side fixes this benchmark recommends
-  (prototyped here, not in the library: chunked, threaded optimizer and mask update), and `Trainer.run`, the
-  library's real training loop (with its surgery schedule, progress events and bookkeeping).
+- One more onnx-dns row: `Trainer.run`, the library's real training loop (with its surgery schedule, progress
+  events and bookkeeping).
+- The run before the host-side fixes (whole-array optimizer, masked-copy mask update) is kept in
+  benchmarks/results/speed-before.{json,md} for comparison.
 - Fold and write: `fold_masks` + `save_model` of MLPs of 1M, 10M and 100M parameters at 90% sparsity, and a
   dense one above 2 GB that exercises external data when the machine has the memory for it.
 
@@ -41,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -223,147 +223,13 @@ def worker_build(work: Path, spec: dict) -> dict:
             "trainable": len(art.trainable), "artifact_mb": files / 2**20}
 
 
-# The host-side fixes prototyped here (recommended for onnx_dns/surgery.py update_mask and
-# onnx_dns/optimizers.py SGD.step):
-# 1. update_mask without np.copyto(..., where=): a masked copy with a random where-pattern costs ~5 ns an entry
-#    (branch mispredictions), ten times the arithmetic. Branch-free and exactly equal for 0/1 masks:
-#        keep = not (|w| < a);  mask *= keep;  mask = max(mask, |w| > b)
-#    into preallocated scratch (no new |w| array per call).
-# 2. Large tensors: the same numpy operations in the same order (bit-identical results), run over cache-sized
-#    chunks, so temporaries stay in cache, and split over the training threads (numpy releases the GIL inside
-#    ufuncs). Small tensors keep a plain whole-array path, where thread hand-off would cost more than it saves.
-CHUNK = 1 << 14
-PARALLEL_MIN = 1 << 18
-
-
-def fast_update_mask(w: np.ndarray, mask: np.ndarray, low: float, high: float, magnitude: np.ndarray,
-                     flag: np.ndarray) -> None:
-    """surgery.update_mask, branch-free: the same mask for 0/1 masks (NaN weights included)."""
-    np.abs(w, out=magnitude)
-    np.less(magnitude, low, out=flag)
-    np.logical_not(flag, out=flag)
-    np.multiply(mask, flag, out=mask)
-    np.greater(magnitude, high, out=flag)
-    np.maximum(mask, flag, out=mask)
-
-
-class ChunkedHost:
-    def __init__(self, threads: int) -> None:
-        self.threads = max(threads, 1)
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        self.scratch = [np.empty(CHUNK, np.float32) for _ in range(self.threads)]
-        self.flags = [np.empty(CHUNK, np.bool_) for _ in range(self.threads)]
-        self.small: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _ranges(self, n: int) -> list[tuple[int, int]]:
-        step = -(-n // self.threads)
-        step = -(-step // CHUNK) * CHUNK
-        return [(s, min(s + step, n)) for s in range(0, n, step)]
-
-    def _run(self, jobs) -> None:
-        """jobs: (function, args) pairs; job j runs on worker j % threads with that worker's scratch."""
-        if self.pool is None or len(jobs) == 1:
-            for fn, args in jobs:
-                fn(0, *args)
-            return
-        futures = [self.pool.submit(fn, j % self.threads, *args) for j, (fn, args) in enumerate(jobs)]
-        for f in futures:
-            f.result()
-
-    @staticmethod
-    def _flat(a: np.ndarray) -> np.ndarray:
-        if not a.flags.c_contiguous:
-            raise ValueError("non-contiguous parameter view")
-        return a.reshape(-1)
-
-    def sgd_step(self, opt, params, grads, lr: float) -> None:
-        m, wd = opt.momentum, opt.weight_decay
-        jobs = []
-        for name, w in params.items():
-            v, g = opt.velocity[name], grads[name]
-            if w.size < PARALLEL_MIN or w.dtype != np.float32:
-                tmp = opt._scratch[name]
-                np.multiply(w, wd, out=tmp)
-                tmp += g
-                tmp *= lr
-                v *= m
-                v += tmp
-                w -= v
-                continue
-            fw, fg, fv = self._flat(w), self._flat(g), self._flat(v)
-            jobs += [(self._sgd_range, (fw, fg, fv, s, e, wd, lr, m)) for s, e in self._ranges(w.size)]
-        if jobs:
-            self._run(jobs)
-
-    def _sgd_range(self, k, w, g, v, s, e, wd, lr, m) -> None:
-        scratch = self.scratch[k]
-        for i in range(s, e, CHUNK):
-            j = min(i + CHUNK, e)
-            t, ww, vv = scratch[:j - i], w[i:j], v[i:j]
-            np.multiply(ww, wd, out=t)
-            t += g[i:j]
-            t *= lr
-            vv *= m
-            vv += t
-            ww -= vv
-
-    def update_masks(self, params, masks, thresholds) -> None:
-        jobs = []
-        for name, (low, high) in thresholds.items():
-            w, mask = params[name], masks[name]
-            if w.size < PARALLEL_MIN or w.dtype != np.float32:
-                scratch = self.small.get(name)
-                if scratch is None:
-                    scratch = self.small[name] = (np.empty_like(w), np.empty(w.shape, np.bool_))
-                fast_update_mask(w, mask, low, high, *scratch)
-                continue
-            fw, fm = self._flat(w), self._flat(mask)
-            jobs += [(self._mask_range, (fw, fm, s, e, low, high)) for s, e in self._ranges(w.size)]
-        if jobs:
-            self._run(jobs)
-
-    def _mask_range(self, k, w, mask, s, e, low, high) -> None:
-        scratch, flags = self.scratch[k], self.flags[k]
-        for i in range(s, e, CHUNK):
-            j = min(i + CHUNK, e)
-            fast_update_mask(w[i:j], mask[i:j], low, high, scratch[:j - i], flags[:j - i])
-
-
-def check_proto(threads: int) -> bool:
-    """The prototyped host path gives bit-identical weights, velocities and masks to the library's."""
-    from onnx_dns.optimizers import SGD
-    from onnx_dns.surgery import update_mask
-
-    rng = np.random.default_rng(3)
-    shapes = {"big": (700, 1000), "small": (300, 20), "bias": (7,)}
-    w1 = {k: rng.uniform(-0.1, 0.1, s).astype(np.float32) for k, s in shapes.items()}
-    m1 = {k: (rng.random(s) < 0.5).astype(np.float32) for k, s in shapes.items()}
-    w1["small"][0, :3] = np.nan
-    w2, m2 = {k: v.copy() for k, v in w1.items()}, {k: v.copy() for k, v in m1.items()}
-    o1, o2, host = SGD(w1), SGD(w2), ChunkedHost(threads)
-    thresholds = {k: (0.04, 0.05) for k in shapes}
-    for step in range(3):
-        g = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
-        o1.step(w1, g, 0.01)
-        host.sgd_step(o2, w2, g, 0.01)
-        for k, (low, high) in thresholds.items():
-            update_mask(w1[k], m1[k], low, high)
-        host.update_masks(w2, m2, thresholds)
-    same = all(np.array_equal(w1[k], w2[k], equal_nan=True) and np.array_equal(m1[k], m2[k])
-               and np.array_equal(o1.velocity[k], o2.velocity[k], equal_nan=True) for k in shapes)
-    host.pool and host.pool.shutdown()
-    return same
-
-
-def _open_module(work: Path, threads: int, spinning: bool = True, profile: Path | None = None):
+def _open_module(work: Path, threads: int, profile: Path | None = None):
     from onnx_dns.ort_training import api, onnxruntime
 
     with open(work / "art.pkl", "rb") as handle:
         art = pickle.load(handle)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile)
@@ -374,6 +240,7 @@ def _open_module(work: Path, threads: int, spinning: bool = True, profile: Path 
 
 def worker_onnx(work: Path, args) -> dict:
     """The DNS step from the library's pieces, timed in parts."""
+    from onnx_dns.chunked import ChunkedRunner
     from onnx_dns.losses import LossSpec
     from onnx_dns.optimizers import SGD
     from onnx_dns.surgery import update_mask
@@ -381,22 +248,21 @@ def worker_onnx(work: Path, args) -> dict:
 
     spec = json.loads((work / "spec.json").read_text())
     thresholds = json.loads((work / "thresholds.json").read_text())
-    proto = args.variant == "proto"
     profile = work / "ortprofile" if args.worker == "profile" else None
-    art, state, module = _open_module(work, args.threads, spinning=not (proto and args.proto_nospin),
-                                      profile=profile)
+    art, state, module = _open_module(work, args.threads, profile=profile)
     parameters = state.parameters
     params = {n: parameters[n].data for n in art.trainable}
     grads = {n: parameters[n].grad for n in art.trainable}
     masks = {w: parameters[m].data for w, m in art.masks.items()}
     assert set(thresholds) == set(masks), (sorted(thresholds), sorted(masks))
-    optimizer = SGD(params, momentum=0.9, weight_decay=5e-4)
+    runner = ChunkedRunner(args.threads)
+    optimizer = SGD(params, momentum=0.9, weight_decay=5e-4, runner=runner)
     targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
-    host = ChunkedHost(args.threads) if proto else None
     with np.load(work / "data.npz") as data:
         xs, ys = list(data["x"]), list(data["y"])
     name = art.inputs[0]
-    order = [(w, masks[w], *thresholds[w]) for w in thresholds]
+    mask_tasks = [(lambda scratch, w, m, low=low, high=high: update_mask(w, m, low, high, scratch),
+                   (params[w], masks[w])) for w, (low, high) in thresholds.items()]
 
     rows, losses = [], []
     started = None
@@ -409,17 +275,10 @@ def worker_onnx(work: Path, args) -> dict:
         t1 = time.perf_counter()
         loss = float(module(*feeds)[0])
         t2 = time.perf_counter()
-        if host is None:
-            optimizer.step(params, grads, LR)
-        else:
-            host.sgd_step(optimizer, params, grads, LR)
+        optimizer.step(params, grads, LR)
         module.lazy_reset_grad()
         t3 = time.perf_counter()
-        if host is None:
-            for w, mask, low, high in order:
-                update_mask(params[w], mask, low, high)
-        else:
-            host.update_masks(params, masks, thresholds)
+        runner.run(mask_tasks)
         t4 = time.perf_counter()
         losses.append(loss)
         if i >= args.warmup:
@@ -439,7 +298,7 @@ def worker_onnx(work: Path, args) -> dict:
     total = sum(m.size for m in masks.values())
     step = a[:, 0].sum()
     return {
-        "side": "onnx-dns", "variant": args.variant, "threads": args.threads, "steps": len(rows), "batch": BATCH,
+        "side": "onnx-dns", "variant": "library", "threads": args.threads, "steps": len(rows), "batch": BATCH,
         "images_per_second": BATCH * len(rows) / loop_seconds, "median_step_ms": 1000 * float(np.median(a[:, 0])),
         "ms": {"step": 1000 * float(a[:, 0].mean()), "data_other": 1000 * float(a[:, 1].mean()),
                "module": 1000 * float(a[:, 2].mean()), "optimizer": 1000 * float(a[:, 3].mean()),
@@ -618,14 +477,13 @@ def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path)
     timing = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
               "--min-seconds", str(args.min_seconds)]
     env = thread_env(args.threads)
-    runs = {"library": [], "proto": [], "torch": []}
+    runs = {"library": [], "torch": []}
     for r in range(args.repeats):
-        for variant in ("library", "proto", "torch"):
+        for variant in ("library", "torch"):
             if variant == "torch":
                 cmd = [str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), *timing]
             else:
-                cmd = self_command("--worker", "onnx", "--work", str(work), "--variant", variant, *timing,
-                                   *(["--proto-nospin"] if args.proto_nospin else []))
+                cmd = self_command("--worker", "onnx", "--work", str(work), *timing)
             result = run_json(cmd, env)
             runs[variant].append(result)
             print(f"[{key}] repeat {r + 1} {variant:8s} {result['images_per_second']:9.1f} img/s  "
@@ -643,14 +501,13 @@ def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path)
     def med_ms(variant: str) -> dict:
         return {k: statistics.median(x["ms"][k] for x in runs[variant]) for k in runs[variant][0]["ms"]}
 
-    lib, proto, torch = (med(v, "images_per_second") for v in ("library", "proto", "torch"))
+    lib, torch = (med(v, "images_per_second") for v in ("library", "torch"))
     return {
         "title": spec["title"], "params": params_of(spec), "build": build, "runs": runs, "trainer": trainer,
-        "images_per_second": {"onnx-dns": lib, "proto": proto, "torch": torch,
+        "images_per_second": {"onnx-dns": lib, "torch": torch,
                               "trainer": trainer["images_per_second"] if trainer else None},
-        "ratio": lib / torch, "proto_ratio": proto / torch,
-        "host_overhead": med("library", "host_overhead"), "proto_host_overhead": med("proto", "host_overhead"),
-        "ms": {"onnx-dns": med_ms("library"), "proto": med_ms("proto"), "torch": med_ms("torch")},
+        "ratio": lib / torch, "host_overhead": med("library", "host_overhead"),
+        "ms": {"onnx-dns": med_ms("library"), "torch": med_ms("torch")},
         "peak_rss_mb": {"onnx-dns": max(x["peak_rss_mb"] for x in runs["library"]),
                         "torch": max(x["peak_rss_mb"] for x in runs["torch"]), "build": build["peak_rss_mb"]},
         "first_loss": {"onnx-dns": runs["library"][0]["first_loss"], "torch": runs["torch"][0]["first_loss"]},
@@ -705,28 +562,24 @@ def write_markdown(report: dict, path: Path) -> None:
              "Same DNS step on both sides: forward with W*T, backward straight-through, momentum SGD with weight "
              "decay, mask update at every step (a=0.9t, b=1.1t). Batch 64, synthetic data, "
              f"{report['threads']} threads. Median of {report['repeats']} interleaved repeats (each in its own "
-             "process, warm-up excluded). `proto`: onnx-dns with the host-side fix prototyped in speed.py "
-             "(branch-free mask update; chunked, threaded optimizer and mask update on large tensors; bit-identical "
-             f"results: {'yes' if report.get('proto_bit_identical') else 'NO'}); `Trainer.run`: the library's real "
-             "loop (its surgery schedule, progress events and bookkeeping included).", "",
-             "| model | params | onnx-dns img/s | PyTorch img/s | onnx-dns/PyTorch | host overhead | proto img/s "
-             "| proto/PyTorch | proto host overhead | Trainer.run img/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "process, warm-up excluded). `Trainer.run`: the library's real loop (its surgery schedule, progress "
+             "events and bookkeeping included). The run before the host-side fixes: `speed-before.md`.", "",
+             "| model | params | onnx-dns img/s | PyTorch img/s | onnx-dns/PyTorch | host overhead "
+             "| Trainer.run img/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for m in report["models"].values():
         ips = m["images_per_second"]
         lines.append(f"| {m['title']} | {m['params']:,} | {fmt(ips['onnx-dns'])} | {fmt(ips['torch'])} | "
-                     f"{m['ratio']:.2f}x | {100 * m['host_overhead']:.1f}% | {fmt(ips['proto'])} | "
-                     f"{m['proto_ratio']:.2f}x | {100 * m['proto_host_overhead']:.1f}% | {fmt(ips['trainer'])} |")
+                     f"{m['ratio']:.2f}x | {100 * m['host_overhead']:.1f}% | {fmt(ips['trainer'])} |")
     lines += ["", "Time per step in ms (mean within a run, median over repeats):", "",
-              "| model | onnx-dns: module | optimizer | mask update | data+targets | step | proto: optimizer | "
-              "mask update | step | PyTorch: fwd+bwd | optimizer | mask update | step |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| model | onnx-dns: module | optimizer | mask update | data+targets | step | PyTorch: fwd+bwd | "
+              "optimizer | mask update | step |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in report["models"].values():
-        o, p, t = m["ms"]["onnx-dns"], m["ms"]["proto"], m["ms"]["torch"]
+        o, t = m["ms"]["onnx-dns"], m["ms"]["torch"]
         lines.append(f"| {m['title']} | {o['module']:.3f} | {o['optimizer']:.3f} | {o['mask_update']:.3f} | "
-                     f"{o['data_other']:.3f} | {o['step']:.3f} | {p['optimizer']:.3f} | {p['mask_update']:.3f} | "
-                     f"{p['step']:.3f} | {t['forward_backward']:.3f} | {t['optimizer']:.3f} | "
-                     f"{t['mask_update']:.3f} | {t['step']:.3f} |")
+                     f"{o['data_other']:.3f} | {o['step']:.3f} | {t['forward_backward']:.3f} | "
+                     f"{t['optimizer']:.3f} | {t['mask_update']:.3f} | {t['step']:.3f} |")
     lines += ["", "Memory and artifact building:", "",
               "| model | peak RSS onnx-dns (train) | peak RSS PyTorch | peak RSS building | build_artifacts | "
               "artifact files | first loss onnx-dns / PyTorch |",
@@ -795,8 +648,6 @@ def main() -> None:
     parser.add_argument("--no-fold", dest="fold", action="store_false")
     parser.add_argument("--no-train", dest="train", action="store_false", help="fold and write only")
     parser.add_argument("--no-big-fold", dest="big_fold", action="store_false", help="skip the >2 GB fold")
-    parser.add_argument("--proto-nospin", action="store_true",
-                        help="proto row: also turn off onnxruntime's thread spinning")
     parser.add_argument("--out", type=Path, default=RESULTS)
     # internal: one measurement in this process
     parser.add_argument("--worker", choices=("build", "onnx", "trainer", "fold", "profile"), help=argparse.SUPPRESS)
@@ -804,7 +655,6 @@ def main() -> None:
                         help="instead of the benchmark: onnxruntime's kernel time per op type for MODEL's step")
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", default="library", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sparsity", type=float, default=0.9, help=argparse.SUPPRESS)
     parser.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
@@ -870,7 +720,6 @@ def main() -> None:
         "command": command, "threads": args.threads, "repeats": args.repeats, "batch": BATCH, "quick": args.quick,
         "models": models, "fold": fold,
     }
-    report["proto_bit_identical"] = check_proto(args.threads) if models else None
     report["goals"] = goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -23,7 +23,7 @@ from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
 from onnx_dns.errors import DataError, ModelError, OptionError, OutputError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
-from onnx_dns.graph import FLOAT_TYPES, replace_initializers
+from onnx_dns.graph import FLOAT_TYPES
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name
 from onnx_dns.model_io import check_output_path, load_model, save_model
@@ -184,13 +184,12 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     result = trainer.run(resume=resume)
 
     values = dict(result.params) | {mask_name(w): m for w, m in result.masks.items()}
-    trained = replace_initializers(masked, values)
-    layers_after = layer_stats(trained, layers)
+    layers_after = layer_stats(masked, layers, values)
     record = {
         "method": "dynamic network surgery", "compression": round(compression(layers_after, layers_after), 3),
         "layers": {s.name: {"params": s.params, "nonzeros": s.nonzeros} for s in layers_after},
     }
-    folded = fold_masks(trained, sparse=not options.dense, record=record).model
+    folded = fold_masks(masked, sparse=not options.dense, record=record, values=values).model
     final_path = output_path if result.meets_bound else _below_bound(output_path)
     progress({"event": "writing", "path": str(final_path)})
     save_model(folded, final_path, forbid=model_path)

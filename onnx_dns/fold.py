@@ -13,62 +13,69 @@ ONNX tool reads and any general compressor (gzip, zstd) shrinks.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from onnx_dns import __version__
-from onnx_dns.graph import array_to_sparse, initializers, sparse_nbytes
+from onnx_dns.graph import array_like, array_to_sparse, copy_fields, initializers, sparse_nbytes, tensor_like
 from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.passes import PassResult
 
 METADATA_KEY = "onnx_dns"
 
 
-def fold_masks(model: onnx.ModelProto, *, sparse: bool = True, record: dict | None = None) -> PassResult:
+def fold_masks(model: onnx.ModelProto, *, sparse: bool = True, record: dict | None = None,
+               values: Mapping[str, np.ndarray] | None = None) -> PassResult:
     """Multiply masks into weights, drop the mask nodes, and write sparse initializers where smaller.
 
-    `record` (JSON-serialisable) is stored in metadata_props under `onnx_dns` with the tool version.
+    `values` replaces initializers by name (a training run's weights and masks) as they are folded, so the
+    model is copied once. `record` (JSON-serialisable) is stored in metadata_props under `onnx_dns` with the
+    tool version.
     """
     pairs = mask_pairs(model)
-    if not pairs:
+    values = values or {}
+    if not pairs and not values:
         return PassResult(model, False)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    inits = initializers(graph)
     rename = {masked_name(w): w for w in pairs}
-    mask_nodes = {masked_name(w) for w in pairs}
-    kept_nodes = [n for n in graph.node if not (n.op_type == "Mul" and n.output and n.output[0] in mask_nodes)]
-    for node in kept_nodes:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    for output in graph.output:
+    for output in model.graph.output:
         if output.name in rename:
             raise ValueError(f"fold_masks: masked weight {output.name!r} is a graph output")
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
+    out = onnx.ModelProto()
+    copy_fields(model, out, {"graph"})
+    graph = out.graph
+    copy_fields(model.graph, graph, {"node", "initializer"})
+    for node in model.graph.node:
+        if node.op_type == "Mul" and node.output and node.output[0] in rename:
+            continue
+        copy = graph.node.add()
+        copy.CopyFrom(node)
+        for i, name in enumerate(copy.input):
+            if name in rename:
+                copy.input[i] = rename[name]
 
-    folded: dict[str, np.ndarray] = {}
-    for weight, mask in pairs.items():
-        w = numpy_helper.to_array(inits[weight])
-        folded[weight] = (w * numpy_helper.to_array(inits[mask]).astype(w.dtype)).astype(w.dtype)
+    inits = initializers(model.graph)
+
+    def value_of(tensor: onnx.TensorProto) -> np.ndarray:
+        return array_like(values[tensor.name], tensor) if tensor.name in values else numpy_helper.to_array(tensor)
+
     dropped = set(pairs.values())
-    to_sparse = {n for n, a in folded.items() if sparse and _sparse_is_smaller(a)}
-    kept_inits = []
-    for tensor in graph.initializer:
+    for tensor in model.graph.initializer:
         if tensor.name in dropped:
             continue
-        if tensor.name in to_sparse:
-            graph.sparse_initializer.append(array_to_sparse(folded[tensor.name], tensor.name))
-            continue
-        if tensor.name in folded:
-            tensor = numpy_helper.from_array(folded[tensor.name], tensor.name)
-        kept_inits.append(tensor)
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
+        if tensor.name in pairs:
+            weight = value_of(tensor)
+            folded = np.multiply(weight, value_of(inits[pairs[tensor.name]]), dtype=weight.dtype)
+            if sparse and _sparse_is_smaller(folded):
+                graph.sparse_initializer.add().CopyFrom(array_to_sparse(folded, tensor.name))
+            else:
+                graph.initializer.add().CopyFrom(tensor_like(folded, tensor))
+        elif tensor.name in values:
+            graph.initializer.add().CopyFrom(tensor_like(values[tensor.name], tensor))
+        else:
+            graph.initializer.add().CopyFrom(tensor)
     write_metadata(out, {"tool": "onnx-dns", "version": __version__, "storage": "sparse" if sparse else "dense",
                         **(record or {})})
     return PassResult(out, True)

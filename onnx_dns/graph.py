@@ -83,15 +83,33 @@ def sparse_nbytes(nonzeros: int, itemsize: int) -> int:
     return nonzeros * (itemsize + 8)
 
 
-def replace_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose named initializers hold the given values (same dtype as before)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for tensor in out.graph.initializer:
-        if tensor.name in arrays:
-            dtype = numpy_helper.to_array(tensor).dtype if tensor.data_type != onnx.TensorProto.BFLOAT16 else None
-            value = np.asarray(arrays[tensor.name], dtype=dtype)
-            if tuple(value.shape) != tuple(tensor.dims):
-                raise ValueError(f"{tensor.name}: new value has shape {value.shape}, expected {tuple(tensor.dims)}")
-            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
-    return out
+def copy_fields(source, target, skip: set[str]) -> None:
+    """Copy the fields of protobuf message `source` into `target`, but those named in `skip`, which the caller
+    fills: a pass over a large model then copies each initializer once, not the model and then its rewrites."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:  # protobuf < 5.28
+            repeated = field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def array_like(value: np.ndarray, tensor: onnx.TensorProto) -> np.ndarray:
+    """`value` in `tensor`'s dtype (no copy when it already is); its shape must be `tensor`'s."""
+    dtype = None if tensor.data_type == onnx.TensorProto.BFLOAT16 else \
+        onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    value = np.asarray(value, dtype=dtype)
+    if tuple(value.shape) != tuple(tensor.dims):
+        raise ValueError(f"{tensor.name}: new value has shape {value.shape}, expected {tuple(tensor.dims)}")
+    return value
+
+
+def tensor_like(value: np.ndarray, tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """`value` as an initializer with `tensor`'s name and dtype; its shape must be `tensor`'s."""
+    return numpy_helper.from_array(array_like(value, tensor), tensor.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_dns.graph import initializers, to_array
-from onnx_dns.insert_masks import read_masks
+from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.normalize import densify_sparse, lift_constants
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
@@ -98,16 +99,23 @@ def compression(before: list[LayerStats], after: list[LayerStats], *, weights_on
     return sum(x.params for x in before) / max(sum(x.nonzeros for x in after), 1)
 
 
-def layer_stats(model: onnx.ModelProto, layers: list[Layer]) -> list[LayerStats]:
-    """Parameter and nonzero counts per layer; a masked model counts its masks' nonzeros."""
+def layer_stats(model: onnx.ModelProto, layers: list[Layer],
+                values: Mapping[str, np.ndarray] | None = None) -> list[LayerStats]:
+    """Parameter and nonzero counts per layer; a masked model counts its masks' nonzeros.
+
+    `values` replaces initializers by name (a training run's weights and masks)."""
     inits = initializers(model.graph)
-    masks = read_masks(model)
+    masks = mask_pairs(model)
+    values = values or {}
+
+    def value(name: str) -> np.ndarray:
+        return values[name] if name in values else to_array(inits[name])
+
     stats = []
     for layer in layers:
         counts = []
         for tensor in layer.tensors:
-            values = masks[tensor.name] if tensor.name in masks else to_array(inits[tensor.name])
-            counts.append(int(np.count_nonzero(values)))
+            counts.append(int(np.count_nonzero(value(masks.get(tensor.name, tensor.name)))))
         stats.append(LayerStats(
             name=layer.name, op=layer.op, shape=list(layer.weight.shape), params=layer.params,
             nonzeros=sum(counts), weight_params=layer.weight.size, weight_nonzeros=counts[0],

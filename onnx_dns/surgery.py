@@ -23,10 +23,12 @@ so that the kept total is n / target (larger layers are pruned harder, as in the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from onnx_dns.chunked import ChunkedRunner, Scratch
 
 GAMMA = 1e-4
 POWER = 1.0
@@ -53,12 +55,25 @@ def paper_threshold(stats: MagnitudeStats, c: float) -> float:
     return max(stats.mean + c * stats.std, 0.0)
 
 
-def update_mask(weight: np.ndarray, mask: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Prune entries with |w| < low, splice entries with |w| > high, keep the rest; writes into `mask`."""
-    magnitude = np.abs(weight)
-    mask *= ~(magnitude < low)  # branch-free: a masked copyto mispredicts on random patterns
-    np.maximum(mask, magnitude > high, out=mask)
+def update_mask(weight: np.ndarray, mask: np.ndarray, low: float, high: float,
+                scratch: Scratch | None = None) -> np.ndarray:
+    """Prune entries with |w| < low, splice entries with |w| > high, keep the rest; writes into `mask`.
+
+    Branch-free (a masked copy mispredicts on random patterns); temporaries come from `scratch` when given.
+    """
+    scratch = scratch or Scratch()
+    magnitude, flag = scratch.take(0, weight), scratch.take(1, weight, np.bool_)
+    np.abs(weight, out=magnitude)
+    np.less(magnitude, low, out=flag)
+    np.logical_not(flag, out=flag)
+    np.multiply(mask, flag, out=mask)
+    np.greater(magnitude, high, out=flag)
+    np.maximum(mask, flag, out=mask)
     return mask
+
+
+def _mask_kernel(low: float, high: float) -> Callable[[Scratch, np.ndarray, np.ndarray], None]:
+    return lambda scratch, weight, mask: update_mask(weight, mask, low, high, scratch)
 
 
 def surgery_probability(iteration: int, gamma: float = GAMMA, power: float = POWER) -> float:
@@ -131,8 +146,9 @@ class Surgeon:
     """Applies the surgery policy to every layer; holds only what a checkpoint must restore (`state_dict`)."""
 
     def __init__(self, plans: Mapping[str, LayerPlan], *, start: int = 0, gamma: float = GAMMA,
-                 power: float = POWER, refresh: int = 20) -> None:
+                 power: float = POWER, refresh: int = 20, runner: ChunkedRunner | None = None) -> None:
         self.plans = dict(plans)
+        self.runner = runner or ChunkedRunner()
         self.start = start
         self.gamma = gamma
         self.power = power
@@ -171,7 +187,7 @@ class Surgeon:
         """
         draws = rng.random(len(self.plans))
         probability = surgery_probability(iteration, self.gamma, self.power)
-        operated = []
+        operated, tasks = [], []
         for (name, plan), r in zip(self.plans.items(), draws):
             if iteration >= plan.stop:
                 continue
@@ -181,10 +197,10 @@ class Surgeon:
                 continue
             if not probability > r:
                 continue
-            low, high = self.thresholds(name, iteration, weights)
-            for tensor in plan.tensors:
-                update_mask(weights[tensor], masks[tensor], low, high)
+            kernel = _mask_kernel(*self.thresholds(name, iteration, weights))
+            tasks += [(kernel, (weights[tensor], masks[tensor])) for tensor in plan.tensors]
             operated.append(name)
+        self.runner.run(tasks)
         return operated
 
     def snap(self, layer: str, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:

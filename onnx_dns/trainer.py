@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from onnx_dns.artifacts import TrainingArtifacts
+from onnx_dns.chunked import ChunkedRunner
 from onnx_dns.data import CallableData, Dataset
 from onnx_dns.errors import Interrupted, TrainingError
 from onnx_dns.evaluate import Metrics, evaluate_module
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.npz"
 MAX_ROLLBACKS = 3
 PROGRESS_EVERY = 50  # iterations between recounts of the kept weights for progress (a pass over every mask)
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,10 @@ class Trainer:
         self.params = {n: parameters[n].data for n in art.trainable}
         self.grads = {n: parameters[n].grad for n in art.trainable}
         self.masks = {w: parameters[m].data for w, m in art.masks.items()}
-        self.optimizer = make_optimizer(config.optimizer, self.params, config.weight_decay)
+        # the host-side updates run while onnxruntime's threads are idle: they may use as many
+        self.runner = ChunkedRunner(config.threads or _available_cpus())
+        self.surgeon.runner = self.runner
+        self.optimizer = make_optimizer(config.optimizer, self.params, config.weight_decay, self.runner)
         self.schedule = LearningRate(config.lr, config.schedule, total=config.iterations, warmup=config.warmup)
         self._stop_requested = False
 
@@ -188,6 +199,7 @@ class Trainer:
                     raise Interrupted(f"interrupted at iteration {iteration}; the checkpoint is in {self.work_dir}: "
                                       f"continue with --resume {self.work_dir} and the same options")
         finally:
+            self.runner.close()
             if in_main:
                 signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         final = self._snapshot(iteration, last_metrics)

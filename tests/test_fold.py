@@ -248,3 +248,30 @@ def test_fold_refuses_a_masked_weight_that_is_a_graph_output():
                                                                   [16, 12]))
     with pytest.raises(ValueError, match="graph output"):
         fold_masks(masked)
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_fold_takes_trained_values_by_name_without_touching_the_model(sparse):
+    model = cnn()
+    masked, _ = masked_with_random_masks(model, keep_probability=0.5)
+    before = masked.SerializeToString()
+    rng = np.random.default_rng(3)
+    original = init_arrays(model)
+    names = [t.name for layer in find_layers(model) for t in layer.tensors]
+    trained = {n: rng.standard_normal(original[n].shape) for n in names}  # float64: stored as the model's dtype
+    keep = {n: rng.random(original[n].shape) < 0.3 for n in names}
+    values = trained | {mask_name(n): keep[n].astype(np.float32) for n in names}
+    stored = stored_weights(fold_masks(masked, sparse=sparse, values=values).model)
+    assert masked.SerializeToString() == before
+    assert set(stored) == set(original)
+    for name, value in original.items():
+        expected = np.where(keep[name], trained[name], 0).astype(value.dtype) if name in keep else value
+        np.testing.assert_array_equal(stored[name], expected)
+        assert stored[name].dtype == value.dtype
+
+
+def test_fold_refuses_a_value_of_the_wrong_shape():
+    masked, _ = masked_with_random_masks(cnn(), keep_probability=0.5)
+    name = next(t.name for t in masked.graph.initializer if not t.name.endswith("__dns_mask"))
+    with pytest.raises(ValueError, match="shape"):
+        fold_masks(masked, values={name: np.zeros((1, 2, 3, 4, 5), np.float32)})
