@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import click
 
 from cli.main import emit_json, handle_errors, main
 from onnx_dns.errors import AccuracyBoundError, OutputError
-from onnx_dns.model_io import load_model
+from onnx_dns.model_io import check_output_path, load_model
 from onnx_dns.report import format_report, inspect_model
 
 
@@ -132,6 +137,10 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
     given["exclude"] = given["exclude"] or None
     options = compress_options(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir,
                                keep_work=keep_work)
+    if report_path:
+        check_output_path(report_path, forbid=model)
+        if Path(report_path).resolve() == Path(output_path).resolve():
+            raise OutputError(f"{report_path}: the report path is the output model; give --report another path")
     progress = Progress(0 if quiet else (2 if verbose else 1))
     result = run_compress(model, output_path, options, progress=progress, resume=resume_dir is not None)
     data = result.to_dict()
@@ -160,18 +169,21 @@ def summary_line(result) -> str:
 
 
 def _write_json(path: str, data: dict) -> None:
-    import json
-    import os
-    import tempfile
-    from pathlib import Path
-
+    """Write the report atomically; a failed write leaves no temporary file."""
     target = Path(path)
-    if not target.parent.is_dir():
-        raise OutputError(f"{path}: the directory {target.parent} does not exist; create it or choose another path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, target)
+    check_output_path(target)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"{path}: writing the report failed ({exc.strerror or exc}); free space or choose "
+                          "another --report path") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @main.command()

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import sys
+import traceback
 
 import click
 
@@ -27,7 +28,7 @@ class Context:
 
 
 def handle_errors(func):
-    """Turn library errors into one line on stderr and their exit code; tracebacks only with --debug."""
+    """Turn errors into one line on stderr and their documented exit code; --debug adds the traceback above it."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -37,23 +38,22 @@ def handle_errors(func):
         except click.ClickException:
             raise
         except DnsError as exc:
-            if debug:
-                raise
-            click.echo(f"{'stopped' if isinstance(exc, KeyboardInterrupt) else 'error'}: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(f"{'stopped' if isinstance(exc, KeyboardInterrupt) else 'error'}: {exc}", exc.exit_code, debug)
         except KeyboardInterrupt:
-            if debug:
-                raise
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _fail("interrupted", EXIT_INTERRUPTED, debug)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
-            if debug:
-                raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
-                       "and report it)", err=True)
-            sys.exit(1)
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report "
+                  "it)", 1, debug)
 
     return wrapper
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    """Called while an exception is handled: print its traceback (with --debug) and `message`, then exit."""
+    if debug:
+        traceback.print_exc()
+    click.echo(message, err=True)
+    sys.exit(code)
 
 
 def emit_json(data: dict) -> None:

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from onnx_dns import __version__
 from onnx_dns.artifacts import build_artifacts
 from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
-from onnx_dns.errors import DataError, ModelError, OptionError, OutputError
+from onnx_dns.errors import DataError, Interrupted, ModelError, OptionError, OutputError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
 from onnx_dns.graph import FLOAT_TYPES
@@ -129,6 +129,8 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     progress = progress or (lambda event: None)
     model_path, output_path = Path(model_path), Path(output_path)
     check_output_path(output_path, forbid=model_path)
+    if options.train.max_accuracy_drop is not None:  # where a model that misses the bound goes
+        check_output_path(_below_bound(output_path), forbid=model_path)
     original = load_model(model_path)
     model = densify_sparse(lift_constants(original).model).model
     _check_finite(model, model_path)
@@ -140,6 +142,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
                          "MatMul) were found" + (" matching --include/--exclude" if options.include or
                                                  options.exclude else ""))
     _check_layer_names(layers, options)
+    plans = _plans(layers, options)
     cfg = options.train
     specs = model_inputs(model)
     if options.data is None:
@@ -179,7 +182,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     pinned = pin_input_shapes(masked, {s.name: (batch, *first_inputs[s.name].shape[1:]) for s in specs}).model
     art = build_artifacts(pinned, spec, work / "artifacts")
     artifact_seconds = time.perf_counter() - t_art
-    surgeon = Surgeon(_plans(layers, options), start=0)
+    surgeon = Surgeon(plans, start=0)
     trainer = Trainer(art, surgeon, cfg, train, val, targets, work, progress)
     result = trainer.run(resume=resume)
 
@@ -192,7 +195,13 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     folded = fold_masks(masked, sparse=not options.dense, record=record, values=values).model
     final_path = output_path if result.meets_bound else _below_bound(output_path)
     progress({"event": "writing", "path": str(final_path)})
-    save_model(folded, final_path, forbid=model_path)
+    resume_hint = f"the checkpoint is in {work}: continue with --resume {work} and the same options"
+    try:
+        save_model(folded, final_path, forbid=model_path)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; {resume_hint}") from exc
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"interrupted while writing {final_path}, which was not written; {resume_hint}") from exc
 
     before = _measure(original, val, spec, teacher, cfg.eval_batch_size, fixed_batch)
     after = _measure(folded, val, spec, teacher, cfg.eval_batch_size, fixed_batch)
@@ -287,7 +296,11 @@ def _plans(layers: list[Layer], options: CompressOptions) -> dict[str, LayerPlan
     if options.target is not None or options.sparsity:
         fixed = {k: 1.0 - v for k, v in options.sparsity.items()}
         sizes = {layer.name: layer.params for layer in layers}
-        keep = allocate_keep(sizes, options.target or _implied_target(sizes, fixed), fixed)
+        try:
+            keep = allocate_keep(sizes, options.target or _implied_target(sizes, fixed), fixed)
+        except ValueError as exc:
+            raise OptionError(f"--target {options.target:g}x with --sparsity {', '.join(fixed)}: the layers named keep "
+                              "more weights than the target allows; raise their --sparsity or lower --target") from exc
     plans = {}
     for layer in layers:
         stop = min(options.stop.get(layer.name, default_stop), iterations)
@@ -329,13 +342,19 @@ def _check_resume_settings(work: Path, model_path: Path, options: CompressOption
                 raise OptionError(f"--resume {work}: the run was started with {key}={saved.get(key)!r}, now "
                                f"{value!r}; resume with the same options, or start afresh without --resume")
         return
+    if work.exists() and not work.is_dir():
+        raise OutputError(f"{work}: the work folder is a file; choose another --work-dir")
     if work.exists() and any(work.iterdir()):
         if not (path.exists() or (work / "checkpoint.npz").exists()):
             raise OutputError(f"{work}: the work folder exists and is not an onnx-dns work folder; "
                               "choose an empty or new --work-dir")
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2))
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2))
+    except OSError as exc:
+        raise OutputError(f"{work}: cannot write the work folder ({exc.strerror or exc}); free space or choose "
+                          "another --work-dir") from exc
 
 
 def _comparable(options: CompressOptions) -> dict:

@@ -6,6 +6,7 @@ limits is refused here, before any work starts, with the versions named.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -86,7 +87,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     path = Path(path)
     directory = check_output_path(path, forbid=forbid)
     external = over_protobuf_limit(model, EXTERNAL_DATA_THRESHOLD)
-    tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:
+        raise _write_failed(path, exc) from exc
     try:
         tmp_model = Path(tmpdir) / path.name
         data_name = path.name + ".data"
@@ -102,17 +106,23 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
                 )
             else:
                 onnx.save_model(model, str(tmp_model))
+            if external and (Path(tmpdir) / data_name).exists():
+                os.replace(Path(tmpdir) / data_name, directory / data_name)
+            os.replace(tmp_model, path)
         except OSError as exc:
-            raise OutputError(f"{path}: writing failed ({exc.strerror or exc}); free space or choose another path") from exc
-        if external and (Path(tmpdir) / data_name).exists():
-            os.replace(Path(tmpdir) / data_name, directory / data_name)
-        os.replace(tmp_model, path)
+            raise _write_failed(path, exc) from exc
     finally:
         for leftover in Path(tmpdir).iterdir() if Path(tmpdir).exists() else ():
             leftover.unlink()
         if Path(tmpdir).exists():
             os.rmdir(tmpdir)
     return path
+
+
+def _write_failed(path: Path, exc: OSError) -> OutputError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return OutputError(f"{path}: writing failed ({exc.strerror or exc}); "
+                       f"{'free space' if full else 'check the permissions'} or choose another path")
 
 
 def over_protobuf_limit(model: onnx.ModelProto, limit: int) -> bool:
@@ -135,6 +145,8 @@ def check_output_path(path: str | os.PathLike, *, forbid: str | os.PathLike | No
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; give a file path such as {path / 'model.dns.onnx'}")
     directory = path.parent
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{path}: {directory} is a file, not a directory; choose another output path")
     if not directory.is_dir():
         raise OutputError(f"{path}: the directory {directory} does not exist; create it or choose another path")
     if not os.access(directory, os.W_OK):

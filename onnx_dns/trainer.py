@@ -24,7 +24,7 @@ import numpy as np
 from onnx_dns.artifacts import TrainingArtifacts
 from onnx_dns.chunked import ChunkedRunner
 from onnx_dns.data import CallableData, Dataset
-from onnx_dns.errors import Interrupted, TrainingError
+from onnx_dns.errors import Interrupted, OutputError, TrainingError
 from onnx_dns.evaluate import Metrics, evaluate_module
 from onnx_dns.targets import Targets
 from onnx_dns.optimizers import make_optimizer
@@ -240,11 +240,17 @@ class Trainer:
             "surgeon": self.surgeon.state_dict(), "config": asdict(self.config),
         }
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.work_dir / (CHECKPOINT + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, self.work_dir / CHECKPOINT)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, self.work_dir / CHECKPOINT)
+        except OSError as exc:
+            raise OutputError(f"{self.work_dir}: writing the checkpoint failed ({exc.strerror or exc}); free space "
+                              "or choose another --work-dir") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _load_checkpoint(self):
         path = self.work_dir / CHECKPOINT

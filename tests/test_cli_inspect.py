@@ -68,8 +68,9 @@ def test_bad_model_error_in_a_real_process(tmp_path):
 
 def test_debug_shows_the_real_exception(tmp_path):
     result = invoke("--debug", "inspect", write_bad_model("empty", tmp_path))
-    assert result.exit_code != 0
-    assert isinstance(result.exception, ModelError)
+    assert result.exit_code == ModelError.exit_code  # the documented code, traceback or not
+    assert "Traceback (most recent call last)" in result.stderr and "ModelError" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: ")
 
 
 def make_command(exc: BaseException) -> click.Group:
