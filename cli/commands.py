@@ -78,6 +78,13 @@ def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
               "[default: 75% of the iterations]")
 @click.option("--include", multiple=True, metavar="GLOB", help="Prune only layers whose name or weight matches.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Never prune layers whose name or weight matches.")
+@click.option("--freeze-before", multiple=True, metavar="NODE",
+              help="Train and prune only the part of the graph after NODE (a node name or output name): every "
+              "weight NODE or a node before it reads stays as it is. For a node onnxruntime cannot train through. "
+              "Repeatable.")
+@click.option("--update-bn-stats/--freeze-bn-stats", default=None,
+              help="BatchNormalization: train on batch statistics and measure new running statistics after "
+              "training, or keep the model's statistics (the layers train as they infer).  [default: freeze]")
 @click.option("--biases/--no-biases", default=None, help="Prune biases with their layer (the paper does).  "
               "[default: biases]")
 @click.option("--iterations", type=click.IntRange(min=1), help="Training iterations.  [default: 10000]")
@@ -135,6 +142,7 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
     given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
     given["include"] = given["include"] or None
     given["exclude"] = given["exclude"] or None
+    given["freeze_before"] = given["freeze_before"] or None
     options = compress_options(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir,
                                keep_work=keep_work)
     if report_path:

@@ -49,6 +49,9 @@ class Progress:
             self._echo(f"loss diverged: rolled back to iteration {event['iteration']}, learning rate x{event['lr_scale']:g}")
         elif kind == "step":
             self._step(event)
+        elif kind == "bn-statistics":
+            self._clear()
+            self._echo(f"measuring BatchNormalization statistics on {event['batches']} training batches ...")
         elif kind == "writing":
             self._clear()
             self._echo(f"writing {event['path']}")

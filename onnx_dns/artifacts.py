@@ -8,19 +8,21 @@ between steps, and the mask gradient is rewired straight-through.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from onnx_dns.errors import ModelError, TrainingError
-from onnx_dns.graph import FLOAT_TYPES, initializers
+from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
 from onnx_dns.ort_training import artifacts, captured_stderr
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
+from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
 NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
                         "PRelu": (1,)}
@@ -52,22 +54,32 @@ def trainable_parameters(model: onnx.ModelProto) -> list[str]:
     return [n for n in dict.fromkeys(names) if inits[n].data_type in FLOAT_TYPES]
 
 
-def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: str | Path) -> TrainingArtifacts:
-    """Write the training artifacts of `masked_model` with `loss` into `directory` and describe them."""
+def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: str | Path, *,
+                    update_bn_stats: bool = False, frozen: Collection[str] = ()) -> TrainingArtifacts:
+    """Write the training artifacts of `masked_model` with `loss` into `directory` and describe them.
+
+    BatchNormalization trains with frozen statistics unless `update_bn_stats`, Dropout in training mode
+    (training_mode.py); initializers named in `frozen` are not trained."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     masks = mask_pairs(masked_model)
     graph_inputs = [i.name for i in masked_model.graph.input]
     init_names = set(initializers(masked_model.graph))
     user_inputs = tuple(n for n in graph_inputs if n not in init_names)
-    trainable = [n for n in trainable_parameters(masked_model) if n not in masks.values()]
-    rewritten = rewrite_for_training(masked_model).model
+    trainable = [n for n in trainable_parameters(masked_model) if n not in masks.values() and n not in frozen]
+    prepared = enable_dropout(masked_model).model
+    if not update_bn_stats:
+        prepared = freeze_batchnorm(prepared).model
+    rewritten = rewrite_for_training(prepared).model
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
+        label = blocked[0][0]
+        node = next((n for i, n in enumerate(rewritten.graph.node) if node_label(n, i) == label), None)
+        where = node.name or node.output[0] if node is not None else label
         first = untrainable_message(rewritten, blocked[:1])
         more = f" (and {len(blocked) - 1} more such nodes)" if len(blocked) > 1 else ""
-        raise ModelError(f"{first}{more}; replace the operator before exporting, or --exclude the layers "
-                         "before it so that no gradient has to pass through it")
+        raise ModelError(f"{first}{more}; replace the operator before exporting, or train only the layers after "
+                         f"it with --freeze-before {where}")
     with_loss = attach_loss(rewritten, loss)
     with captured_stderr() as log:
         try:

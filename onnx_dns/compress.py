@@ -23,6 +23,7 @@ from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
 from onnx_dns.errors import DataError, Interrupted, ModelError, OptionError, OutputError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
+from onnx_dns.freeze import upstream_initializers
 from onnx_dns.graph import FLOAT_TYPES
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name
@@ -33,11 +34,13 @@ from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
 from onnx_dns.targets import Targets, attach_teacher
 from onnx_dns.trainer import TrainConfig, Trainer
+from onnx_dns.training_mode import estimate_statistics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_C = 1.0
 STOP_FRACTION = 0.75
+BN_BATCHES = 100  # training batches that new BatchNormalization statistics are measured on (--update-bn-stats)
 MISSED_SUFFIX = ".below-bound"
 
 
@@ -65,6 +68,8 @@ class CompressOptions:
     val_fraction: float = 0.1
     dense: bool = False
     prune: bool = True
+    freeze_before: tuple[str, ...] = ()
+    update_bn_stats: bool = False
     work_dir: str | None = None
     keep_work: bool = False
 
@@ -135,6 +140,8 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     model = densify_sparse(lift_constants(original).model).model
     _check_finite(model, model_path)
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
+    frozen = upstream_initializers(model, options.freeze_before) if options.freeze_before else set()
+    layers = [layer for layer in layers if not any(t.name in frozen for t in layer.tensors)]
     if not options.prune:
         layers = []
     elif not layers:
@@ -180,13 +187,19 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
     batch = cfg.batch_size if any(n.op_type == "AveragePool" for n in model.graph.node) else None
     pinned = pin_input_shapes(masked, {s.name: (batch, *first_inputs[s.name].shape[1:]) for s in specs}).model
-    art = build_artifacts(pinned, spec, work / "artifacts")
+    art = build_artifacts(pinned, spec, work / "artifacts", update_bn_stats=options.update_bn_stats, frozen=frozen)
     artifact_seconds = time.perf_counter() - t_art
     surgeon = Surgeon(plans, start=0)
     trainer = Trainer(art, surgeon, cfg, train, val, targets, work, progress)
     result = trainer.run(resume=resume)
 
     values = dict(result.params) | {mask_name(w): m for w, m in result.masks.items()}
+    if options.update_bn_stats:
+        progress({"event": "bn-statistics", "batches": BN_BATCHES})
+        trained = fold_masks(masked, sparse=False, values=values).model
+        batches = (train.batch(i, cfg.batch_size, cfg.seed)[0] for i in range(BN_BATCHES))
+        values |= estimate_statistics(trained, batches)
+        del trained
     layers_after = layer_stats(masked, layers, values)
     record = {
         "method": "dynamic network surgery", "compression": round(compression(layers_after, layers_after), 3),

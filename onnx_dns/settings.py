@@ -44,7 +44,8 @@ TRAIN_DEFAULTS = {"iterations": 10000, "batch_size": 64, "lr": 0.01, "optimizer"
                   "threads": 0, "weight_decay": None, "max_accuracy_drop": None}
 OTHER_DEFAULTS = {"data": None, "val": None, "distill": None, "distill_weight": 0.5, "temperature": 4.0,
                   "task": None, "output_name": None, "target": None, "default_c": 1.0, "surgery_stop": None,
-                  "c": {}, "sparsity": {}, "stop": {}, "include": (), "exclude": (), "biases": True}
+                  "c": {}, "sparsity": {}, "stop": {}, "include": (), "exclude": (), "biases": True,
+                  "freeze_before": (), "update_bn_stats": False}
 
 
 def parse_target(value: str | float | None) -> float | None:
@@ -95,8 +96,8 @@ RANGES = {
 }
 PER_LAYER = {"c": Range(), "sparsity": Range(low=0, high=1, high_open=True), "stop": Range(True, 0)}
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": SCHEDULES, "task": ("classify", "regress")}
-FLAGS = ("distill", "biases")
-GLOBS = ("include", "exclude")
+FLAGS = ("distill", "biases", "update_bn_stats")
+GLOBS = ("include", "exclude", "freeze_before")
 
 
 def check_options(values: dict, from_settings: set[str]) -> None:
@@ -152,6 +153,7 @@ def compress_options(given: dict, settings: dict, *, dense: bool = False, work_d
         target=parse_target(values["target"]), c=dict(values["c"]), default_c=values["default_c"],
         sparsity=dict(values["sparsity"]), stop=dict(values["stop"]), surgery_stop=values["surgery_stop"],
         include=tuple(values["include"]), exclude=tuple(values["exclude"]), biases=values["biases"],
+        freeze_before=tuple(values["freeze_before"]), update_bn_stats=values["update_bn_stats"],
         train=TrainConfig(**{k: values[k] for k in TRAIN_DEFAULTS}), dense=dense, work_dir=work_dir,
         keep_work=keep_work,
     )

@@ -93,3 +93,41 @@ def test_non_finite_weights_are_refused_before_training(tmp_path):
         compress(path, tmp_path / "out.onnx", options)
     assert path.read_bytes() == original
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_freeze_before_trains_only_the_layers_after_an_untrainable_node(tmp_path):
+    model = cnn_with_untrainable_ops()
+    for node in model.graph.node:
+        if node.op_type == "LRN":
+            node.op_type = "LpNormalization"
+            del node.attribute[:]
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x, labels=(x[:, 0].mean(axis=(1, 2)) > 0).astype(np.int64))
+    train = TrainConfig(iterations=40, batch_size=32, lr=0.05, eval_every=20, checkpoint_every=20)
+    options = CompressOptions(data=str(tmp_path / "train.npz"), train=train)
+    with pytest.raises(ModelError, match=r"--freeze-before lrn"):
+        compress(path, tmp_path / "out.onnx", options)
+
+    options = CompressOptions(data=str(tmp_path / "train.npz"), train=train, freeze_before=("lrn",), target=2.0)
+    result = compress(path, tmp_path / "out.onnx", options)
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in densify_sparse(load_model(tmp_path / "out.onnx")).model.graph.initializer}
+    np.testing.assert_array_equal(after["conv.w"], before["conv.w"])  # before the node: neither trained nor pruned
+    assert not np.allclose(after["prelu.slope"], before["prelu.slope"])  # after it: trained
+    assert [s.name for s in result.layers_after] == ["fc"]
+    assert np.count_nonzero(after["fc.w"]) < before["fc.w"].size
+
+
+def test_freeze_before_an_unknown_node_is_a_usage_error(tmp_path):
+    from onnx_dns.errors import OptionError
+
+    path = tmp_path / "model.onnx"
+    onnx.save(cnn_with_untrainable_ops(), str(path))
+    np.savez(tmp_path / "train.npz", x=np.zeros((64, 1, 8, 8), np.float32), labels=np.zeros(64, np.int64))
+    options = CompressOptions(data=str(tmp_path / "train.npz"), freeze_before=("nope",),
+                              train=TrainConfig(iterations=2, batch_size=8))
+    with pytest.raises(OptionError, match="--freeze-before nope"):
+        compress(path, tmp_path / "out.onnx", options)

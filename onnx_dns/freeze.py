@@ -1,0 +1,46 @@
+"""`--freeze-before NODE`: train only the part of the graph after a node that cannot be trained through.
+
+Every initializer read by NODE or by a node upstream of it is frozen: neither pruned nor trained, so no
+gradient has to flow through NODE. NODE is given by its name or by the name of one of its outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+from onnx_dns.errors import OptionError
+from onnx_dns.graph import initializers, producers
+
+
+def find_node(model: onnx.ModelProto, key: str) -> onnx.NodeProto:
+    """The node named `key`, else the node that outputs a value named `key`."""
+    for node in model.graph.node:
+        if node.name == key:
+            return node
+    node = producers(model.graph).get(key)
+    if node is None:
+        raise OptionError(f"--freeze-before {key}: no node or node output of that name in the model; "
+                          "`onnx-dns inspect MODEL --json` lists the layers, Netron shows every node")
+    return node
+
+
+def upstream_initializers(model: onnx.ModelProto, keys: Iterable[str]) -> set[str]:
+    """Names of the initializers that the named nodes, and every node before them, read."""
+    made_by = producers(model.graph)
+    inits = initializers(model.graph)
+    frozen: set[str] = set()
+    seen: set[int] = set()
+    stack = [find_node(model, key) for key in keys]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for name in node.input:
+            if name in inits:
+                frozen.add(name)
+            elif name in made_by:
+                stack.append(made_by[name])
+    return frozen
