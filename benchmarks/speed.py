@@ -207,7 +207,7 @@ def worker_build(work: Path, spec: dict) -> dict:
     pinned = pin_input_shapes(masked, {INPUT: (None, *spec["input"])}).model
     t1 = time.perf_counter()
     loss = LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"])
-    art = build_artifacts(pinned, loss, work / "artifacts")
+    art = build_artifacts(pinned, loss, work / "artifacts", update_bn_stats=True)  # batch statistics, as torch
     t2 = time.perf_counter()
     thresholds = {}
     for layer in layers:
