@@ -39,6 +39,16 @@ def cnn_with_untrainable_ops(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def with_lp_normalization() -> onnx.ModelProto:
+    """The same CNN with LpNormalization, which has no gradient and no rewrite, in place of LRN."""
+    model = cnn_with_untrainable_ops()
+    for node in model.graph.node:
+        if node.op_type == "LRN":
+            node.op_type = "LpNormalization"
+            del node.attribute[:]
+    return model
+
+
 def test_untrainable_operators_are_trained_through_and_kept(tmp_path):
     model = cnn_with_untrainable_ops()
     path = tmp_path / "model.onnx"
@@ -65,11 +75,7 @@ def test_untrainable_operators_are_trained_through_and_kept(tmp_path):
 
 
 def test_an_operator_that_cannot_be_trained_is_named(tmp_path):
-    model = cnn_with_untrainable_ops()
-    for node in model.graph.node:
-        if node.op_type == "LRN":
-            node.op_type = "LpNormalization"
-            del node.attribute[:]
+    model = with_lp_normalization()
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
     np.savez(tmp_path / "train.npz", x=np.zeros((64, 1, 8, 8), np.float32), labels=np.zeros(64, np.int64))
@@ -96,11 +102,7 @@ def test_non_finite_weights_are_refused_before_training(tmp_path):
 
 
 def test_freeze_before_trains_only_the_layers_after_an_untrainable_node(tmp_path):
-    model = cnn_with_untrainable_ops()
-    for node in model.graph.node:
-        if node.op_type == "LRN":
-            node.op_type = "LpNormalization"
-            del node.attribute[:]
+    model = with_lp_normalization()
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
     rng = np.random.default_rng(1)
