@@ -26,7 +26,7 @@ from onnx_dns.fold import fold_masks
 from onnx_dns.freeze import upstream_initializers
 from onnx_dns.graph import FLOAT_TYPES
 from onnx_dns.insert_masks import insert_masks, mask_name
-from onnx_dns.losses import LossSpec, logits_name
+from onnx_dns.losses import LossSpec, logits_name, loss_output
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes
 from onnx_dns.prunable import Layer, find_layers
@@ -161,10 +161,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
                             f"--batch-size {spec.shape[0]} or re-export the model with a dynamic batch axis")
     fixed_batch = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
 
-    output = options.output or model.graph.output[0].name
-    if output not in [o.name for o in model.graph.output]:
-        raise ModelError(f"{model_path}: no output named {output!r}; outputs: "
-                         + ", ".join(o.name for o in model.graph.output))
+    output = loss_output(model, options.output, str(model_path))
     teacher = _teacher(model, output)
     first_inputs, first_labels = train.batch(0, cfg.batch_size, cfg.seed)
     sample = teacher(first_inputs)

@@ -14,6 +14,7 @@ import numpy as np
 from onnx_dns.data import load_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
+from onnx_dns.losses import loss_output
 from onnx_dns.model_io import load_model
 from onnx_dns.report import ModelReport, inspect_model
 
@@ -38,7 +39,7 @@ def evaluate_model(path: str, data: str, *, reference: str | None = None, split:
                    min_compression: float | None = None) -> GateResult:
     """Score the model at `path` on `data`; list every bound it misses in `failures`."""
     model = load_model(path)
-    output = output or model.graph.output[0].name
+    output = output or loss_output(model, name=path)
     specs = model_inputs(model)
     dataset = load_data(data, specs, split)
     fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)

@@ -5,8 +5,10 @@ Classification (output z of shape (N, C)), with targets computed on the host:
     soft = -T^2 * sum_c softmax(z_teacher / T)_c * log_softmax(z / T)_c   (distillation, Hinton et al.)
     loss = mean over the batch of (w_hard * hard + w_soft * soft)
 The sum over C is written as C times a ReduceMean over all elements, which every opset spells the same way.
-A model ending in Softmax is trained on the Softmax's input (its logits); one ending in LogSoftmax on its
-output, since log_softmax is idempotent.
+A model ending in Softmax (possibly through Identity nodes, as skl2onnx writes it) is trained on the Softmax's
+input (its logits); one ending in LogSoftmax on its output, since log_softmax is idempotent.
+The output the loss reads is the first float tensor among the graph outputs unless one is named: converted
+classifiers list an int64 label (ArgMax, Cast) first and may turn probabilities into a sequence of maps (ZipMap).
 Regression (any output shape): loss = mean((y - target)^2), the target being labels or the teacher's outputs.
 """
 
@@ -18,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import producers
+from onnx_dns.errors import ModelError
+from onnx_dns.graph import FLOAT_TYPES, producers
 
 LOSS_OUTPUT = "dns_loss"
 HARD_TARGET = "dns_target_hard"
@@ -47,11 +50,54 @@ class LossSpec:
 
 
 def logits_name(model: onnx.ModelProto, output: str) -> str:
-    """The tensor that holds the logits behind `output`: the input of a final Softmax, else `output`."""
-    node = producers(model.graph).get(output)
+    """The tensor that holds the logits behind `output`: the input of a final Softmax, seen through Identity
+    nodes, else `output`."""
+    made_by = producers(model.graph)
+    node = made_by.get(output)
+    while node is not None and node.op_type == "Identity":
+        node = made_by.get(node.input[0])
     if node is not None and node.op_type == "Softmax":
         return node.input[0]
     return output
+
+
+def loss_output(model: onnx.ModelProto, requested: str | None = None, name: str = "model") -> str:
+    """The graph output the loss reads: `requested`, else the first output that is a float tensor.
+
+    Refuses an output that is missing or not a float tensor (an int64 label, ZipMap's sequence of maps).
+    """
+    outputs = {o.name: o for o in model.graph.output}
+    if requested is not None:
+        if requested not in outputs:
+            raise ModelError(f"{name}: no output named {requested!r}; outputs: {_describe(outputs.values())}")
+        if not _is_float_tensor(outputs[requested]):
+            raise ModelError(f"{name}: output {requested!r} is of type {_kind(outputs[requested])}, not a float "
+                             f"tensor the loss can read; outputs: {_describe(outputs.values())}")
+        return requested
+    for value in model.graph.output:
+        if _is_float_tensor(value):
+            return value.name
+    zipmap = any(n.op_type == "ZipMap" for n in model.graph.node)
+    hint = (" (skl2onnx: convert with options={id(model): {'zipmap': False}} to get probabilities as a tensor)"
+            if zipmap else "")
+    raise ModelError(f"{name}: no output is a float tensor the loss can read; outputs: "
+                     f"{_describe(outputs.values())}{hint}")
+
+
+def _is_float_tensor(value: onnx.ValueInfoProto) -> bool:
+    return value.type.HasField("tensor_type") and value.type.tensor_type.elem_type in FLOAT_TYPES
+
+
+def _kind(value: onnx.ValueInfoProto) -> str:
+    if value.type.HasField("tensor_type"):
+        return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower() + " tensor"
+    if value.type.HasField("sequence_type"):
+        return "sequence of maps" if value.type.sequence_type.elem_type.HasField("map_type") else "sequence"
+    return "map" if value.type.HasField("map_type") else "not a tensor"
+
+
+def _describe(values) -> str:
+    return ", ".join(f"{v.name} ({_kind(v)})" for v in values)
 
 
 def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:

@@ -62,6 +62,15 @@ class Targets:
 
 
 def attach_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int) -> None:
-    """Compute the original model's outputs for every sample once, stored beside the inputs."""
-    outs = [teacher(inputs) for inputs, _ in data.iterate(batch_size)]
+    """Compute the original model's outputs for every sample once, stored beside the inputs.
+
+    Every batch has `batch_size` samples (the last one is padded with copies of its last sample, whose outputs
+    are dropped), so that a model exported with a fixed batch size runs on any number of samples.
+    """
+    outs = []
+    for inputs, _ in data.iterate(batch_size):
+        n = len(next(iter(inputs.values())))
+        if n < batch_size:
+            inputs = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in inputs.items()}
+        outs.append(teacher(inputs)[:n])
     data.inputs[TEACHER] = np.concatenate(outs)

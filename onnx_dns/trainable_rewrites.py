@@ -77,6 +77,12 @@ re-emitted with all three outputs (missing ones get new names, nobody reads them
 B = ConstantOfShape(Shape(scale), 0), which adds 0. This trains on CPU (measured) and ORT's fused
 LayerNormalizationGrad is cheaper than a decomposition.
 
+Dropout without a training_mode input is the identity (inference mode), but ORT's gradient is not: DropoutGrad
+scales the incoming gradient by 1 / (1 - ratio) all the same (twice the true gradient at ratio 0.5, measured), and
+a Dropout with a ratio input and no mask output fails `generate_artifacts` with "i < node_->OutputDefs().size()
+was false". Such a node becomes Identity (and its mask output, if named, ConstantOfShape(Shape(X), true)). A
+Dropout with a training_mode input keeps its node and gets the mask output its gradient reads.
+
 Measured on onnxruntime-training-cpu 1.19.2 with a one-node model behind a trainable Conv: each of the ops
 above (LayerNormalization with one output) fails `generate_artifacts` with "The gradient builder has not been
 registered: <Op>"; ConvTranspose and Resize build artifacts but the training session fails ("Could not find an
@@ -205,6 +211,8 @@ def _gradient_problem(node: onnx.NodeProto) -> str | None:
         return f"the {op}Grad kernel of onnxruntime-training 1.19 exists only for CUDA, not on CPU"
     if op == "LayerNormalization" and (sum(1 for o in node.output if o) < 3 or _layer_norm_lacks_bias(node)):
         return "its gradient needs the Mean and InvStdDev outputs and the bias input (run rewrite_for_training)"
+    if op == "Dropout" and len(node.input) > 1 and node.input[1] and not _has_output(node, 1):
+        return "its gradient needs the mask output when a ratio is given (run rewrite_for_training)"
     if op == "Pad":
         mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
         if mode not in (b"constant", "constant"):
@@ -414,6 +422,27 @@ def _layer_norm_lacks_bias(node: onnx.NodeProto) -> bool:
     return len(node.input) < 3 or not node.input[2]
 
 
+def _dropout(e: _Emitter, node: onnx.NodeProto) -> None:
+    if len(node.input) < 3 or not node.input[2]:  # inference mode: the identity
+        e.op("Identity", [node.input[0]], "identity", output=node.output[0])
+        if _has_output(node, 1):
+            true = numpy_helper.from_array(np.ones(1, bool), "")
+            e.op("ConstantOfShape", [e.op("Shape", [node.input[0]], "shape")], "mask", output=node.output[1],
+                 value=true)
+        return
+    if _has_output(node, 1):
+        raise _Skip  # already trainable
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    del new.output[:]
+    new.output.extend([node.output[0], e.name("mask")])
+    e.nodes.append(new)
+
+
+def _has_output(node: onnx.NodeProto, index: int) -> bool:
+    return len(node.output) > index and bool(node.output[index])
+
+
 _REWRITES: dict[str, Callable[[_Emitter, onnx.NodeProto], None]] = {
     "LRN": _lrn,
     "PRelu": _prelu,
@@ -424,6 +453,7 @@ _REWRITES: dict[str, Callable[[_Emitter, onnx.NodeProto], None]] = {
     "Sum": _sum,
     "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
+    "Dropout": _dropout,
 }
 
 

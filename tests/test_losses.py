@@ -9,7 +9,8 @@ from engine_fixtures import linear, numpy_cross_entropy
 from graphs import make_model, tensor, value
 from onnx import helper
 
-from onnx_dns.losses import HARD_TARGET, LOSS_OUTPUT, SOFT_TARGET, LossSpec, attach_loss, logits_name
+from onnx_dns.errors import ModelError
+from onnx_dns.losses import HARD_TARGET, LOSS_OUTPUT, SOFT_TARGET, LossSpec, attach_loss, logits_name, loss_output
 from onnx_dns.ort_training import onnxruntime
 
 RNG = np.random.default_rng(0)
@@ -89,6 +90,65 @@ def test_a_softmax_ended_model_trains_on_its_logits():
     np.testing.assert_allclose(y, np_softmax(LOGITS), rtol=1e-5, atol=1e-6)  # output stays probabilities
     # log_softmax applied to the probabilities would give a visibly different number
     assert abs(numpy_cross_entropy(np_softmax(LOGITS), LABELS) - float(loss)) > 0.05
+
+
+def test_a_softmax_behind_identity_nodes_is_seen_through():
+    """skl2onnx writes probabilities = Identity(Softmax(z))."""
+    model = linear(W, B, softmax=True)
+    softmax = model.graph.node[1]
+    softmax.output[0] = "p0"
+    model.graph.node.extend([helper.make_node("Identity", ["p0"], ["p1"], name="id0"),
+                             helper.make_node("Identity", ["p1"], ["y"], name="id1")])
+    assert logits_name(model, "y") == "logits"
+    loss, _ = run(attach_loss(model, LossSpec("classify", "y", 1.0, 0.0, num_classes=4)), x=X,
+                  **{HARD_TARGET: onehot(LABELS)})
+    assert float(loss) == pytest.approx(numpy_cross_entropy(LOGITS, LABELS), rel=1e-5)
+
+
+def classifier_with_label_output(zipmap: bool) -> onnx.ModelProto:
+    """What skl2onnx writes for a classifier: an int64 label first, then the probabilities (a tensor, or with
+    ZipMap a sequence of maps from class to probability)."""
+    model = linear(W, B, softmax=True)
+    model.graph.node.append(helper.make_node("ArgMax", ["y"], ["label"], name="argmax", axis=1, keepdims=0))
+    model.graph.output.insert(0, value("label", ["N"], onnx.TensorProto.INT64))
+    if zipmap:
+        model.graph.node.append(helper.make_node("ZipMap", ["y"], ["probs"], name="zipmap", domain="ai.onnx.ml",
+                                                 classlabels_int64s=[0, 1, 2, 3]))
+        model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+        probs = helper.make_value_info("probs", helper.make_sequence_type_proto(helper.make_map_type_proto(
+            onnx.TensorProto.INT64, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, []))))
+        del model.graph.output[1:]
+        model.graph.output.append(probs)
+    return model
+
+
+def test_the_loss_reads_the_first_float_output_unless_one_is_named():
+    model = classifier_with_label_output(zipmap=False)
+    assert [o.name for o in model.graph.output] == ["label", "y"]
+    assert loss_output(model) == "y"
+    assert loss_output(model, "y") == "y"
+    with pytest.raises(ModelError, match=r"m.onnx: output 'label' is of type int64 tensor"):
+        loss_output(model, "label", "m.onnx")
+    with pytest.raises(ModelError, match=r"no output named 'nope'; outputs: label \(int64 tensor\), y \(float"):
+        loss_output(model, "nope")
+    zipmap = classifier_with_label_output(zipmap=True)
+    onnx.checker.check_model(zipmap)
+    with pytest.raises(ModelError, match=r"no output is a float tensor.*probs \(sequence of maps\).*'zipmap': False"):
+        loss_output(zipmap)
+
+
+def test_the_teacher_runs_on_full_batches_only():
+    """A model exported with a fixed batch size refuses a short last batch: it is padded, the padding dropped."""
+    from onnx_dns.data import Dataset
+    from onnx_dns.targets import TEACHER, attach_teacher
+
+    def teacher(inputs):
+        assert len(inputs["x"]) == 4
+        return inputs["x"] @ W
+
+    data = Dataset({"x": X}, None, "train")
+    attach_teacher(data, teacher, 4)
+    np.testing.assert_allclose(data.inputs[TEACHER], X @ W, rtol=1e-6)
 
 
 def test_a_logsoftmax_ended_model_trains_on_its_output():

@@ -150,6 +150,10 @@ CASES = [
     instance_norm_case(21, spatial=(9,)),
     layer_norm_case(), layer_norm_case(18, axis=1), layer_norm_case(17, with_bias=False),
     layer_norm_case(21, axis=1, with_bias=False),
+    Case("Dropout-ratio-opset13", (H("Dropout", ["c", "ratio"], ["y"], name="op"),), lambda c, p: c, 13,
+         params={"ratio": np.array(0.5)}),
+    Case("Dropout-ratio-opset21", (H("Dropout", ["c", "ratio"], ["y"], name="op"),), lambda c, p: c, 21,
+         params={"ratio": np.array(0.2)}),
 ]
 IDS = [case.id for case in CASES]
 assert len(set(IDS)) == len(IDS)
@@ -256,7 +260,7 @@ def test_rewrite_computes_what_the_original_computes(case):
     assert result.modified
     rewritten = result.model
     onnx.checker.check_model(rewritten, full_check=True)
-    assert case.op not in op_types(rewritten) or case.op == "LayerNormalization"
+    assert case.op not in op_types(rewritten) or case.op in ("LayerNormalization", "Dropout")
     assert not op_types(rewritten) & NO_GRADIENT
     assert untrainable_nodes(rewritten) == []
     # what the caller relies on to write trained values back: names of initializers, inputs, outputs
@@ -298,14 +302,14 @@ def test_rewritten_model_trains_with_the_gradients_of_the_original_op(case, symb
 
 
 @pytest.mark.parametrize("op", ["LRN", "PRelu", "Elu", "HardSigmoid", "HardSwish", "GlobalMaxPool", "Sum",
-                                "InstanceNormalization", "LayerNormalization"])
+                                "InstanceNormalization", "LayerNormalization", "Dropout"])
 def test_the_original_op_cannot_be_trained(op, tmp_path):
     case = next(c for c in CASES if c.op == op)
     model = with_loss(op_model(case), loss_weights(case))
     with pytest.raises(Exception) as info:
         generate(model, ("W", *case.trainable), tmp_path)
     text = str(info.value)
-    if op == "LayerNormalization":
+    if op in ("LayerNormalization", "Dropout"):
         assert "OutputDefs().size()" in text
     else:
         assert f"The gradient builder has not been registered: {op}" in text
@@ -328,6 +332,28 @@ def test_layer_norm_keeps_its_node_and_gets_the_two_statistics_outputs():
     assert untrainable_nodes(no_bias) == [("op", "LayerNormalization")]  # ORT's gradient reads B
     node = rewrite_for_training(no_bias).model.graph.node[-1]
     assert list(node.output) == ["y", "m", "s"] and len(node.input) == 3
+
+
+def test_dropout_in_inference_mode_becomes_identity_and_in_training_mode_gets_a_mask_output():
+    case = next(c for c in CASES if c.op == "Dropout")
+    rewritten = rewrite_for_training(op_model(case)).model
+    assert [(n.op_type, list(n.input), list(n.output)) for n in rewritten.graph.node[1:]] == [
+        ("Identity", ["c"], ["y"])]
+    with_mask = op_model(case)
+    with_mask.graph.node[1].output.append("mask")
+    with_mask.graph.output.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, None))
+    rewritten = rewrite_for_training(with_mask).model
+    assert "Dropout" not in op_types(rewritten)
+    x = inputs(case)
+    for got, expected in zip(run(rewritten, {"x": x}), run(with_mask, {"x": x})):
+        np.testing.assert_array_equal(got, expected)  # y and an all-true mask
+    training = op_model(case)
+    training.graph.initializer.append(numpy_helper.from_array(np.array(True), "training_mode"))
+    training.graph.node[1].input.append("training_mode")
+    node = rewrite_for_training(training).model.graph.node[1]
+    assert node.op_type == "Dropout" and node.name == "op" and list(node.input) == ["c", "ratio", "training_mode"]
+    assert list(node.output) == ["y", "op__dns_mask"]
+    assert untrainable_nodes(training) == [("op", "Dropout")]
 
 
 # ---------------------------------------------------------------- the pass itself
