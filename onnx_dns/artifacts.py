@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from onnx_dns.errors import ModelError, TrainingError
+from onnx_dns.freeze import initializers_feeding
 from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
@@ -59,14 +60,17 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     """Write the training artifacts of `masked_model` with `loss` into `directory` and describe them.
 
     BatchNormalization trains with frozen statistics unless `update_bn_stats`, Dropout in training mode
-    (training_mode.py); initializers named in `frozen` are not trained."""
+    (training_mode.py); initializers named in `frozen`, and those the loss's output does not depend on, are not
+    trained."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     masks = mask_pairs(masked_model)
     graph_inputs = [i.name for i in masked_model.graph.input]
     init_names = set(initializers(masked_model.graph))
     user_inputs = tuple(n for n in graph_inputs if n not in init_names)
-    trainable = [n for n in trainable_parameters(masked_model) if n not in masks.values() and n not in frozen]
+    feeding = initializers_feeding(masked_model, loss.output)  # onnxruntime refuses unreachable parameters
+    trainable = [n for n in trainable_parameters(masked_model)
+                 if n in feeding and n not in masks.values() and n not in frozen]
     prepared = enable_dropout(masked_model).model
     if not update_bn_stats:
         prepared = freeze_batchnorm(prepared).model

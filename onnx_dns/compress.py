@@ -23,7 +23,7 @@ from onnx_dns.data import CallableData, Dataset, load_data, model_inputs
 from onnx_dns.errors import DataError, Interrupted, ModelError, OptionError, OutputError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.fold import fold_masks
-from onnx_dns.freeze import upstream_initializers
+from onnx_dns.freeze import initializers_feeding, upstream_initializers
 from onnx_dns.graph import FLOAT_TYPES
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name, loss_output
@@ -139,9 +139,15 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     original = load_model(model_path)
     model = densify_sparse(lift_constants(original).model).model
     _check_finite(model, model_path)
+    output = loss_output(model, options.output, str(model_path))
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
     frozen = upstream_initializers(model, options.freeze_before) if options.freeze_before else set()
-    layers = [layer for layer in layers if not any(t.name in frozen for t in layer.tensors)]
+    feeding = initializers_feeding(model, output)  # layers that do not feed the trained output stay as they are
+    skipped = [layer.name for layer in layers if not all(t.name in feeding for t in layer.tensors)]
+    if skipped:
+        log.info("not pruned, since they do not feed output %r: %s", output, ", ".join(skipped))
+    layers = [layer for layer in layers
+              if all(t.name in feeding and t.name not in frozen for t in layer.tensors)]
     if not options.prune:
         layers = []
     elif not layers:
@@ -161,7 +167,6 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
                             f"--batch-size {spec.shape[0]} or re-export the model with a dynamic batch axis")
     fixed_batch = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
 
-    output = loss_output(model, options.output, str(model_path))
     teacher = _teacher(model, output)
     first_inputs, first_labels = train.batch(0, cfg.batch_size, cfg.seed)
     sample = teacher(first_inputs)

@@ -28,11 +28,23 @@ def find_node(model: onnx.ModelProto, key: str) -> onnx.NodeProto:
 
 def upstream_initializers(model: onnx.ModelProto, keys: Iterable[str]) -> set[str]:
     """Names of the initializers that the named nodes, and every node before them, read."""
+    return _read_before(model, [find_node(model, key) for key in keys])
+
+
+def initializers_feeding(model: onnx.ModelProto, value: str) -> set[str]:
+    """Names of the initializers that the value named `value` (a graph output, say) depends on."""
+    if value in initializers(model.graph):
+        return {value}
+    node = producers(model.graph).get(value)
+    return _read_before(model, [node] if node is not None else [])
+
+
+def _read_before(model: onnx.ModelProto, start: list[onnx.NodeProto]) -> set[str]:
     made_by = producers(model.graph)
     inits = initializers(model.graph)
-    frozen: set[str] = set()
+    found: set[str] = set()
     seen: set[int] = set()
-    stack = [find_node(model, key) for key in keys]
+    stack = list(start)
     while stack:
         node = stack.pop()
         if id(node) in seen:
@@ -40,7 +52,7 @@ def upstream_initializers(model: onnx.ModelProto, keys: Iterable[str]) -> set[st
         seen.add(id(node))
         for name in node.input:
             if name in inits:
-                frozen.add(name)
+                found.add(name)
             elif name in made_by:
                 stack.append(made_by[name])
-    return frozen
+    return found

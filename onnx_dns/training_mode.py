@@ -9,8 +9,8 @@ so training sees exactly the deployed function, and scale and bias still learn. 
 layers train on batch statistics and `estimate_statistics` measures new running statistics afterwards.
 
 Dropout: an exported inference model runs Dropout as identity; for training it gets training_mode = true
-(opset 12 and later: earlier opsets have no training mode and stay identity). onnxruntime's eval graph drops
-that input again, so evaluation stays deterministic.
+(opset 12 and later: earlier opsets have no training mode and rewrite_for_training makes them Identity).
+onnxruntime's eval graph drops that input again, so evaluation stays deterministic.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def _affine_nodes(node: onnx.NodeProto, rank: int, inits: dict, graph: onnx.Grap
 
 
 def enable_dropout(model: onnx.ModelProto) -> PassResult:
-    """Give every Dropout without a training_mode input training_mode = true and a mask output (opset 12 and
-    later)."""
+    """Give every Dropout without a training_mode input training_mode = true (opset 12 and later);
+    rewrite_for_training then adds the mask output its gradient reads."""
     dropouts = [i for i, n in enumerate(model.graph.node) if n.op_type == "Dropout" and len(n.input) < 3]
     if not dropouts:
         return PassResult(model, False)
@@ -116,8 +116,6 @@ def enable_dropout(model: onnx.ModelProto) -> PassResult:
             del node.input[1:]
             node.input.append(ratio)
         node.input.append(flag)
-        if len(node.output) < 2:  # the gradient reads the mask output
-            node.output.append(unique_name(taken, f"{node.output[0]}__dns_dropout_mask"))
     if default_ratio:
         out.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), ratio))
     return PassResult(out, True)

@@ -238,3 +238,21 @@ def test_versions_record_every_fixture_and_its_limits():
         assert model.ir_version <= 10
         assert all(o.version <= 21 for o in model.opset_import if o.domain in ("", "ai.onnx"))
     assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 5_000_000
+
+
+def test_layers_that_do_not_feed_the_trained_output_are_left_alone(tmp_path):
+    source = FIXTURES / "resnet_dynamo.onnx"  # outputs logits and features; the classifier feeds only logits
+    original = onnx.load(str(source))
+    inputs, _ = synthetic(original, 64)
+    np.savez(tmp_path / "train.npz", **inputs)
+    options = CompressOptions(data=str(tmp_path / "train.npz"), target=TARGET, output="features",
+                              train=TrainConfig(iterations=8, batch_size=16, lr=0.01, eval_every=8))
+    result = compress(source, tmp_path / "out.onnx", options)
+    assert Counter((s.op, tuple(s.shape)) for s in result.layers_before) == Counter(RESNET[:-1])
+    before = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t)
+             for t in densify_sparse(onnx.load(str(tmp_path / "out.onnx"))).model.graph.initializer}
+    classifier = [n for n, v in before.items() if v.shape in ((3, 16), (3,))]
+    assert len(classifier) == 2
+    for name in classifier:
+        np.testing.assert_array_equal(after[name], before[name])
