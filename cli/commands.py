@@ -64,7 +64,8 @@ def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Distillation temperature.  [default: 4]")
 @click.option("--task", type=click.Choice(["classify", "regress"]), help="What the output is. Default: classify "
               "with integer labels or a Softmax output, else regress.")
-@click.option("--output-name", help="The model output to train on.  [default: the first]")
+@click.option("--output-name", help="The model output to train on; layers that do not feed it are left as they "
+              "are.  [default: the first float output]")
 @click.option("--target", help="Total compression to reach, e.g. 100x (beyond the paper: per-layer thresholds "
               "follow a cubic schedule to it).")
 @click.option("--c", "c_values", multiple=True, metavar="NAME=VALUE",
