@@ -202,7 +202,7 @@ def _write_json(path: str, data: dict) -> None:
               help="Which split of an MNIST-style idx folder.")
 @click.option("--reference", type=click.Path(path_type=str), help="The original model, to measure the drop "
               "against (and to score agreement when the data has no labels).")
-@click.option("--output-name", help="The output to score.  [default: the first]")
+@click.option("--output-name", help="The output to score.  [default: the first float output]")
 @click.option("--task", type=click.Choice(["classify", "regress"]))
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--min-accuracy", type=float, metavar="PERCENT", help="Fail (exit 6) below this top-1 accuracy.")
