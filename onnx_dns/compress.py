@@ -28,7 +28,7 @@ from onnx_dns.graph import FLOAT_TYPES
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, logits_name, loss_output
 from onnx_dns.model_io import check_output_path, load_model, save_model
-from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes
+from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes, unlist_initializer_inputs
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
@@ -137,7 +137,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     if options.train.max_accuracy_drop is not None:  # where a model that misses the bound goes
         check_output_path(_below_bound(output_path), forbid=model_path)
     original = load_model(model_path)
-    model = densify_sparse(lift_constants(original).model).model
+    model = unlist_initializer_inputs(densify_sparse(lift_constants(original).model).model).model
     _check_finite(model, model_path)
     output = loss_output(model, options.output, str(model_path))
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)

@@ -25,6 +25,7 @@ from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.passes import PassResult
 
 METADATA_KEY = "onnx_dns"
+SPARSE_IR_VERSION = 6  # the first IR version with sparse initializers
 
 
 def fold_masks(model: onnx.ModelProto, *, sparse: bool = True, record: dict | None = None,
@@ -76,6 +77,8 @@ def fold_masks(model: onnx.ModelProto, *, sparse: bool = True, record: dict | No
             graph.initializer.add().CopyFrom(tensor_like(values[tensor.name], tensor))
         else:
             graph.initializer.add().CopyFrom(tensor)
+    if graph.sparse_initializer:
+        out.ir_version = max(out.ir_version, SPARSE_IR_VERSION)
     write_metadata(out, {"tool": "onnx-dns", "version": __version__, "storage": "sparse" if sparse else "dense",
                         **(record or {})})
     return PassResult(out, True)

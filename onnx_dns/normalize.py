@@ -2,6 +2,8 @@
 
 - `lift_constants`: Constant nodes holding a tensor become initializers (exporters put weights in them).
 - `densify_sparse`: sparse initializers become dense ones (training cannot take them).
+- `unlist_initializer_inputs`: initializers also listed as graph inputs (IR < 4 requires it, and exporters
+  asked to keep initializers as inputs do it) become plain initializers, so their weights are found and trained.
 - `pin_input_shapes`: symbolic input sizes become those of the data (the training graph needs them).
 """
 
@@ -42,6 +44,23 @@ def densify_sparse(model: onnx.ModelProto) -> PassResult:
         dense = numpy_helper.from_array(sparse_to_array(sparse), sparse.values.name)
         out.graph.initializer.append(dense)
     del out.graph.sparse_initializer[:]
+    return PassResult(out, True)
+
+
+def unlist_initializer_inputs(model: onnx.ModelProto) -> PassResult:
+    """Drop the graph inputs that name an initializer; the IR version becomes at least 4, the first that allows
+    initializers that are not inputs. Runtimes read such an input's initializer unless it is fed, so what the
+    model computes for its real inputs does not change."""
+    names = {t.name for t in model.graph.initializer} | {t.values.name for t in model.graph.sparse_initializer}
+    listed = [v for v in model.graph.input if v.name in names]
+    if not listed:
+        return PassResult(model, False)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [v for v in out.graph.input if v.name not in names]
+    del out.graph.input[:]
+    out.graph.input.extend(keep)
+    out.ir_version = max(out.ir_version, 4)
     return PassResult(out, True)
 
 

@@ -14,7 +14,7 @@ import onnx
 
 from onnx_dns.graph import initializers, to_array
 from onnx_dns.insert_masks import mask_pairs
-from onnx_dns.normalize import densify_sparse, lift_constants
+from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 
@@ -130,7 +130,7 @@ def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None)
         raw = Path(path).read_bytes()
         file_size = len(raw)
         gzip_size = len(gzip.compress(raw, compresslevel=6))
-    prepared = densify_sparse(lift_constants(model).model).model
+    prepared = unlist_initializer_inputs(densify_sparse(lift_constants(model).model).model).model
     layers = find_layers(prepared)
     ops = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")})
     return ModelReport(

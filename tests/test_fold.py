@@ -275,3 +275,13 @@ def test_fold_refuses_a_value_of_the_wrong_shape():
     name = next(t.name for t in masked.graph.initializer if not t.name.endswith("__dns_mask"))
     with pytest.raises(ValueError, match="shape"):
         fold_masks(masked, values={name: np.zeros((1, 2, 3, 4, 5), np.float32)})
+
+
+@pytest.mark.parametrize("sparse, expected", [(True, 6), (False, 4)], ids=["sparse", "dense"])
+def test_sparse_initializers_raise_an_old_ir_version_to_six(sparse, expected):
+    model = cnn()
+    model.ir_version = 4
+    masked, _ = masked_with_random_masks(model, keep_probability=0.1)
+    folded = fold_masks(masked, sparse=sparse).model
+    assert bool(folded.graph.sparse_initializer) == sparse
+    assert folded.ir_version == expected
