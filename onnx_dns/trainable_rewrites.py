@@ -491,4 +491,5 @@ def _infer_types_and_ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict
         ranks[init.name] = len(init.dims)
     return types, ranks
 
-REWRITTEN_OPS = frozenset(_REWRITES)
+
+REWRITTEN_OPS = frozenset(_REWRITES) - {"Dropout"}  # operators without a CPU gradient of their own
