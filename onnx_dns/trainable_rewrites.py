@@ -15,10 +15,13 @@ LRN (size, alpha = 1e-4, beta = 0.75, bias = 1.0; same semantics in every opset)
     y[n,c,.] = x[n,c,.] / (bias + alpha / size * sum_{i = c - lo}^{c + hi} x[n,i,.]^2) ^ beta
     lo = floor((size - 1) / 2), hi = ceil((size - 1) / 2) = size - 1 - lo   (channels outside [0, C) count 0)
 
-  Over X3 = Reshape(X, [0, 0, -1]) (shape (N, C, M), any rank): P = Pad(X3 * X3, channels (lo, hi), constant 0)
-  has C + size - 1 channels, the zeros standing for the channels outside [0, C); the window sum is
-  sum_{i=0}^{size-1} P[:, i : i + C] (Slices with end i - (size - 1), or "to the end" for the last one, so C
-  need not be known). Y = Reshape(X3 / Pow(bias + alpha / size * window, beta), Shape(X)).
+  P = Pad(X * X, channels (lo, hi), constant 0) has C + size - 1 channels, the zeros standing for the channels
+  outside [0, C); the window sum is sum_{i=0}^{size-1} P[:, i : i + C] (Slices with end i - (size - 1), or "to
+  the end" for the last one, so C need not be known). Y = X / Pow(bias + alpha / size * window, beta).
+  Every step keeps X's rank (known from shape inference, any r >= 2) and its sizes, so Y gets X's shape. An
+  earlier form worked on Reshape(X, [0, 0, -1]) and reshaped back to Shape(X): with a symbolic batch Y's sizes
+  were then unknown, and a MaxPool after the LRN (AlexNet's norm1 -> pool1) crashed the training step with
+  SIGSEGV (measured).
   (An AveragePool over the channel axis would be shorter, but ORT's CPU AveragePool gradient is only right when
   every dimension of its input is static: a symbolic batch size crashes the training step with SIGFPE and
   symbolic spatial sizes give an all-zero gradient, measured; MaxPool's gradient is zero with symbolic spatial
@@ -77,11 +80,17 @@ re-emitted with all three outputs (missing ones get new names, nobody reads them
 B = ConstantOfShape(Shape(scale), 0), which adds 0. This trains on CPU (measured) and ORT's fused
 LayerNormalizationGrad is cheaper than a decomposition.
 
-Dropout without a training_mode input is the identity (inference mode), but ORT's gradient is not: DropoutGrad
-scales the incoming gradient by 1 / (1 - ratio) all the same (twice the true gradient at ratio 0.5, measured), and
-a Dropout with a ratio input and no mask output fails `generate_artifacts` with "i < node_->OutputDefs().size()
-was false". Such a node becomes Identity (and its mask output, if named, ConstantOfShape(Shape(X), true)). A
-Dropout with a training_mode input keeps its node and gets the mask output its gradient reads.
+Dropout (opset 12+, where ratio and training_mode are inputs). Measured in ORT 1.19: a Dropout with a ratio input
+and only its first output fails `generate_artifacts` ("i < node_->OutputDefs().size() was false": DropoutGrad
+reads the mask output), and with the mask output its gradient is dY / (1 - ratio) even when training_mode is
+absent or false, where the forward pass is the identity (2x for ratio 0.5). A Dropout with its data input alone
+is removed by ORT before the gradient is built and trains correctly, so it is left as it is.
+
+- training_mode absent (inference, the default; Y = X): Y = Identity(X), and a named mask output becomes
+  ConstantOfShape(Shape(X), true), as the op defines it.
+- training_mode given, mask output missing: the same node gets a mask output nobody reads (in training mode the
+  gradient then goes through the same random mask as the forward pass; a training_mode that is false still
+  gets ORT's scaled gradient, reported by nothing: its value is not known here).
 
 Measured on onnxruntime-training-cpu 1.19.2 with a one-node model behind a trainable Conv: each of the ops
 above (LayerNormalization with one output) fails `generate_artifacts` with "The gradient builder has not been
@@ -211,8 +220,11 @@ def _gradient_problem(node: onnx.NodeProto) -> str | None:
         return f"the {op}Grad kernel of onnxruntime-training 1.19 exists only for CUDA, not on CPU"
     if op == "LayerNormalization" and (sum(1 for o in node.output if o) < 3 or _layer_norm_lacks_bias(node)):
         return "its gradient needs the Mean and InvStdDev outputs and the bias input (run rewrite_for_training)"
-    if op == "Dropout" and len(node.input) > 1 and node.input[1] and not _has_output(node, 1):
-        return "its gradient needs the mask output when a ratio is given (run rewrite_for_training)"
+    if op == "Dropout" and _dropout_problem(node) == "inference":
+        return ("with a ratio input and no training_mode its gradient is wrong (dY / (1 - ratio), though it "
+                "passes X unchanged) or fails (run rewrite_for_training)")
+    if op == "Dropout" and _dropout_problem(node) == "no mask":
+        return "its gradient reads the mask output, which this node does not have (run rewrite_for_training)"
     if op == "Pad":
         mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
         if mode not in (b"constant", "constant"):
@@ -294,15 +306,16 @@ def _lrn(e: _Emitter, node: onnx.NodeProto) -> None:
     x, y = node.input[0], node.output[0]
     dtype = e.float_dtype(x)
     size = int(_attr(node, "size", 0))
-    if size < 1:
+    rank = e.rank(x)
+    if size < 1 or rank < 2:
         raise _Skip
     alpha, beta, bias = _attr(node, "alpha", 1e-4), _attr(node, "beta", 0.75), _attr(node, "bias", 1.0)
     lo = (size - 1) // 2
     hi = size - 1 - lo
-    rows = e.reshape(x, [0, 0, -1], "rows")  # (N, C, M)
-    square = e.op("Mul", [rows, rows], "square")
-    padded = e.op("Pad", [square, e.const(np.array([0, lo, 0, 0, hi, 0], np.int64), "pads")], "padded",
-                  mode="constant")  # (N, lo + C + hi, M), the missing channels are zeros
+    square = e.op("Mul", [x, x], "square")
+    rest = [0] * (rank - 2)
+    pads = e.const(np.array([0, lo, *rest, 0, hi, *rest], np.int64), "pads")
+    padded = e.op("Pad", [square, pads], "padded", mode="constant")  # (N, lo + C + hi, ...): zeros outside
     axis = e.const(np.array([1], np.int64), "channel_axis")
     window = None
     for i in range(size):  # channels [c - lo + i] for c in [0, C): padded[:, i : i + C]
@@ -313,8 +326,7 @@ def _lrn(e: _Emitter, node: onnx.NodeProto) -> None:
     scaled = e.op("Mul", [window, e.const(np.array(alpha / size, dtype), "alpha_over_size")], "scaled")
     base = e.op("Add", [scaled, e.const(np.array(bias, dtype), "bias")], "base")
     denominator = e.op("Pow", [base, e.const(np.array(beta, dtype), "beta")], "denominator")
-    quotient = e.op("Div", [rows, denominator], "quotient")
-    e.reshape(quotient, e.op("Shape", [x], "shape"), "reshape", output=y)
+    e.op("Div", [x, denominator], "quotient", output=y)
 
 
 def _prelu(e: _Emitter, node: onnx.NodeProto) -> None:
@@ -423,24 +435,28 @@ def _layer_norm_lacks_bias(node: onnx.NodeProto) -> bool:
 
 
 def _dropout(e: _Emitter, node: onnx.NodeProto) -> None:
-    if len(node.input) < 3 or not node.input[2]:  # inference mode: the identity
-        e.op("Identity", [node.input[0]], "identity", output=node.output[0])
-        if _has_output(node, 1):
-            true = numpy_helper.from_array(np.ones(1, bool), "")
-            e.op("ConstantOfShape", [e.op("Shape", [node.input[0]], "shape")], "mask", output=node.output[1],
-                 value=true)
-        return
-    if _has_output(node, 1):
-        raise _Skip  # already trainable
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    del new.output[:]
-    new.output.extend([node.output[0], e.name("mask")])
-    e.nodes.append(new)
+    problem = _dropout_problem(node)
+    if problem == "inference":
+        x, mask = node.input[0], node.output[1] if len(node.output) > 1 else ""
+        e.op("Identity", [x], "identity", output=node.output[0])
+        if mask:
+            true = numpy_helper.from_array(np.ones(1, np.bool_), "")
+            e.op("ConstantOfShape", [e.op("Shape", [x], "shape")], "mask", output=mask, value=true)
+    elif problem == "no mask":
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        del new.output[:]
+        new.output.extend([node.output[0], e.name("mask")])
+        e.nodes.append(new)
+    else:
+        raise _Skip
 
 
-def _has_output(node: onnx.NodeProto, index: int) -> bool:
-    return len(node.output) > index and bool(node.output[index])
+def _dropout_problem(node: onnx.NodeProto) -> str | None:
+    """"inference": a ratio input without training_mode; "no mask": training_mode without the mask output."""
+    if len(node.input) > 2 and node.input[2]:
+        return "no mask" if len(node.output) < 2 or not node.output[1] else None
+    return "inference" if len(node.input) > 1 and node.input[1] else None
 
 
 _REWRITES: dict[str, Callable[[_Emitter, onnx.NodeProto], None]] = {

@@ -125,6 +125,16 @@ def sum_case(inputs, opset=17):
                 params={"shift": shift} if "shift" in inputs else {})
 
 
+def dropout_case(opset=17):
+    return Case(f"Dropout-ratio-opset{opset}", (H("Dropout", ["c", "ratio"], ["y"], name="op"),),
+                lambda c, p: c, opset, params={"ratio": np.array(0.5)})
+
+
+def np_max_pool_2x2(c):
+    n, ch, h, w = c.shape
+    return c[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, ch, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
 CASES = [
     lrn_case(3), lrn_case(3, opset=11), lrn_case(3, opset=13), lrn_case(3, opset=21),
     lrn_case(3, alpha=2.0, beta=0.75, bias=1.5), lrn_case(4, alpha=3.0, beta=0.5, bias=2.0),
@@ -150,10 +160,7 @@ CASES = [
     instance_norm_case(21, spatial=(9,)),
     layer_norm_case(), layer_norm_case(18, axis=1), layer_norm_case(17, with_bias=False),
     layer_norm_case(21, axis=1, with_bias=False),
-    Case("Dropout-ratio-opset13", (H("Dropout", ["c", "ratio"], ["y"], name="op"),), lambda c, p: c, 13,
-         params={"ratio": np.array(0.5)}),
-    Case("Dropout-ratio-opset21", (H("Dropout", ["c", "ratio"], ["y"], name="op"),), lambda c, p: c, 21,
-         params={"ratio": np.array(0.2)}),
+    dropout_case(), dropout_case(12), dropout_case(21),
 ]
 IDS = [case.id for case in CASES]
 assert len(set(IDS)) == len(IDS)
@@ -334,26 +341,60 @@ def test_layer_norm_keeps_its_node_and_gets_the_two_statistics_outputs():
     assert list(node.output) == ["y", "m", "s"] and len(node.input) == 3
 
 
-def test_dropout_in_inference_mode_becomes_identity_and_in_training_mode_gets_a_mask_output():
-    case = next(c for c in CASES if c.op == "Dropout")
-    rewritten = rewrite_for_training(op_model(case)).model
-    assert [(n.op_type, list(n.input), list(n.output)) for n in rewritten.graph.node[1:]] == [
-        ("Identity", ["c"], ["y"])]
+def test_dropout_in_inference_mode_becomes_identity_since_ort_scales_its_gradient(tmp_path):
+    case = dropout_case()
     with_mask = op_model(case)
     with_mask.graph.node[1].output.append("mask")
-    with_mask.graph.output.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, None))
-    rewritten = rewrite_for_training(with_mask).model
-    assert "Dropout" not in op_types(rewritten)
+    with_mask.graph.output.append(value("mask", ["N", C, *case.spatial], TensorProto.BOOL))
+    assert untrainable_nodes(with_mask) == [("op", "Dropout")]
+    # as it stands it builds, but ORT 1.19's DropoutGrad divides by 1 - ratio although Y = X
+    r = loss_weights(case)
     x = inputs(case)
-    for got, expected in zip(run(rewritten, {"x": x}), run(with_mask, {"x": x})):
-        np.testing.assert_array_equal(got, expected)  # y and an all-true mask
-    training = op_model(case)
-    training.graph.initializer.append(numpy_helper.from_array(np.array(True), "training_mode"))
-    training.graph.node[1].input.append("training_mode")
-    node = rewrite_for_training(training).model.graph.node[1]
-    assert node.op_type == "Dropout" and node.name == "op" and list(node.input) == ["c", "ratio", "training_mode"]
-    assert list(node.output) == ["y", "op__dns_mask"]
-    assert untrainable_nodes(training) == [("op", "Dropout")]
+    expected = finite_difference(case, x, r, "W")
+    generate(with_loss(with_mask, r), ["W"], tmp_path / "original")
+    np.testing.assert_allclose(train_step_gradients(tmp_path / "original", x, ["W"])["W"], 2 * expected,
+                               rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    rewritten = rewrite_for_training(with_mask).model
+    assert [n.op_type for n in rewritten.graph.node[1:]] == ["Identity", "Shape", "ConstantOfShape"]
+    assert untrainable_nodes(rewritten) == []
+    y, mask = run(rewritten, {"x": x})
+    np.testing.assert_array_equal(y, run(with_mask, {"x": x})[0])
+    assert mask.dtype == np.bool_ and mask.shape == y.shape and mask.all()
+    data_only = op_model(case)
+    del data_only.graph.node[1].input[1:]  # ORT removes such a Dropout before building the gradient
+    assert not rewrite_for_training(data_only).modified and untrainable_nodes(data_only) == []
+
+
+def test_dropout_in_training_mode_gets_the_mask_output_its_gradient_reads(tmp_path):
+    model = op_model(dropout_case())
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "training"))
+    model.graph.node[1].input.append("training")
+    assert untrainable_nodes(model) == [("op", "Dropout")]
+    rewritten = rewrite_for_training(model).model
+    node = rewritten.graph.node[1]
+    assert node.op_type == "Dropout" and node.name == "op" and list(node.input) == ["c", "ratio", "training"]
+    assert node.output[0] == "y" and len(node.output) == 2 and node.output[1].startswith("op__dns_")
+    assert untrainable_nodes(rewritten) == []
+    generate(with_loss(rewritten, np.ones((N, C, 4, 5))), ["W"], tmp_path)
+    assert np.abs(train_step_gradients(tmp_path, inputs(dropout_case()), ["W"])["W"]).max() > 0
+
+
+def test_lrn_keeps_the_shape_so_that_a_max_pool_after_it_trains_with_a_symbolic_batch(tmp_path):
+    # AlexNet's norm1 -> pool1: when the LRN rewrite's output sizes were unknown (it reshaped back to Shape(X)),
+    # the training step crashed with SIGSEGV as soon as the batch size was symbolic
+    case = Case("LRN-MaxPool", (H("LRN", ["c"], ["l"], name="op", size=3, alpha=2.0),
+                                H("MaxPool", ["l"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])),
+                lambda c, p: np_max_pool_2x2(np_lrn(c, 3, alpha=2.0)))
+    rewritten = rewrite_for_training(op_model(case)).model
+    inferred = onnx.shape_inference.infer_shapes(rewritten, strict_mode=True).graph.value_info
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred}
+    assert shapes["l"] == ["N", C, *case.spatial]
+    r = loss_weights(case)
+    generate(with_loss(rewritten, r), ["W"], tmp_path)
+    x = inputs(case)
+    expected = finite_difference(case, x, r, "W")
+    np.testing.assert_allclose(train_step_gradients(tmp_path, x, ["W"])["W"], expected, rtol=2e-3,
+                               atol=2e-3 * np.abs(expected).max())
 
 
 # ---------------------------------------------------------------- the pass itself
