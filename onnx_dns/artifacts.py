@@ -14,17 +14,20 @@ from pathlib import Path
 
 import onnx
 
+from onnx_dns import model_io
 from onnx_dns.errors import ModelError, TrainingError
 from onnx_dns.freeze import initializers_feeding
 from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
+from onnx_dns.model_io import over_protobuf_limit, save_model
 from onnx_dns.ort_training import artifacts, captured_stderr
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
+BASE_MODEL = "base_model.onnx"  # the model with its loss, written only when it is too large to pass in memory
 NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
                         "PRelu": (1,)}
 
@@ -85,16 +88,22 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
         raise ModelError(f"{first}{more}; replace the operator before exporting, or train only the layers after "
                          f"it with --freeze-before {where}")
     with_loss = attach_loss(rewritten, loss)
+    base: onnx.ModelProto | str = with_loss
+    if over_protobuf_limit(with_loss, model_io.EXTERNAL_DATA_THRESHOLD):
+        # generate_artifacts refuses a ModelProto over 2 GB; a file with external data it takes
+        base = str(save_model(with_loss, directory / BASE_MODEL))
     with captured_stderr() as log:
         try:
             artifacts.generate_artifacts(
-                with_loss, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
+                base, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
                 artifact_directory=str(directory),
             )
         except Exception as exc:
             failure = exc
         else:
             failure = None
+    for leftover in (directory / BASE_MODEL, directory / (BASE_MODEL + ".data")):
+        leftover.unlink(missing_ok=True)
     if failure is not None:
         raise TrainingError(_explain(failure, log[0] if log else "")) from failure
     training_path = directory / "training_model.onnx"
