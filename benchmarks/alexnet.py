@@ -146,8 +146,8 @@ def worker_compress(args) -> dict:
             out = function(*a, **k)
             t1 = time.perf_counter()
             phases[name] = {"start": t0, "end": t1, "seconds": t1 - t0, "peak_rss_mb": vm_peak_mb()}
-            if name == "fold":
-                folded_from["model"] = a[0]
+            if name == "fold" and "model" not in folded_from:  # the masked model and the trained values
+                folded_from["model"], folded_from["values"] = a[0], k.get("values", {})
             return out
         return wrapper
 
@@ -176,7 +176,7 @@ def worker_compress(args) -> dict:
     intervals = [b - a for a, b in zip(steps, steps[1:])]  # step k's time: from step k-1's event to its own
     measured = intervals[:-1] or intervals  # the last step's interval includes the final evaluation
     peak_at = {name: rss for name, _, rss in events}  # peak RSS so far at the last event of each kind
-    checked = check_output(output, folded_from.pop("model"), scratch / "val.npz")
+    checked = check_output(output, folded_from.pop("model"), folded_from.pop("values"), scratch / "val.npz")
     after = {s.name: s for s in result.layers_after}
     return {
         "seconds": seconds,
@@ -186,7 +186,7 @@ def worker_compress(args) -> dict:
             "trainer setup (sessions, baseline evaluation, first checkpoint)":
                 stamps["start"] - stamps["building"] - result.artifact_seconds,
             "training steps (final evaluation included)": steps[-1] - stamps["start"],
-            "trained values into the masked model": phases["fold"]["start"] - steps[-1],
+            "trained values collected, layers counted": phases["fold"]["start"] - steps[-1],
             "fold": phases["fold"]["seconds"],
             "write": phases["write"]["seconds"],
             "measure original and written model": ended - phases["write"]["end"],
@@ -227,10 +227,16 @@ def train_config(args):
                        eval_batch_size=args.batch_size, threads=args.threads)
 
 
-def check_output(output: Path, masked, val: Path) -> dict:
-    """The written model loads in a plain InferenceSession and gives the masked model's logits."""
+def check_output(output: Path, masked, values: dict, val: Path) -> dict:
+    """The written model loads in a plain InferenceSession and gives the logits of the masked model holding the
+    trained weights and masks (its Mul(W, T) nodes, before folding)."""
     import onnx
     from onnx_dns.evaluate import session_runner
+    from onnx_dns.graph import tensor_like
+
+    for tensor in masked.graph.initializer:
+        if tensor.name in values:
+            tensor.CopyFrom(tensor_like(values[tensor.name], tensor))
 
     with np.load(val) as data:
         feed = {INPUT: data[INPUT]}
