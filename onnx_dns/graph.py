@@ -113,3 +113,33 @@ def array_like(value: np.ndarray, tensor: onnx.TensorProto) -> np.ndarray:
 def tensor_like(value: np.ndarray, tensor: onnx.TensorProto) -> onnx.TensorProto:
     """`value` as an initializer with `tensor`'s name and dtype; its shape must be `tensor`'s."""
     return numpy_helper.from_array(array_like(value, tensor), tensor.name)
+
+
+SKELETON_MIN_BYTES = 1 << 16
+
+
+def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Graph inputs, outputs and intermediate values with the types onnx shape inference gives them (as declared
+    where it fails). It runs on a skeleton: float initializers of 64 KB or more become graph inputs of the same
+    type, since inference needs only their types, so a model of hundreds of MB is not serialized for it."""
+    skeleton = onnx.ModelProto()
+    copy_fields(model, skeleton, {"graph"})
+    copy_fields(model.graph, skeleton.graph, {"initializer"})
+    declared = {v.name for v in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES and _payload_bytes(tensor) >= SKELETON_MIN_BYTES:
+            if tensor.name not in declared:
+                skeleton.graph.input.append(
+                    onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            skeleton.graph.initializer.add().CopyFrom(tensor)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton)
+    except Exception:  # noqa: BLE001 - a model inference rejects keeps the types it declares
+        inferred = skeleton
+    graph = inferred.graph
+    return {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+
+
+def _payload_bytes(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize

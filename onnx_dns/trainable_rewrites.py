@@ -110,7 +110,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import FLOAT_TYPES, all_names, node_label, unique_name
+from onnx_dns.graph import FLOAT_TYPES, all_names, inferred_values, node_label, unique_name
 from onnx_dns.passes import PassResult
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -489,20 +489,15 @@ def _default_opset(model: onnx.ModelProto) -> int | None:
 
 def _infer_types_and_ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     """Element type and rank of every value whose type shape inference can tell."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a model shape inference rejects is still rewritten where types are declared
-        inferred = model
-    graph = inferred.graph
     types: dict[str, int] = {}
     ranks: dict[str, int] = {}
-    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+    for value in inferred_values(model).values():
         tt = value.type.tensor_type
         if value.type.HasField("tensor_type") and tt.elem_type:
             types[value.name] = tt.elem_type
             if tt.HasField("shape"):
                 ranks[value.name] = len(tt.shape.dim)
-    for init in graph.initializer:
+    for init in model.graph.initializer:
         types[init.name] = init.data_type
         ranks[init.name] = len(init.dims)
     return types, ranks

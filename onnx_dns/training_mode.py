@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import all_names, initializers, unique_name
+from onnx_dns.graph import all_names, inferred_values, initializers, unique_name
 from onnx_dns.passes import PassResult
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,5 @@ def _attribute(node: onnx.NodeProto, name: str, default):
 
 def _input_ranks(model: onnx.ModelProto) -> dict[str, int]:
     """Rank of every value that shape inference can tell."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
-    ranks = {}
-    for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        if value.type.tensor_type.HasField("shape"):
-            ranks[value.name] = len(value.type.tensor_type.shape.dim)
-    return ranks
+    return {name: len(value.type.tensor_type.shape.dim) for name, value in inferred_values(model).items()
+            if value.type.tensor_type.HasField("shape")}

@@ -51,3 +51,17 @@ def test_tensor_like_keeps_name_and_dtype_and_checks_the_shape():
     np.testing.assert_array_equal(numpy_helper.to_array(new), np.ones((2, 3), np.float16))
     with pytest.raises(ValueError, match="w: new value has shape"):
         tensor_like(np.ones(6), tensor)
+
+
+def test_inferred_values_match_shape_inference_on_the_whole_model():
+    from graphs import cnn
+
+    from onnx_dns.graph import SKELETON_MIN_BYTES, inferred_values
+
+    model = cnn()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(SKELETON_MIN_BYTES, np.float32), "unused"))
+    full = onnx.shape_inference.infer_shapes(model).graph
+    expected = {v.name: v.type for v in [*full.input, *full.value_info, *full.output]}
+    got = inferred_values(model)
+    assert {name: got[name].type for name in expected} == expected
+    assert got["unused"].type.tensor_type.shape.dim[0].dim_value == SKELETON_MIN_BYTES  # stood in as an input

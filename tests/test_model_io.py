@@ -200,3 +200,28 @@ def test_external_save_of_only_small_tensors_still_works(tmp_path, monkeypatch):
     save_model(model, tmp_path / "small.onnx")
     assert os.listdir(tmp_path) == ["small.onnx"]
     assert load_model(tmp_path / "small.onnx").SerializeToString() == model.SerializeToString()
+
+
+def test_over_the_limit_counts_tensor_data_wherever_it_is_held():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_dns.model_io import over_protobuf_limit
+
+    big = numpy_helper.from_array(np.zeros(50_000, np.float32), "c")  # 200 KB
+    constant = helper.make_node("Constant", [], ["c"], value=big)
+    graph = helper.make_graph([constant, helper.make_node("Relu", ["c"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [50_000])])
+    in_constant = helper.make_model(graph)
+    size = in_constant.ByteSize()
+    assert over_protobuf_limit(in_constant, size - 1) and not over_protobuf_limit(in_constant, size)
+    assert over_protobuf_limit(in_constant, 100_000)
+
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, [50_000])],
+                               [numpy_helper.from_array(np.zeros(50_000, np.float32), "w")])
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [50_000])])
+    in_subgraphs = helper.make_model(graph)
+    assert over_protobuf_limit(in_subgraphs, 300_000)  # two branches of 200 KB
+    assert not over_protobuf_limit(in_subgraphs, in_subgraphs.ByteSize() + 1)
