@@ -369,7 +369,8 @@ def worker_trainer(work: Path, args) -> dict:
 
 
 def worker_fold(args) -> dict:
-    """fold_masks + save_model of a 4-layer MLP with `args.params` parameters, masks at `args.sparsity` zeros.
+    """fold_masks + save_model of a 4-layer MLP with `args.params` parameters, masks at `args.sparsity` zeros;
+    the weights and masks are handed to fold_masks as arrays, as compress does with the trained ones.
 
     With --save-only: no masks and no fold, save_model alone of the dense model (its external-data path).
     The model is assembled field by field: onnx.helper.make_model copies the graph, which protobuf refuses
@@ -382,6 +383,7 @@ def worker_fold(args) -> dict:
 
     d = max(int(round(math.sqrt(args.params / 4))), 2)
     rng = np.random.default_rng(0)
+    trained: dict[str, np.ndarray] = {}
     model = onnx.ModelProto()
     model.ir_version = 8
     model.opset_import.add(domain="", version=17)
@@ -391,13 +393,15 @@ def worker_fold(args) -> dict:
     for i in range(1, 5):
         w, b = f"fc{i}.weight", f"fc{i}.bias"
         for name, shape in ((w, (d, d)), (b, (d,))):
-            graph.initializer.append(numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32), name))
+            value = rng.standard_normal(shape, dtype=np.float32)
+            graph.initializer.append(numpy_helper.from_array(value, name))
             if not args.save_only:
                 keep = (rng.random(shape, dtype=np.float32) >= args.sparsity).astype(np.float32)
                 graph.initializer.append(numpy_helper.from_array(keep, mask_name(name)))
-                del keep
+                trained |= {name: value, mask_name(name): keep}  # as compress hands them over from training
                 graph.node.append(helper.make_node("Mul", [name, mask_name(name)], [masked_name(name)],
                                                    name=masked_name(name)))
+            del value
         y = OUTPUT if i == 4 else f"h{i}"
         inputs = [w, b] if args.save_only else [masked_name(w), masked_name(b)]
         graph.node.append(helper.make_node("Gemm", [x, *inputs], [y], name=f"fc{i}", transB=1))
@@ -411,7 +415,7 @@ def worker_fold(args) -> dict:
               "input_model_gb": input_gb}
     t0 = time.perf_counter()
     try:
-        folded = model if args.save_only else fold_masks(model, sparse=not args.dense).model
+        folded = model if args.save_only else fold_masks(model, sparse=not args.dense, values=trained).model
     except Exception as exc:
         return {**result, "error": f"fold_masks: {type(exc).__name__}: {exc}", "peak_rss_mb": peak_rss_mb()}
     t1 = time.perf_counter()
@@ -619,7 +623,7 @@ def goals(report: dict) -> list[str]:
     out.append(f"host overhead <= 3% of step time: {'met' if met else 'NOT met'} ({over})")
     build = ", ".join(f"{m['title']} {m['build']['artifact_seconds']:.1f} s" for m in models)
     met = all(m["build"]["artifact_seconds"] < 10 for m in models)
-    out.append(f"artifact building in seconds: {'met' if met else 'NOT met'} ({build})")
+    out.append(f"artifact building under 10 s: {'met' if met else 'NOT met'} ({build})")
     folds = [f for f in report["fold"] if "error" not in f and not f.get("save_only") and f["params"] >= 1e6]
     failed = [f for f in report["fold"] if "error" in f]
     if failed:
