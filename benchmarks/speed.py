@@ -700,7 +700,8 @@ def main() -> None:
 
     started = datetime.now(timezone.utc)
     command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + \
-        ("" if args.models is None else " --models " + " ".join(args.models))
+        ("" if args.models is None else " --models " + " ".join(args.models)) + \
+        ("" if args.repeats == (1 if args.quick else 3) else f" --repeats {args.repeats}")
     torch_python = ensure_torch_venv()
     specs = model_specs(args.quick)
     keys = (args.models or list(specs)) if args.train else []
