@@ -74,10 +74,11 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     feeding = initializers_feeding(masked_model, loss.output)  # onnxruntime refuses unreachable parameters
     trainable = [n for n in trainable_parameters(masked_model)
                  if n in feeding and n not in masks.values() and n not in frozen]
-    prepared = enable_dropout(masked_model).model
+    # one model at a time: each pass's copy replaces the last (a large model's copies are its size each)
+    rewritten = enable_dropout(masked_model).model
     if not update_bn_stats:
-        prepared = freeze_batchnorm(prepared).model
-    rewritten = rewrite_for_training(prepared).model
+        rewritten = freeze_batchnorm(rewritten).model
+    rewritten = rewrite_for_training(rewritten).model
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
         label = blocked[0][0]
@@ -87,11 +88,11 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
         more = f" (and {len(blocked) - 1} more such nodes)" if len(blocked) > 1 else ""
         raise ModelError(f"{first}{more}; replace the operator before exporting, or train only the layers after "
                          f"it with --freeze-before {where}")
-    with_loss = attach_loss(rewritten, loss)
-    base: onnx.ModelProto | str = with_loss
-    if over_protobuf_limit(with_loss, model_io.EXTERNAL_DATA_THRESHOLD):
+    base: onnx.ModelProto | str = attach_loss(rewritten, loss)
+    del rewritten
+    if over_protobuf_limit(base, model_io.EXTERNAL_DATA_THRESHOLD):
         # generate_artifacts refuses a ModelProto over 2 GB; a file with external data it takes
-        base = str(save_model(with_loss, directory / BASE_MODEL))
+        base = str(save_model(base, directory / BASE_MODEL))
     with captured_stderr() as log:
         try:
             artifacts.generate_artifacts(
@@ -104,6 +105,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
             failure = None
     for leftover in (directory / BASE_MODEL, directory / (BASE_MODEL + ".data")):
         leftover.unlink(missing_ok=True)
+    del base
     if failure is not None:
         raise TrainingError(_explain(failure, log[0] if log else "")) from failure
     training_path = directory / "training_model.onnx"

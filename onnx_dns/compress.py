@@ -188,8 +188,9 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     t_art = time.perf_counter()
     # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
     batch = cfg.batch_size if any(n.op_type == "AveragePool" for n in model.graph.node) else None
-    pinned = pin_input_shapes(masked, {s.name: (batch, *first_inputs[s.name].shape[1:]) for s in specs}).model
-    art = build_artifacts(pinned, spec, work / "artifacts", update_bn_stats=options.update_bn_stats, frozen=frozen)
+    sizes = {s.name: (batch, *first_inputs[s.name].shape[1:]) for s in specs}
+    art = build_artifacts(pin_input_shapes(masked, sizes).model, spec, work / "artifacts",
+                          update_bn_stats=options.update_bn_stats, frozen=frozen)
     artifact_seconds = time.perf_counter() - t_art
     surgeon = Surgeon(plans, start=0)
     trainer = Trainer(art, surgeon, cfg, train, val, targets, work, progress)
