@@ -143,18 +143,22 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
     frozen = upstream_initializers(model, options.freeze_before) if options.freeze_before else set()
     feeding = initializers_feeding(model, output)  # layers that do not feed the trained output stay as they are
-    skipped = [layer.name for layer in layers if not all(t.name in feeding for t in layer.tensors)]
-    if skipped:
-        log.info("not pruned, since they do not feed output %r: %s", output, ", ".join(skipped))
-    layers = [layer for layer in layers
-              if all(t.name in feeding and t.name not in frozen for t in layer.tensors)]
+    left_alone = {layer.name: f"is before --freeze-before {', '.join(options.freeze_before)}"
+                  for layer in layers if any(t.name in frozen for t in layer.tensors)}
+    left_alone |= {layer.name: f"does not feed output {output!r}" for layer in layers
+                   if layer.name not in left_alone and not all(t.name in feeding for t in layer.tensors)}
+    for name, why in left_alone.items():
+        log.warning("layer %s is neither trained nor pruned: it %s", name, why)
+    _check_layer_names(layers, options, left_alone)
+    layers = [layer for layer in layers if layer.name not in left_alone]
     if not options.prune:
         layers = []
     elif not layers:
         raise ModelError(f"{model_path}: no prunable weights (float initializers of Conv, ConvTranspose, Gemm or "
                          "MatMul) were found" + (" matching --include/--exclude" if options.include or
-                                                 options.exclude else ""))
-    _check_layer_names(layers, options)
+                                                 options.exclude else "")
+                         + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name"
+                            if left_alone else ""))
     plans = _plans(layers, options)
     cfg = options.train
     specs = model_inputs(model)
@@ -201,7 +205,8 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
         progress({"event": "bn-statistics", "batches": BN_BATCHES})
         trained = fold_masks(masked, sparse=False, values=values).model
         batches = (train.batch(i, cfg.batch_size, cfg.seed)[0] for i in range(BN_BATCHES))
-        values |= estimate_statistics(trained, batches)
+        # only layers that feed the trained output and are not before --freeze-before get new statistics
+        values |= estimate_statistics(trained, batches, layers=feeding - frozen)
         del trained
     layers_after = layer_stats(masked, layers, values)
     record = {
@@ -334,10 +339,12 @@ def _implied_target(sizes: dict[str, int], fixed: dict[str, float]) -> float:
     return sum(sizes.values()) / kept
 
 
-def _check_layer_names(layers: list[Layer], options: CompressOptions) -> None:
+def _check_layer_names(layers: list[Layer], options: CompressOptions, left_alone: dict[str, str]) -> None:
     names = {layer.name for layer in layers}
     for option, given in (("--c", options.c), ("--sparsity", options.sparsity), ("--stop", options.stop)):
         for name in given:
+            if name in left_alone:
+                raise OptionError(f"{option} {name}=...: layer {name!r} is not pruned, since it {left_alone[name]}")
             if name not in names:
                 raise OptionError(f"{option} {name}=...: no prunable layer named {name!r}; layers: "
                                + ", ".join(sorted(names)) + " (see onnx-dns inspect)")

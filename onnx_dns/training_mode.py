@@ -9,14 +9,15 @@ so training sees exactly the deployed function, and scale and bias still learn. 
 layers train on batch statistics and `estimate_statistics` measures new running statistics afterwards.
 
 Dropout: an exported inference model runs Dropout as identity; for training it gets training_mode = true
-(opset 12 and later: earlier opsets have no training mode and rewrite_for_training makes them Identity).
-onnxruntime's eval graph drops that input again, so evaluation stays deterministic.
+(opset 12 and later; earlier opsets have no training mode: such a Dropout stays the identity it computes, and
+rewrite_for_training corrects its gradient where onnxruntime would scale it). onnxruntime's eval graph drops the
+training_mode input again, so evaluation stays deterministic.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import onnx
@@ -37,7 +38,7 @@ def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
     inits = initializers(model.graph)
     if not any(_frozen_candidate(n, inits) for n in model.graph.node):
         return PassResult(model, False)
-    ranks = _input_ranks(model)
+    values = inferred_values(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = all_names(out.graph)
@@ -46,10 +47,15 @@ def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
         if not _frozen_candidate(node, inits):
             nodes.append(node)
             continue
-        rank = ranks.get(node.input[0])
-        if rank is None or rank < 2:
-            log.warning("BatchNormalization %s: the rank of its input is unknown, so it trains on batch "
-                        "statistics", node.name or node.output[0])
+        x = values.get(node.input[0])
+        known = x is not None and x.type.tensor_type.HasField("shape")
+        rank = len(x.type.tensor_type.shape.dim) if known else 0
+        types = {inits[n].data_type for n in node.input[1:] if n in inits}
+        if x is not None and x.type.tensor_type.elem_type:
+            types.add(x.type.tensor_type.elem_type)
+        if rank < 2 or len(types) > 1 or _attribute(node, "spatial", 1) == 0:
+            log.warning("BatchNormalization %s trains on batch statistics: its input's rank is unknown, its "
+                        "inputs differ in type, or it is per-activation (spatial=0)", node.name or node.output[0])
             nodes.append(node)
             continue
         nodes += _affine_nodes(node, rank, inits, out.graph, taken)
@@ -96,7 +102,8 @@ def _affine_nodes(node: onnx.NodeProto, rank: int, inits: dict, graph: onnx.Grap
 def enable_dropout(model: onnx.ModelProto) -> PassResult:
     """Give every Dropout without a training_mode input training_mode = true (opset 12 and later);
     rewrite_for_training then adds the mask output its gradient reads."""
-    dropouts = [i for i, n in enumerate(model.graph.node) if n.op_type == "Dropout" and len(n.input) < 3]
+    dropouts = [i for i, n in enumerate(model.graph.node)
+                if n.op_type == "Dropout" and (len(n.input) < 3 or not n.input[2])]
     if not dropouts:
         return PassResult(model, False)
     if opset_version(model) < 12:
@@ -115,52 +122,116 @@ def enable_dropout(model: onnx.ModelProto) -> PassResult:
             default_ratio = True
             del node.input[1:]
             node.input.append(ratio)
+        del node.input[2:]
         node.input.append(flag)
     if default_ratio:
         out.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), ratio))
     return PassResult(out, True)
 
 
-def estimate_statistics(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-channel mean and variance of each BatchNormalization's input over `batches`, keyed by the names of
-    the layers' mean and var initializers, in their dtypes (population variance, as BatchNormalization's
-    training mode computes it)."""
+def estimate_statistics(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]],
+                        layers: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """New running statistics of BatchNormalization layers (those whose mean initializer is named in `layers`;
+    all when None), keyed by the names of their mean and var initializers, in their dtypes.
+
+    The model runs with those layers normalizing by batch statistics, as they trained, so a layer after another
+    sees inputs normalized as in training rather than by stale statistics; each layer's per-channel mean and
+    (population) variance are pooled over `batches`."""
     import onnxruntime
 
     inits = initializers(model.graph)
-    layers = [n for n in model.graph.node if n.op_type == "BatchNormalization" and len(n.input) == 5
-              and n.input[3] in inits and n.input[4] in inits]
-    if not layers:
+    chosen = [n for n in model.graph.node if _has_statistics(n, inits) and (layers is None or n.input[3] in layers)]
+    if not chosen:
         return {}
+    ranks = _input_ranks(model)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for node in layers:
-        if node.input[0] not in outputs:
-            probe.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))
-            outputs.add(node.input[0])
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    sums: dict[str, list] = {}
-    for batch in batches:
-        values = dict(zip(names, session.run(None, batch)))
-        for node in layers:
-            x = values[node.input[0]].astype(np.float64)
-            axes = (0, *range(2, x.ndim))
-            total = sums.setdefault(node.input[0], [0.0, 0.0, 0])
-            total[0] = total[0] + x.sum(axis=axes)
-            total[1] = total[1] + np.square(x).sum(axis=axes)
-            total[2] += x.size // x.shape[1]
-    result = {}
-    for node in layers:
-        if node.input[0] not in sums:
+    taken = all_names(probe.graph)
+    wanted = {n.input[3] for n in chosen}
+    moments: dict[str, tuple[str, str]] = {}  # mean initializer -> (batch mean, batch variance) outputs
+    nodes = []
+    for node in probe.graph.node:
+        rank = ranks.get(node.input[0]) if node.input else None
+        if not (_has_statistics(node, inits) and node.input[3] in wanted) or rank is None or rank < 2 \
+                or _attribute(node, "spatial", 1) == 0:
+            nodes.append(node)
             continue
-        s, sq, count = sums[node.input[0]]
-        mean = s / count
-        var = np.maximum(sq / count - np.square(mean), 0.0)
-        result[node.input[3]] = mean.astype(numpy_helper.to_array(inits[node.input[3]]).dtype)
+        batch_nodes, mean, var = _batch_statistics_nodes(node, rank, inits, probe, taken)
+        nodes += batch_nodes
+        moments[node.input[3]] = (mean, var)
+    del probe.graph.node[:]
+    probe.graph.node.extend(nodes)
+    for mean, var in moments.values():
+        probe.graph.output.extend([onnx.ValueInfoProto(name=mean), onnx.ValueInfoProto(name=var)])
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    fetch = [name for pair in moments.values() for name in pair]
+    sums = {key: [0.0, 0.0] for key in moments}
+    count = 0
+    for batch in batches:
+        values = dict(zip(fetch, session.run(fetch, batch)))
+        for key, (mean, var) in moments.items():
+            m = values[mean].astype(np.float64).reshape(-1)
+            sums[key][0] = sums[key][0] + m
+            sums[key][1] = sums[key][1] + values[var].astype(np.float64).reshape(-1) + np.square(m)
+        count += 1
+    result = {}
+    for node in chosen:
+        key = node.input[3]
+        if key not in moments or not count:
+            continue
+        mean = sums[key][0] / count
+        var = np.maximum(sums[key][1] / count - np.square(mean), 0.0)
+        result[key] = mean.astype(numpy_helper.to_array(inits[key]).dtype)
         result[node.input[4]] = var.astype(numpy_helper.to_array(inits[node.input[4]]).dtype)
     return result
+
+
+def _has_statistics(node: onnx.NodeProto, inits: dict) -> bool:
+    return (node.op_type == "BatchNormalization" and len(node.input) == 5 and node.input[3] in inits
+            and node.input[4] in inits)
+
+
+def _batch_statistics_nodes(node: onnx.NodeProto, rank: int, inits: dict, model: onnx.ModelProto,
+                            taken: set[str]) -> tuple[list[onnx.NodeProto], str, str]:
+    """BatchNormalization in training mode as plain operators: normalize by the batch's per-channel mean and
+    variance; returns the nodes and the names of the batch mean and variance ([1, C, 1, ...])."""
+    x, scale, bias, _, var = node.input
+    dtype = numpy_helper.to_array(inits[var]).dtype
+    stem = (node.name or node.output[0]) + "__dns_bnstat"
+
+    def name(suffix: str) -> str:
+        return unique_name(taken, f"{stem}_{suffix}")
+
+    axes = [0, *range(2, rank)]
+    epsilon, shape, axes_name = name("epsilon"), name("shape"), name("axes")
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(_attribute(node, "epsilon", 1e-5), dtype), epsilon),
+        numpy_helper.from_array(np.array([-1] + [1] * (rank - 2), np.int64), shape),
+    ])
+
+    def reduce_mean(source: str, out: str) -> onnx.NodeProto:
+        if opset_version(model) >= 18:
+            return helper.make_node("ReduceMean", [source, axes_name], [out], name=out, keepdims=1)
+        return helper.make_node("ReduceMean", [source], [out], name=out, axes=axes, keepdims=1)
+
+    if opset_version(model) >= 18:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+    mean, diff, square, variance, shifted, std, normed, scale_c, bias_c, scaled = (name(s) for s in (
+        "mean", "diff", "square", "var", "var_eps", "std", "normed", "scale_c", "bias_c", "scaled"))
+    nodes = [
+        reduce_mean(x, mean),
+        helper.make_node("Sub", [x, mean], [diff], name=diff),
+        helper.make_node("Mul", [diff, diff], [square], name=square),
+        reduce_mean(square, variance),
+        helper.make_node("Add", [variance, epsilon], [shifted], name=shifted),
+        helper.make_node("Sqrt", [shifted], [std], name=std),
+        helper.make_node("Div", [diff, std], [normed], name=normed),
+        helper.make_node("Reshape", [scale, shape], [scale_c], name=scale_c),
+        helper.make_node("Reshape", [bias, shape], [bias_c], name=bias_c),
+        helper.make_node("Mul", [normed, scale_c], [scaled], name=scaled),
+        helper.make_node("Add", [scaled, bias_c], [node.output[0]], name=name("y")),
+    ]
+    return nodes, mean, variance
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):

@@ -190,3 +190,59 @@ def test_compress_keeps_or_remeasures_the_statistics(tmp_path, update):
     else:
         np.testing.assert_array_equal(after["bn.mean"], before["bn.mean"])
         np.testing.assert_array_equal(after["bn.var"], before["bn.var"])
+
+
+def two_batchnorms(opset: int = 17) -> onnx.ModelProto:
+    """x -> bn1 -> bn2 -> y, both with statistics far from the data's (x ~ N(2, 3^2) per channel)."""
+    stats = {f"bn{i}.{k}": numpy_helper.from_array(np.full(3, v, np.float32), f"bn{i}.{k}")
+             for i in (1, 2) for k, v in (("scale", 1.0), ("bias", 0.0), ("mean", 5.0), ("var", 0.01))}
+    nodes = [helper.make_node("BatchNormalization", ["x", "bn1.scale", "bn1.bias", "bn1.mean", "bn1.var"], ["h"]),
+             helper.make_node("BatchNormalization", ["h", "bn2.scale", "bn2.bias", "bn2.mean", "bn2.var"], ["y"])]
+    graph = helper.make_graph(nodes, "bn2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              list(stats.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_a_batchnorm_after_another_gets_the_statistics_of_its_input_as_written(opset):
+    model = two_batchnorms(opset)
+    rng = np.random.default_rng(0)
+    batches = [{"x": (2 + 3 * rng.standard_normal((16, 3, 4, 4))).astype(np.float32)} for _ in range(20)]
+    stats = estimate_statistics(model, batches)
+    np.testing.assert_allclose(stats["bn1.mean"], 2, atol=0.2)
+    np.testing.assert_allclose(stats["bn1.var"], 9, rtol=0.1)
+    np.testing.assert_allclose(stats["bn2.mean"], 0, atol=0.05)  # bn1 already normalizes with the new ones
+    np.testing.assert_allclose(stats["bn2.var"], 1, rtol=0.05)
+    updated = onnx.ModelProto()
+    updated.CopyFrom(model)
+    for tensor in updated.graph.initializer:
+        if tensor.name in stats:
+            tensor.CopyFrom(numpy_helper.from_array(stats[tensor.name], tensor.name))
+    y = np.concatenate([run(updated, b["x"]) for b in batches])
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=0.05)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=0.05)
+    assert set(estimate_statistics(model, batches, layers={"bn2.mean"})) == {"bn2.mean", "bn2.var"}
+
+
+def test_batchnorms_a_plain_affine_map_cannot_express_are_left_to_batch_statistics(caplog):
+    per_activation = bn_model(opset=7)
+    per_activation.graph.node[1].attribute.append(helper.make_attribute("spatial", 0))
+    mixed = bn_model()
+    for name in ("bn.mean", "bn.var"):
+        tensor = next(t for t in mixed.graph.initializer if t.name == name)
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), name))
+    for model in (per_activation, mixed):
+        with caplog.at_level(logging.WARNING):
+            frozen = freeze_batchnorm(model).model
+        assert "BatchNormalization" in [n.op_type for n in frozen.graph.node]
+    assert "trains on batch statistics" in caplog.text
+
+
+def test_dropout_with_an_empty_training_mode_input_is_made_active_like_one_without():
+    model = bn_model(dropout=True)
+    model.graph.node[4].input.append("")
+    node = enable_dropout(model).model.graph.node[4]
+    assert len(node.input) == 3 and node.input[2]
