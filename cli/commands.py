@@ -11,7 +11,7 @@ import click
 
 from cli.main import emit_json, handle_errors, main
 from onnx_dns.errors import AccuracyBoundError, OutputError
-from onnx_dns.model_io import check_output_path, load_model
+from onnx_dns.model_io import check_output_path, load_model, write_failed
 from onnx_dns.report import format_report, inspect_model
 
 
@@ -134,7 +134,7 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
       onnx-dns compress model.onnx --data inputs.npz --distill -o model.dns.onnx   # no labels needed
     """
     from cli.progress import Progress
-    from onnx_dns.compress import compress as run_compress
+    from onnx_dns.compress import below_bound_path, compress as run_compress
     from onnx_dns.report import format_table
     from onnx_dns.settings import compress_options, load_settings
 
@@ -148,8 +148,10 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
                                keep_work=keep_work)
     if report_path:
         check_output_path(report_path, forbid=model)
-        if Path(report_path).resolve() == Path(output_path).resolve():
-            raise OutputError(f"{report_path}: the report path is the output model; give --report another path")
+        models = {Path(output_path).resolve(), Path(below_bound_path(output_path)).resolve()}
+        if Path(report_path).resolve() in models:
+            raise OutputError(f"{report_path}: the report path is where the output model goes; give --report "
+                              "another path")
     progress = Progress(0 if quiet else (2 if verbose else 1))
     result = run_compress(model, output_path, options, progress=progress, resume=resume_dir is not None)
     data = result.to_dict()
@@ -188,8 +190,7 @@ def _write_json(path: str, data: dict) -> None:
             json.dump(data, handle, indent=2)
         os.replace(tmp, target)
     except OSError as exc:
-        raise OutputError(f"{path}: writing the report failed ({exc.strerror or exc}); free space or choose "
-                          "another --report path") from exc
+        raise write_failed(target, exc) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

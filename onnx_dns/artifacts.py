@@ -74,7 +74,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     feeding = initializers_feeding(masked_model, loss.output)  # onnxruntime refuses unreachable parameters
     trainable = [n for n in trainable_parameters(masked_model)
                  if n in feeding and n not in masks.values() and n not in frozen]
-    # one model at a time: each pass's copy replaces the last (a large model's copies are its size each)
+    # each pass's copy replaces the last, so at most the caller's model and one copy are alive here
     rewritten = enable_dropout(masked_model).model
     if not update_bn_stats:
         rewritten = freeze_batchnorm(rewritten).model
@@ -90,21 +90,23 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
                          f"it with --freeze-before {where}")
     base: onnx.ModelProto | str = attach_loss(rewritten, loss)
     del rewritten
-    if over_protobuf_limit(base, model_io.EXTERNAL_DATA_THRESHOLD):
-        # generate_artifacts refuses a ModelProto over 2 GB; a file with external data it takes
-        base = str(save_model(base, directory / BASE_MODEL))
-    with captured_stderr() as log:
-        try:
-            artifacts.generate_artifacts(
-                base, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
-                artifact_directory=str(directory),
-            )
-        except Exception as exc:
-            failure = exc
-        else:
-            failure = None
-    for leftover in (directory / BASE_MODEL, directory / (BASE_MODEL + ".data")):
-        leftover.unlink(missing_ok=True)
+    try:
+        if over_protobuf_limit(base, model_io.EXTERNAL_DATA_THRESHOLD):
+            # generate_artifacts refuses a ModelProto over 2 GB; a file with external data it takes
+            base = str(save_model(base, directory / BASE_MODEL))
+        with captured_stderr() as log:
+            try:
+                artifacts.generate_artifacts(
+                    base, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
+                    artifact_directory=str(directory),
+                )
+            except Exception as exc:
+                failure = exc
+            else:
+                failure = None
+    finally:  # also on Ctrl-C: the file is as large as the model
+        for leftover in (directory / BASE_MODEL, directory / (BASE_MODEL + ".data")):
+            leftover.unlink(missing_ok=True)
     del base
     if failure is not None:
         raise TrainingError(_explain(failure, log[0] if log else "")) from failure

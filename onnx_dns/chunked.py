@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class ChunkedRunner:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-dns-update")
         futures = [self._pool.submit(self._run_range, *piece) for piece in pieces]
+        wait(futures)  # every piece, even after one fails, so no thread still writes when this returns
         for future in futures:
             future.result()
 

@@ -135,7 +135,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     model_path, output_path = Path(model_path), Path(output_path)
     check_output_path(output_path, forbid=model_path)
     if options.train.max_accuracy_drop is not None:  # where a model that misses the bound goes
-        check_output_path(_below_bound(output_path), forbid=model_path)
+        check_output_path(below_bound_path(output_path), forbid=model_path)
     original = load_model(model_path)
     model = unlist_initializer_inputs(densify_sparse(lift_constants(original).model).model).model
     _check_finite(model, model_path)
@@ -214,7 +214,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
         "layers": {s.name: {"params": s.params, "nonzeros": s.nonzeros} for s in layers_after},
     }
     folded = fold_masks(masked, sparse=not options.dense, record=record, values=values).model
-    final_path = output_path if result.meets_bound else _below_bound(output_path)
+    final_path = output_path if result.meets_bound else below_bound_path(output_path)
     progress({"event": "writing", "path": str(final_path)})
     resume_hint = f"the checkpoint is in {work}: continue with --resume {work} and the same options"
     try:
@@ -228,7 +228,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     after = _measure(folded, val, spec, teacher, cfg.eval_batch_size, fixed_batch)
     met = options.train.max_accuracy_drop is None or after.score >= before.score - options.train.max_accuracy_drop
     # the written model's own measurement decides where it lies (the trainer's estimate may differ slightly)
-    wanted = output_path if met else _below_bound(output_path)
+    wanted = output_path if met else below_bound_path(output_path)
     if final_path != wanted:
         os.replace(final_path, wanted)
         final_path = wanted
@@ -258,8 +258,9 @@ def _check_finite(model: onnx.ModelProto, path: Path) -> None:
                                  "fix the model (re-export it from a healthy checkpoint)")
 
 
-def _below_bound(path: Path) -> Path:
+def below_bound_path(path: str | os.PathLike) -> Path:
     """Where a model that misses the accuracy bound goes: NAME.below-bound.onnx beside the requested path."""
+    path = Path(path)
     return path.with_name(path.stem + MISSED_SUFFIX + path.suffix)
 
 

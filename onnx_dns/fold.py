@@ -40,6 +40,9 @@ def fold_masks(model: onnx.ModelProto, *, sparse: bool = True, record: dict | No
     values = values or {}
     if not pairs and not values:
         return PassResult(model, False)
+    unknown = sorted(set(values) - {t.name for t in model.graph.initializer})
+    if unknown:
+        raise ValueError(f"fold_masks: values for {unknown[:5]} name no initializer of the model")
     rename = {masked_name(w): w for w in pairs}
     for output in model.graph.output:
         if output.name in rename:

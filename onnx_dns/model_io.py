@@ -91,7 +91,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     try:
         tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
     except OSError as exc:
-        raise _write_failed(path, exc) from exc
+        raise write_failed(path, exc) from exc
     try:
         tmp_model = Path(tmpdir) / path.name
         data_name = path.name + ".data"
@@ -111,7 +111,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
                 os.replace(Path(tmpdir) / data_name, directory / data_name)
             os.replace(tmp_model, path)
         except OSError as exc:
-            raise _write_failed(path, exc) from exc
+            raise write_failed(path, exc) from exc
     finally:
         for leftover in Path(tmpdir).iterdir() if Path(tmpdir).exists() else ():
             leftover.unlink()
@@ -120,7 +120,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     return path
 
 
-def _write_failed(path: Path, exc: OSError) -> OutputError:
+def write_failed(path: Path, exc: OSError) -> OutputError:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return OutputError(f"{path}: writing failed ({exc.strerror or exc}); "
                        f"{'free space' if full else 'check the permissions'} or choose another path")

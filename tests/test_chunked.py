@@ -106,3 +106,23 @@ def test_scratch_is_reused_and_never_shared_between_slots():
     assert first.shape == (3, 4) and not np.shares_memory(first, other)
     assert np.shares_memory(first, scratch.take(0, np.zeros(5, np.float32)))
     assert scratch.take(0, a, np.bool_).dtype == np.bool_
+
+
+def test_after_a_kernel_error_no_thread_still_writes():
+    import time
+
+    def kernel(scratch, a):
+        if a.size and a[0] < 0:
+            raise FloatingPointError("boom")
+        time.sleep(0.05)
+        a += 1
+
+    first, second = np.full(PARALLEL_MIN * 2, -1.0, np.float32), np.zeros(PARALLEL_MIN * 2, np.float32)
+    runner = ChunkedRunner(2)
+    with pytest.raises(FloatingPointError):
+        runner.run([(kernel, (first,)), (kernel, (second,))])
+    done = second.copy()
+    time.sleep(0.2)
+    np.testing.assert_array_equal(second, done)
+    assert done.sum() > 0  # the other pieces were still running when the first one failed
+    runner.close()

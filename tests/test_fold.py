@@ -285,3 +285,9 @@ def test_sparse_initializers_raise_an_old_ir_version_to_six(sparse, expected):
     folded = fold_masks(masked, sparse=sparse).model
     assert bool(folded.graph.sparse_initializer) == sparse
     assert folded.ir_version == expected
+
+
+def test_fold_refuses_values_for_names_the_model_does_not_have():
+    masked, _ = masked_with_random_masks(cnn(), keep_probability=0.5)
+    with pytest.raises(ValueError, match="no initializer"):
+        fold_masks(masked, values={"conv9.w": np.zeros(3, np.float32)})

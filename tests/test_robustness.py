@@ -243,10 +243,12 @@ def test_a_below_bound_path_that_is_the_input_exits_7_before_training(case):
           OutputError.exit_code, model, "is the input model")
 
 
-@pytest.mark.parametrize("where", ["input", "output"])
+@pytest.mark.parametrize("where", ["input", "output", "below-bound output"])
 def test_a_report_path_that_is_the_input_or_the_output_exits_7_before_training(case, where):
-    report = case.model if where == "input" else case.out / "out.onnx"
-    fails(case, case.args("--report", report), OutputError.exit_code, report, f"is the {where} model")
+    report = {"input": case.model, "output": case.out / "out.onnx",
+              "below-bound output": case.out / "out.below-bound.onnx"}[where]
+    expected = "is the input model" if where == "input" else "is where the output model goes"
+    fails(case, case.args("--report", report), OutputError.exit_code, report, expected)
 
 
 def test_a_work_folder_that_is_a_file_exits_7(case):
