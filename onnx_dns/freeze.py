@@ -50,9 +50,22 @@ def _read_before(model: onnx.ModelProto, start: list[onnx.NodeProto]) -> set[str
         if id(node) in seen:
             continue
         seen.add(id(node))
-        for name in node.input:
+        for name in [*node.input, *_outer_names(node)]:
             if name in inits:
                 found.add(name)
             elif name in made_by:
                 stack.append(made_by[name])
     return found
+
+
+def _outer_names(node: onnx.NodeProto) -> set[str]:
+    """Names that the subgraphs of a control-flow node (If, Loop, Scan) read from the enclosing graphs."""
+    names: set[str] = set()
+    for attribute in node.attribute:
+        for graph in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
+            defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+            defined |= {o for n in graph.node for o in n.output}
+            read = {i for n in graph.node for i in n.input if i} | {o.name for o in graph.output}
+            read |= {i for n in graph.node for i in _outer_names(n)}
+            names |= read - defined
+    return names

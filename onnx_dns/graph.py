@@ -85,7 +85,8 @@ def sparse_nbytes(nonzeros: int, itemsize: int) -> int:
 
 def copy_fields(source, target, skip: set[str]) -> None:
     """Copy the fields of protobuf message `source` into `target`, but those named in `skip`, which the caller
-    fills: a pass over a large model then copies each initializer once, not the model and then its rewrites."""
+    fills: a pass over a large model then copies each initializer once, not the model and then its rewrites.
+    Fields unknown to the installed onnx (from a newer one) are not copied."""
     for field, value in source.ListFields():
         if field.name in skip:
             continue
@@ -101,10 +102,11 @@ def copy_fields(source, target, skip: set[str]) -> None:
 
 
 def array_like(value: np.ndarray, tensor: onnx.TensorProto) -> np.ndarray:
-    """`value` in `tensor`'s dtype (no copy when it already is); its shape must be `tensor`'s."""
-    dtype = None if tensor.data_type == onnx.TensorProto.BFLOAT16 else \
-        onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    value = np.asarray(value, dtype=dtype)
+    """`value` in `tensor`'s dtype (no copy when it already is); its shape must be `tensor`'s. bfloat16, which
+    numpy lacks, is refused."""
+    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        raise ValueError(f"{tensor.name}: bfloat16 initializers cannot be replaced (numpy has no bfloat16)")
+    value = np.asarray(value, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     if tuple(value.shape) != tuple(tensor.dims):
         raise ValueError(f"{tensor.name}: new value has shape {value.shape}, expected {tuple(tensor.dims)}")
     return value
@@ -127,7 +129,7 @@ def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     copy_fields(model.graph, skeleton.graph, {"initializer"})
     declared = {v.name for v in model.graph.input}
     for tensor in model.graph.initializer:
-        if tensor.data_type in FLOAT_TYPES and _payload_bytes(tensor) >= SKELETON_MIN_BYTES:
+        if tensor.data_type in FLOAT_TYPES and payload_bytes(tensor) >= SKELETON_MIN_BYTES:
             if tensor.name not in declared:
                 skeleton.graph.input.append(
                     onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
@@ -141,5 +143,12 @@ def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
 
 
-def _payload_bytes(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+def payload_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data held in the model (external data counts 0): from its dims when the data is raw,
+    else measured (typed fields such as int32_data holding float16 take more than the dtype's size)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    if tensor.HasField("raw_data"):
+        return int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(
+            tensor.data_type).itemsize
+    return tensor.ByteSize()

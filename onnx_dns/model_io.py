@@ -11,10 +11,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnx_dns.errors import ModelError, OutputError
+from onnx_dns.graph import payload_bytes
 
 MAX_IR_VERSION = 10
 MAX_OPSET = 21
@@ -126,24 +126,13 @@ def write_failed(path: Path, exc: OSError) -> OutputError:
                        f"{'free space' if full else 'check the permissions'} or choose another path")
 
 
-def _payload_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes of a tensor's data held in the model (external data excluded), from its dims."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return 0
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):  # strings and other types of no fixed size
-        return len(tensor.SerializeToString())
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
-
-
 def _graph_payload(graph: onnx.GraphProto) -> int:
     """Bytes of tensor data in a graph: initializers and tensor attributes, subgraphs included."""
-    total = sum(_payload_bytes(t) for t in graph.initializer)
-    total += sum(_payload_bytes(s.values) + _payload_bytes(s.indices) for s in graph.sparse_initializer)
+    total = sum(payload_bytes(t) for t in graph.initializer)
+    total += sum(payload_bytes(s.values) + payload_bytes(s.indices) for s in graph.sparse_initializer)
     for node in graph.node:
         for attribute in node.attribute:
-            total += sum(_payload_bytes(t) for t in [*attribute.tensors, *([attribute.t] if attribute.HasField("t")
+            total += sum(payload_bytes(t) for t in [*attribute.tensors, *([attribute.t] if attribute.HasField("t")
                                                                              else [])])
             total += sum(_graph_payload(g) for g in [*attribute.graphs, *([attribute.g] if attribute.HasField("g")
                                                                           else [])])

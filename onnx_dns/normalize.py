@@ -2,17 +2,18 @@
 
 - `lift_constants`: Constant nodes holding a tensor become initializers (exporters put weights in them).
 - `densify_sparse`: sparse initializers become dense ones (training cannot take them).
-- `unlist_initializer_inputs`: initializers also listed as graph inputs (IR < 4 requires it, and exporters
-  asked to keep initializers as inputs do it) become plain initializers, so their weights are found and trained.
+- `unlist_initializer_inputs`: weights also listed as graph inputs (IR < 4 requires it, and exporters asked to
+  keep initializers as inputs do it) become plain initializers, so they are found and trained.
 - `pin_input_shapes`: symbolic input sizes become those of the data (the training graph needs them).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_dns.graph import sparse_to_array
+from onnx_dns.graph import FLOAT_TYPES, sparse_to_array
 from onnx_dns.passes import PassResult
 
 
@@ -48,16 +49,25 @@ def densify_sparse(model: onnx.ModelProto) -> PassResult:
 
 
 def unlist_initializer_inputs(model: onnx.ModelProto) -> PassResult:
-    """Drop the graph inputs that name an initializer; the IR version becomes at least 4, the first that allows
-    initializers that are not inputs. Runtimes read such an input's initializer unless it is fed, so what the
-    model computes for its real inputs does not change."""
-    names = {t.name for t in model.graph.initializer} | {t.values.name for t in model.graph.sparse_initializer}
-    listed = [v for v in model.graph.input if v.name in names]
-    if not listed:
+    """Drop the graph inputs that name a weight-like initializer, so that weight can be found and trained.
+
+    IR < 4 requires every initializer to be listed as an input: all are unlisted and the IR version becomes 4,
+    the first that allows otherwise. From IR 4 a listed initializer is a default the caller may override, so only
+    float tensors of more than one entry (weights, which exporters asked to keep initializers as inputs list)
+    are unlisted; scalars and integer tensors stay overridable. Runtimes read an unfed input's initializer, so
+    what the model computes for its real inputs does not change."""
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def weight_like(name: str) -> bool:
+        tensor = inits.get(name)
+        return tensor is not None and (model.ir_version < 4 or (
+            tensor.data_type in FLOAT_TYPES and int(np.prod(tensor.dims, dtype=np.int64)) > 1))
+
+    if not any(weight_like(v.name) for v in model.graph.input):
         return PassResult(model, False)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    keep = [v for v in out.graph.input if v.name not in names]
+    keep = [v for v in out.graph.input if not weight_like(v.name)]
     del out.graph.input[:]
     out.graph.input.extend(keep)
     out.ir_version = max(out.ir_version, 4)

@@ -133,3 +133,19 @@ def test_freeze_before_an_unknown_node_is_a_usage_error(tmp_path):
                               train=TrainConfig(iterations=2, batch_size=8))
     with pytest.raises(OptionError, match="--freeze-before nope"):
         compress(path, tmp_path / "out.onnx", options)
+
+
+def test_weights_read_inside_a_control_flow_body_feed_the_output():
+    from onnx_dns.freeze import initializers_feeding
+
+    rng = np.random.default_rng(0)
+    branch = helper.make_graph([helper.make_node("MatMul", ["h", "w2"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, ["N", 3])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w1"),
+                               numpy_helper.from_array(rng.normal(size=(5, 3)).astype(np.float32), "w2")])
+    assert initializers_feeding(helper.make_model(graph), "y") == {"w1", "w2"}

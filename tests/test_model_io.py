@@ -225,3 +225,19 @@ def test_over_the_limit_counts_tensor_data_wherever_it_is_held():
     in_subgraphs = helper.make_model(graph)
     assert over_protobuf_limit(in_subgraphs, 300_000)  # two branches of 200 KB
     assert not over_protobuf_limit(in_subgraphs, in_subgraphs.ByteSize() + 1)
+
+
+def test_over_the_limit_measures_tensors_held_in_typed_fields():
+    from onnx import TensorProto, helper
+
+    from onnx_dns.model_io import over_protobuf_limit
+
+    values = np.random.default_rng(0).standard_normal(200_000).astype(np.float16)
+    typed = helper.make_tensor("h", TensorProto.FLOAT16, [200_000], values)  # int32_data: ~3 bytes an entry
+    assert not typed.HasField("raw_data")
+    graph = helper.make_graph([helper.make_node("Identity", ["h"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [200_000])], [typed])
+    model = helper.make_model(graph)
+    size = model.ByteSize()
+    assert size > 2 * 200_000 / 0.9  # dims x itemsize alone would have called it under the limit
+    assert over_protobuf_limit(model, size - 1) and not over_protobuf_limit(model, size)

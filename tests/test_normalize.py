@@ -58,3 +58,14 @@ def test_compress_prunes_a_model_with_weights_listed_as_inputs(tmp_path):
     assert out.ir_version >= 4
     got = onnxruntime.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": x[:4]})[0]
     assert got.shape == (4, 3) and np.isfinite(got).all()
+
+
+def test_from_ir_4_only_weights_are_unlisted_and_other_overridable_defaults_stay():
+    model = listed(mlp(6, 8, 3), ir_version=8)
+    model.graph.initializer.append(helper.make_tensor("temperature", onnx.TensorProto.FLOAT, [], [1.0]))
+    model.graph.initializer.append(helper.make_tensor("steps", onnx.TensorProto.INT64, [2], [1, 2]))
+    for name, elem, dims in (("temperature", onnx.TensorProto.FLOAT, []), ("steps", onnx.TensorProto.INT64, [2])):
+        model.graph.input.append(helper.make_tensor_value_info(name, elem, dims))
+    new = unlist_initializer_inputs(model).model
+    assert [v.name for v in new.graph.input] == ["x", "temperature", "steps"]
+    assert new.ir_version == 8
