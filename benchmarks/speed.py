@@ -1,6 +1,7 @@
 """Speed of one DNS training step in onnx-dns against a plain PyTorch implementation of DNS (issue 5).
 
-    python benchmarks/speed.py            # the full run (about 20 minutes on a 2-core machine)
+    python benchmarks/speed.py            # the full run (about 10 minutes on a 2-core machine, 3 repeats)
+    python benchmarks/speed.py --repeats 5   # what results/speed.md was made with
     python benchmarks/speed.py --quick    # tiny sizes, a smoke run of a minute or two
 
 The step, identical on both sides: forward with W * T, cross-entropy, backward with the straight-through
