@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+DEFAULT_DOMAINS = ("", "ai.onnx")
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
@@ -32,6 +33,19 @@ def initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 
 def to_array(tensor: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(tensor)
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The version of the default (ai.onnx) opset the model imports, or None."""
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), None)
+
+
+def attribute(node: onnx.NodeProto, name: str, default):
+    """The value of a node's attribute, or `default` when the node does not set it."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:

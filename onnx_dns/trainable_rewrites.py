@@ -110,10 +110,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import FLOAT_TYPES, all_names, inferred_values, node_label, unique_name
+from onnx_dns.graph import (DEFAULT_DOMAINS, FLOAT_TYPES, all_names, attribute, default_opset, inferred_values,
+                            node_label, unique_name)
 from onnx_dns.passes import PassResult
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # No gradient builder registered in onnxruntime-training 1.19.2 (each measured: generate_artifacts fails with
 # "The gradient builder has not been registered: <Op>").
@@ -144,7 +144,7 @@ def rewrite_for_training(model: onnx.ModelProto) -> PassResult:
     graph = model.graph
     if not any(_is_default(n) and n.op_type in _REWRITES for n in graph.node):
         return PassResult(model, False)
-    opset = _default_opset(model)
+    opset = default_opset(model)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
         return PassResult(model, False)
     types, ranks = _infer_types_and_ranks(model)
@@ -226,7 +226,7 @@ def _gradient_problem(node: onnx.NodeProto) -> str | None:
     if op == "Dropout" and _dropout_problem(node) == "no mask":
         return "its gradient reads the mask output, which this node does not have (run rewrite_for_training)"
     if op == "Pad":
-        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+        mode = attribute(node, "mode", b"constant")
         if mode not in (b"constant", "constant"):
             return "the Pad gradient supports constant mode only"
     return None
@@ -295,21 +295,14 @@ class _Emitter:
         return self.op("Reshape", [x, shape], what, output)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _lrn(e: _Emitter, node: onnx.NodeProto) -> None:
     x, y = node.input[0], node.output[0]
     dtype = e.float_dtype(x)
-    size = int(_attr(node, "size", 0))
+    size = int(attribute(node, "size", 0))
     rank = e.rank(x)
     if size < 1 or rank < 2:
         raise _Skip
-    alpha, beta, bias = _attr(node, "alpha", 1e-4), _attr(node, "beta", 0.75), _attr(node, "bias", 1.0)
+    alpha, beta, bias = attribute(node, "alpha", 1e-4), attribute(node, "beta", 0.75), attribute(node, "bias", 1.0)
     lo = (size - 1) // 2
     hi = size - 1 - lo
     square = e.op("Mul", [x, x], "square")
@@ -342,7 +335,7 @@ def _prelu(e: _Emitter, node: onnx.NodeProto) -> None:
 def _elu(e: _Emitter, node: onnx.NodeProto) -> None:
     x = node.input[0]
     dtype = e.float_dtype(x)
-    alpha = _attr(node, "alpha", 1.0)
+    alpha = attribute(node, "alpha", 1.0)
     positive = e.op("Relu", [x], "positive")
     magnitude = e.op("Relu", [e.op("Neg", [x], "neg")], "negative_magnitude")
     minimum = e.op("Neg", [magnitude], "min0")  # min(x, 0)
@@ -361,7 +354,7 @@ def _hard_sigmoid_of(e: _Emitter, x: str, dtype, alpha: float, beta: float, outp
 def _hard_sigmoid(e: _Emitter, node: onnx.NodeProto) -> None:
     x = node.input[0]
     dtype = e.float_dtype(x)
-    _hard_sigmoid_of(e, x, dtype, _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5), node.output[0])
+    _hard_sigmoid_of(e, x, dtype, attribute(node, "alpha", 0.2), attribute(node, "beta", 0.5), node.output[0])
 
 
 def _hard_swish(e: _Emitter, node: onnx.NodeProto) -> None:
@@ -400,7 +393,7 @@ def _sum(e: _Emitter, node: onnx.NodeProto) -> None:
 def _instance_norm(e: _Emitter, node: onnx.NodeProto) -> None:
     x, scale, bias = node.input[0], node.input[1], node.input[2]
     dtype = e.float_dtype(x)
-    epsilon = _attr(node, "epsilon", 1e-5)
+    epsilon = attribute(node, "epsilon", 1e-5)
     rows = e.reshape(x, [0, 0, -1], "rows")  # (N, C, M)
     centred = e.op("Sub", [rows, e.reduce_mean(rows, [2], "mean")], "centred")
     variance = e.reduce_mean(e.op("Mul", [centred, centred], "square"), [2], "variance")
@@ -478,13 +471,6 @@ _REWRITES: dict[str, Callable[[_Emitter, onnx.NodeProto], None]] = {
 
 def _is_default(node: onnx.NodeProto) -> bool:
     return node.domain in DEFAULT_DOMAINS
-
-
-def _default_opset(model: onnx.ModelProto) -> int | None:
-    for imp in model.opset_import:
-        if imp.domain in DEFAULT_DOMAINS:
-            return imp.version
-    return None
 
 
 def _infer_types_and_ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:

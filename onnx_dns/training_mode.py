@@ -23,14 +23,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import all_names, inferred_values, initializers, unique_name
+from onnx_dns.graph import all_names, attribute, default_opset, inferred_values, initializers, unique_name
 from onnx_dns.passes import PassResult
 
 log = logging.getLogger(__name__)
-
-
-def opset_version(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
@@ -53,7 +49,7 @@ def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
         types = {inits[n].data_type for n in node.input[1:] if n in inits}
         if x is not None and x.type.tensor_type.elem_type:
             types.add(x.type.tensor_type.elem_type)
-        if rank < 2 or len(types) > 1 or _attribute(node, "spatial", 1) == 0:
+        if rank < 2 or len(types) > 1 or attribute(node, "spatial", 1) == 0:
             log.warning("BatchNormalization %s trains on batch statistics: its input's rank is unknown, its "
                         "inputs differ in type, or it is per-activation (spatial=0)", node.name or node.output[0])
             nodes.append(node)
@@ -68,13 +64,13 @@ def _frozen_candidate(node: onnx.NodeProto, inits: dict) -> bool:
     """An inference-mode BatchNormalization with initializer statistics and no statistics outputs."""
     return (node.op_type == "BatchNormalization" and len(node.input) == 5 and node.input[3] in inits
             and node.input[4] in inits and sum(1 for o in node.output if o) == 1
-            and not _attribute(node, "training_mode", 0))
+            and not attribute(node, "training_mode", 0))
 
 
 def _affine_nodes(node: onnx.NodeProto, rank: int, inits: dict, graph: onnx.GraphProto,
                   taken: set[str]) -> list[onnx.NodeProto]:
     x, scale, bias, mean, var = node.input
-    epsilon = _attribute(node, "epsilon", 1e-5)
+    epsilon = attribute(node, "epsilon", 1e-5)
     variance = numpy_helper.to_array(inits[var])
     stem = (node.name or node.output[0]) + "__dns_bn"
 
@@ -106,9 +102,9 @@ def enable_dropout(model: onnx.ModelProto) -> PassResult:
                 if n.op_type == "Dropout" and (len(n.input) < 3 or not n.input[2])]
     if not dropouts:
         return PassResult(model, False)
-    if opset_version(model) < 12:
-        log.warning("Dropout in opset %d has no training mode: it stays identity while training",
-                    opset_version(model))
+    opset = default_opset(model) or 0
+    if opset < 12:
+        log.warning("Dropout in opset %d has no training mode: it stays identity while training", opset)
         return PassResult(model, False)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -151,9 +147,9 @@ def estimate_statistics(model: onnx.ModelProto, batches: Iterable[dict[str, np.n
     moments: dict[str, tuple[str, str]] = {}  # mean initializer -> (batch mean, batch variance) outputs
     nodes = []
     for node in probe.graph.node:
-        rank = ranks.get(node.input[0]) if node.input else None
-        if not (_has_statistics(node, inits) and node.input[3] in wanted) or rank is None or rank < 2 \
-                or _attribute(node, "spatial", 1) == 0:
+        chosen_here = _has_statistics(node, inits) and node.input[3] in wanted
+        rank = ranks.get(node.input[0], 0) if chosen_here else 0
+        if rank < 2 or attribute(node, "spatial", 1) == 0:
             nodes.append(node)
             continue
         batch_nodes, mean, var = _batch_statistics_nodes(node, rank, inits, probe, taken)
@@ -205,16 +201,18 @@ def _batch_statistics_nodes(node: onnx.NodeProto, rank: int, inits: dict, model:
     axes = [0, *range(2, rank)]
     epsilon, shape, axes_name = name("epsilon"), name("shape"), name("axes")
     model.graph.initializer.extend([
-        numpy_helper.from_array(np.array(_attribute(node, "epsilon", 1e-5), dtype), epsilon),
+        numpy_helper.from_array(np.array(attribute(node, "epsilon", 1e-5), dtype), epsilon),
         numpy_helper.from_array(np.array([-1] + [1] * (rank - 2), np.int64), shape),
     ])
 
+    axes_as_input = (default_opset(model) or 0) >= 18  # ReduceMean's axes became an input in opset 18
+
     def reduce_mean(source: str, out: str) -> onnx.NodeProto:
-        if opset_version(model) >= 18:
+        if axes_as_input:
             return helper.make_node("ReduceMean", [source, axes_name], [out], name=out, keepdims=1)
         return helper.make_node("ReduceMean", [source], [out], name=out, axes=axes, keepdims=1)
 
-    if opset_version(model) >= 18:
+    if axes_as_input:
         model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
     mean, diff, square, variance, shifted, std, normed, scale_c, bias_c, scaled = (name(s) for s in (
         "mean", "diff", "square", "var", "var_eps", "std", "normed", "scale_c", "bias_c", "scaled"))
@@ -232,13 +230,6 @@ def _batch_statistics_nodes(node: onnx.NodeProto, rank: int, inits: dict, model:
         helper.make_node("Add", [scaled, bias_c], [node.output[0]], name=name("y")),
     ]
     return nodes, mean, variance
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 def _input_ranks(model: onnx.ModelProto) -> dict[str, int]:
