@@ -560,7 +560,14 @@ def fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    """Markdown table lines; `align` has one letter per column, l (left) or r (right)."""
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def write_markdown(report: dict, path: Path) -> None:
+    models = list(report["models"].values())
     lines = ["# onnx-dns training step vs PyTorch (issue 5)", "",
              f"Run {report['started']} to {report['finished']} on {report['machine']}. "
              f"Command: `{report['command']}`.", "",
@@ -568,46 +575,43 @@ def write_markdown(report: dict, path: Path) -> None:
              "decay, mask update at every step (a=0.9t, b=1.1t). Batch 64, synthetic data, "
              f"{report['threads']} threads. Median of {report['repeats']} interleaved repeats (each in its own "
              "process, warm-up excluded). `Trainer.run`: the library's real loop (its surgery schedule, progress "
-             "events and bookkeeping included). The run before the host-side fixes: `speed-before.md`.", "",
-             "| model | params | onnx-dns img/s | PyTorch img/s | onnx-dns/PyTorch | host overhead "
-             "| Trainer.run img/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for m in report["models"].values():
-        ips = m["images_per_second"]
-        lines.append(f"| {m['title']} | {m['params']:,} | {fmt(ips['onnx-dns'])} | {fmt(ips['torch'])} | "
-                     f"{m['ratio']:.2f}x | {100 * m['host_overhead']:.1f}% | {fmt(ips['trainer'])} |")
-    lines += ["", "Time per step in ms (mean within a run, median over repeats):", "",
-              "| model | onnx-dns: module | optimizer | mask update | data+targets | step | PyTorch: fwd+bwd | "
-              "optimizer | mask update | step |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for m in report["models"].values():
-        o, t = m["ms"]["onnx-dns"], m["ms"]["torch"]
-        lines.append(f"| {m['title']} | {o['module']:.3f} | {o['optimizer']:.3f} | {o['mask_update']:.3f} | "
-                     f"{o['data_other']:.3f} | {o['step']:.3f} | {t['forward_backward']:.3f} | "
-                     f"{t['optimizer']:.3f} | {t['mask_update']:.3f} | {t['step']:.3f} |")
-    lines += ["", "Memory and artifact building:", "",
-              "| model | peak RSS onnx-dns (train) | peak RSS PyTorch | peak RSS building | build_artifacts | "
-              "artifact files | first loss onnx-dns / PyTorch |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for m in report["models"].values():
-        r = m["peak_rss_mb"]
-        lines.append(f"| {m['title']} | {r['onnx-dns']:,.0f} MB | {r['torch']:,.0f} MB | {r['build']:,.0f} MB | "
-                     f"{m['build']['artifact_seconds']:.2f} s | {m['build']['artifact_mb']:,.1f} MB | "
-                     f"{m['first_loss']['onnx-dns']:.4f} / {m['first_loss']['torch']:.4f} |")
+             "events and bookkeeping included). The run before the host-side fixes: `speed-before.md`.", ""]
+    lines += table(
+        ["model", "params", "onnx-dns img/s", "PyTorch img/s", "onnx-dns/PyTorch", "host overhead",
+         "Trainer.run img/s"], "lrrrrrr",
+        [[m["title"], f"{m['params']:,}", fmt(m["images_per_second"]["onnx-dns"]),
+          fmt(m["images_per_second"]["torch"]), f"{m['ratio']:.2f}x", f"{100 * m['host_overhead']:.1f}%",
+          fmt(m["images_per_second"]["trainer"])] for m in models])
+    lines += ["", "Time per step in ms (mean within a run, median over repeats):", ""]
+    lines += table(
+        ["model", "onnx-dns: module", "optimizer", "mask update", "data+targets", "step", "PyTorch: fwd+bwd",
+         "optimizer", "mask update", "step"], "lrrrrrrrrr",
+        [[m["title"], *(f"{m['ms']['onnx-dns'][k]:.3f}" for k in ("module", "optimizer", "mask_update",
+                                                                    "data_other", "step")),
+          *(f"{m['ms']['torch'][k]:.3f}" for k in ("forward_backward", "optimizer", "mask_update", "step"))]
+         for m in models])
+    lines += ["", "Memory and artifact building:", ""]
+    lines += table(
+        ["model", "peak RSS onnx-dns (train)", "peak RSS PyTorch", "peak RSS building", "build_artifacts",
+         "artifact files", "first loss onnx-dns / PyTorch"], "lrrrrrr",
+        [[m["title"], *(f"{m['peak_rss_mb'][k]:,.0f} MB" for k in ("onnx-dns", "torch", "build")),
+          f"{m['build']['artifact_seconds']:.2f} s", f"{m['build']['artifact_mb']:,.1f} MB",
+          f"{m['first_loss']['onnx-dns']:.4f} / {m['first_loss']['torch']:.4f}"] for m in models])
     lines += ["", "Fold and write (`fold_masks` + `save_model`), 4-layer MLPs, 90% of the masks at 0 "
-              "(save-only rows: `save_model` alone of a dense model without masks):", "",
-              "| params | what | input model | fold | save | total | s per M params | file | external data | peak RSS |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+              "(save-only rows: `save_model` alone of a dense model without masks):", ""]
+    rows = []
     for f in report["fold"]:
         what = "save only (dense)" if f.get("save_only") else f"fold+save ({f['storage']})"
         size = f"{f['input_model_gb']:.2f} GB" if "input_model_gb" in f else "-"
         if "error" in f:
-            lines.append(f"| {f['params']:,} | {what} | {size} | failed: {f['error'].splitlines()[-1][:200]} "
-                         "| | | | | | |")
+            rows.append([f"{f['params']:,}", what, size, f"failed: {f['error'].splitlines()[-1][:200]}",
+                         *[""] * 6])
             continue
-        lines.append(f"| {f['params']:,} | {what} | {size} | {f['fold_seconds']:.2f} s | {f['save_seconds']:.2f} s | "
-                     f"{f['total_seconds']:.2f} s | {f['seconds_per_million']:.3f} | {f['file_mb']:,.1f} MB | "
-                     f"{'yes' if f['external_data'] else 'no'} | {f['peak_rss_mb']:,.0f} MB |")
+        rows.append([f"{f['params']:,}", what, size, f"{f['fold_seconds']:.2f} s", f"{f['save_seconds']:.2f} s",
+                     f"{f['total_seconds']:.2f} s", f"{f['seconds_per_million']:.3f}", f"{f['file_mb']:,.1f} MB",
+                     "yes" if f["external_data"] else "no", f"{f['peak_rss_mb']:,.0f} MB"])
+    lines += table(["params", "what", "input model", "fold", "save", "total", "s per M params", "file",
+                    "external data", "peak RSS"], "rlrrrrrrlr", rows)
     lines += ["", "Goals of issue 5:", ""]
     lines += [f"- {g}" for g in report["goals"]]
     path.write_text("\n".join(lines) + "\n")
