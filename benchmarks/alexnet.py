@@ -129,49 +129,34 @@ def vm_peak_mb() -> float:
 def worker_compress(args) -> dict:
     """compress() on the scratch model, with every phase stamped; then the output checked against the masked
     model it was folded from."""
-    import onnx_dns.compress as compress_module
-    from onnx_dns.compress import CompressOptions, compress
+    from onnx_dns.options import CompressOptions
+    from onnx_dns.pipeline import compress_file
 
     scratch = args.scratch
     events: list[tuple[str, float, float]] = []  # (event, time, peak RSS so far)
     folded_from = {}
-    phases = {}
 
     def progress(event: dict) -> None:
         events.append((event["event"], time.perf_counter(), vm_peak_mb()))
+        if event["event"] == "built":  # for the profile worker, which reruns steps on the same training graph
+            (scratch / "artifacts.pkl").write_bytes(pickle.dumps(event["artifacts"]))
+        if event["event"] == "folding":  # the masked model and the trained values the output is folded from
+            folded_from["model"], folded_from["values"] = event["model"], event["values"]
 
-    def timed(name, function):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            out = function(*a, **k)
-            t1 = time.perf_counter()
-            phases[name] = {"start": t0, "end": t1, "seconds": t1 - t0, "peak_rss_mb": vm_peak_mb()}
-            if name == "fold" and "model" not in folded_from:  # the masked model and the trained values
-                folded_from["model"], folded_from["values"] = a[0], k.get("values", {})
-            return out
-        return wrapper
-
-    def keep_artifacts(*a, **k):  # for the profile worker, which reruns steps on the same training graph
-        art = build(*a, **k)
-        (scratch / "artifacts.pkl").write_bytes(pickle.dumps(art))
-        return art
-
-    build = compress_module.build_artifacts
-    compress_module.build_artifacts = keep_artifacts
-    compress_module.fold_masks = timed("fold", compress_module.fold_masks)
-    compress_module.save_model = timed("write", compress_module.save_model)
     config = train_config(args)
     iterations = config.iterations
     options = CompressOptions(data=str(scratch / "train.npz"), val=str(scratch / "val.npz"), distill=False,
                               target=args.target, train=config, work_dir=str(scratch / "work"), keep_work=True)
     output = scratch / "alexnet.dns.onnx"
     started = time.perf_counter()
-    result = compress(scratch / "alexnet.onnx", output, options, progress=progress)
+    result = compress_file(scratch / "alexnet.onnx", output, options, progress=progress)
     ended = time.perf_counter()
     seconds = ended - started
     peak_compress = vm_peak_mb()
 
     stamps = {name: t for name, t, _ in reversed(events)}  # first occurrence of each event
+    phases = {"fold": {"start": stamps["folding"], "seconds": stamps["measuring"] - stamps["folding"]},
+              "write": {"seconds": stamps["written"] - stamps["writing"], "end": stamps["written"]}}
     steps = [t for name, t, _ in events if name == "step"]
     intervals = [b - a for a, b in zip(steps, steps[1:])]  # step k's time: from step k-1's event to its own
     measured = intervals[:-1] or intervals  # the last step's interval includes the final evaluation
@@ -189,7 +174,7 @@ def worker_compress(args) -> dict:
             "trained values collected, layers counted": phases["fold"]["start"] - steps[-1],
             "fold": phases["fold"]["seconds"],
             "write": phases["write"]["seconds"],
-            "measure original and written model": ended - phases["write"]["end"],
+            "measure original and written model": stamps["writing"] - stamps["measuring"],
         },
         "artifact_seconds": result.artifact_seconds,
         "first_step_seconds": steps[0] - stamps["start"],
@@ -205,7 +190,7 @@ def worker_compress(args) -> dict:
         "write_seconds": phases["write"]["seconds"],
         "fold_write_seconds": phases["fold"]["seconds"] + phases["write"]["seconds"],
         "peak_rss_mb": {"before_training": peak_at["start"], "training": peak_at["step"],
-                        "fold": phases["fold"]["peak_rss_mb"], "write": phases["write"]["peak_rss_mb"],
+                        "fold": peak_at["measuring"], "write": peak_at["written"],
                         "compress": peak_compress, "with_check": vm_peak_mb()},
         "file_size_before": result.file_size_before,
         "file_size_after": result.file_size_after,
@@ -221,7 +206,7 @@ def worker_compress(args) -> dict:
 
 
 def train_config(args):
-    from onnx_dns.trainer import TrainConfig
+    from onnx_dns.options import TrainConfig
 
     return TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=0.001,
                        eval_batch_size=args.batch_size, threads=args.threads)
@@ -260,6 +245,7 @@ def worker_profile(args) -> dict:
     from onnx_dns.ort_training import api, onnxruntime
     from onnx_dns.prunable import find_layers
     from onnx_dns.model_io import load_model
+    from onnx_dns.criteria.paper import Paper
     from onnx_dns.surgery import LayerPlan, Surgeon
     from onnx_dns.targets import Targets
 
@@ -280,7 +266,7 @@ def worker_profile(args) -> dict:
     optimizer = make_optimizer(config.optimizer, params)
     layers = find_layers(load_model(scratch / "alexnet.onnx", check=False))
     # paper mode, c = 1, every layer operated on at every step (the probability is ~1 early in a run)
-    surgeon = Surgeon({layer.name: LayerPlan([t.name for t in layer.tensors], stop=10**9, c=1.0)
+    surgeon = Surgeon({layer.name: LayerPlan([t.name for t in layer.tensors], 10**9, Paper(1.0))
                        for layer in layers})
     surgeon.initialize(params)
     targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=CLASSES), None, (CLASSES,))

@@ -190,7 +190,7 @@ def worker_build(work: Path, spec: dict) -> dict:
     from onnx_dns.losses import LossSpec
     from onnx_dns.normalize import pin_input_shapes
     from onnx_dns.prunable import find_layers
-    from onnx_dns.surgery import LOW, HIGH, magnitude_stats, paper_threshold
+    from onnx_dns.criteria.paper import HIGH, LOW, magnitude_stats, paper_threshold
 
     weights = make_weights(spec)
     rng = np.random.default_rng(1)
@@ -328,13 +328,16 @@ def summarize_profile(work: Path, steps: int) -> list:
 
 
 def worker_trainer(work: Path, args) -> dict:
-    """The library's own loop, Trainer.run, timed from its per-step progress events (evaluations excluded)."""
+    """The library's own loop, TrainingLoop.run, timed from its per-step progress events (evaluations excluded)."""
     from onnx_dns.data import Dataset
     from onnx_dns.losses import LossSpec
     from onnx_dns.prunable import find_layers
+    from onnx_dns.criteria.paper import Paper
+    from onnx_dns.options import TrainConfig
     from onnx_dns.surgery import LayerPlan, Surgeon
     from onnx_dns.targets import Targets
-    from onnx_dns.trainer import TrainConfig, Trainer
+    from onnx_dns.trainer import Trainer
+    from onnx_dns.training import TrainingLoop
 
     spec = json.loads((work / "spec.json").read_text())
     with open(work / "art.pkl", "rb") as handle:
@@ -348,7 +351,7 @@ def worker_trainer(work: Path, args) -> dict:
     with np.load(work / "weights.npz") as data:
         weights = {k: data[k] for k in data.files}
     layers = find_layers(onnx_model(spec, weights))
-    plans = {layer.name: LayerPlan([t.name for t in layer.tensors], stop=10**9, c=C) for layer in layers}
+    plans = {layer.name: LayerPlan([t.name for t in layer.tensors], 10**9, Paper(C)) for layer in layers}
     steps = args.warmup + args.trainer_steps
     config = TrainConfig(iterations=steps, batch_size=BATCH, lr=LR, schedule="constant", eval_every=10**9,
                          checkpoint_every=10**9, eval_batch_size=BATCH, threads=args.threads)
@@ -360,8 +363,8 @@ def worker_trainer(work: Path, args) -> dict:
             stamps.append((time.perf_counter(), event["evaluated"]))
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        trainer = Trainer(art, Surgeon(plans), config, train, val, targets, tmp, progress)
-        result = trainer.run()
+        trainer = Trainer(art, Surgeon(plans), config, targets)
+        result = TrainingLoop(trainer, train, val, tmp, progress).run()
     intervals = [b[0] - a[0] for a, b in zip(stamps, stamps[1:]) if not b[1]][args.warmup:]
     return {"side": "onnx-dns", "variant": "trainer", "steps": len(intervals),
             "images_per_second": BATCH * len(intervals) / sum(intervals),

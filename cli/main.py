@@ -8,56 +8,18 @@ layer that does not exist), 3 bad model, 4 bad data,
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import sys
-import traceback
 
 import click
 
 from onnx_dns import __version__
-from onnx_dns.errors import DnsError
 
-EXIT_INTERRUPTED = 130
+from .common import EXIT_INTERRUPTED, Context
+from .compress_command import compress
+from .evaluate_command import evaluate
+from .inspect_command import inspect
 
-
-class Context:
-    def __init__(self, debug: bool) -> None:
-        self.debug = debug
-
-
-def handle_errors(func):
-    """Turn errors into one line on stderr and their documented exit code; --debug adds the traceback above it."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_object(Context).debug
-        try:
-            return func(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except DnsError as exc:
-            _fail(f"{'stopped' if isinstance(exc, KeyboardInterrupt) else 'error'}: {exc}", exc.exit_code, debug)
-        except KeyboardInterrupt:
-            _fail("interrupted", EXIT_INTERRUPTED, debug)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence for users
-            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report "
-                  "it)", 1, debug)
-
-    return wrapper
-
-
-def _fail(message: str, code: int, debug: bool) -> None:
-    """Called while an exception is handled: print its traceback (with --debug) and `message`, then exit."""
-    if debug:
-        traceback.print_exc()
-    click.echo(message, err=True)
-    sys.exit(code)
-
-
-def emit_json(data: dict) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+__all__ = ["main", "EXIT_INTERRUPTED"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,4 +39,5 @@ def main(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-from cli import commands  # noqa: E402,F401  (registers the subcommands on `main`)
+for command in (inspect, compress, evaluate):
+    main.add_command(command)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import onnx
 
-from onnx_dns.compress import CompressOptions, compress
-from onnx_dns.trainer import TrainConfig
+from onnx_dns.options import CompressOptions
+
+from onnx_dns.pipeline import compress_file
+from onnx_dns.options import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 MNIST = HERE / "data" / "mnist"
@@ -46,7 +48,7 @@ def main() -> None:
             train=TrainConfig(iterations=args.iterations, batch_size=64, lr=args.lr, schedule="inv",
                               optimizer="sgd", seed=args.seed, eval_every=1000, checkpoint_every=1000),
         )
-        result = compress(init, out_dir / "model.onnx", options,
+        result = compress_file(init, out_dir / "model.onnx", options,
                           progress=lambda e: print(f"iteration {e['iteration']}: {e['metrics'].describe()}",
                                                    flush=True) if e.get("evaluated") else None)
     error = 100 - result.accuracy_after.top1

@@ -74,6 +74,31 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     feeding = initializers_feeding(masked_model, loss.output)  # onnxruntime refuses unreachable parameters
     trainable = [n for n in trainable_parameters(masked_model)
                  if n in feeding and n not in masks.values() and n not in frozen]
+    _generate(_trainable_copy(masked_model, trainable, update_bn_stats), loss, trainable, masks, directory)
+    training_path = directory / "training_model.onnx"
+    training = onnx.load(str(training_path))
+    try:
+        rewired = rewire_straight_through(training, masks).model
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    onnx.save(rewired, str(training_path))
+    return TrainingArtifacts(
+        directory=directory,
+        training_model=training_path,
+        eval_model=directory / "eval_model.onnx",
+        checkpoint=directory / "checkpoint",
+        inputs=user_inputs,
+        targets=loss.targets,
+        outputs=(LOSS_OUTPUT, *[o.name for o in masked_model.graph.output]),
+        trainable=tuple(trainable),
+        masks=masks,
+        batch=_fixed_batch(masked_model, user_inputs),
+    )
+
+
+def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_bn_stats: bool) -> onnx.ModelProto:
+    """The model as onnxruntime-training must see it: Dropout active, BatchNorm frozen (unless its statistics
+    are re-measured), operators without a CPU gradient rewritten; refused when a node still blocks training."""
     # each pass's copy replaces the last, so at most the caller's model and one copy are alive here
     rewritten = enable_dropout(masked_model).model
     if not update_bn_stats:
@@ -88,6 +113,12 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
         more = f" (and {len(blocked) - 1} more such nodes)" if len(blocked) > 1 else ""
         raise ModelError(f"{first}{more}; replace the operator before exporting, or train only the layers after "
                          f"it with --freeze-before {where}")
+    return rewritten
+
+
+def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], masks: dict[str, str],
+              directory: Path) -> None:
+    """onnxruntime-training's generate_artifacts on the model with its loss; its C++ logs are kept for errors."""
     base: onnx.ModelProto | str = attach_loss(rewritten, loss)
     del rewritten
     try:
@@ -110,25 +141,6 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     del base
     if failure is not None:
         raise TrainingError(_explain(failure, log[0] if log else "")) from failure
-    training_path = directory / "training_model.onnx"
-    training = onnx.load(str(training_path))
-    try:
-        rewired = rewire_straight_through(training, masks).model
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from exc
-    onnx.save(rewired, str(training_path))
-    return TrainingArtifacts(
-        directory=directory,
-        training_model=training_path,
-        eval_model=directory / "eval_model.onnx",
-        checkpoint=directory / "checkpoint",
-        inputs=user_inputs,
-        targets=loss.targets,
-        outputs=(LOSS_OUTPUT, *[o.name for o in masked_model.graph.output]),
-        trainable=tuple(trainable),
-        masks=masks,
-        batch=_fixed_batch(masked_model, user_inputs),
-    )
 
 
 def _fixed_batch(model: onnx.ModelProto, inputs: tuple[str, ...]) -> int | None:

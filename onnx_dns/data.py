@@ -193,6 +193,25 @@ def load_data(spec: str, inputs: list[InputSpec], split: str = "train") -> Datas
     raise DataError(f"{spec}: the folder holds neither .npy files nor MNIST-style idx files")
 
 
+def as_data(source, inputs: list[InputSpec], split: str = "train") -> Dataset | CallableData:
+    """Data in any form the API takes: a path or `module:function` (as `load_data`), a dict of arrays named
+    after the model inputs (plus optional `labels`), a Dataset, or a function returning an iterable of batches.
+    A list or tuple of batches is used as it is; a one-shot iterator is refused, since every pass re-reads it."""
+    if isinstance(source, (Dataset, CallableData)):
+        return source
+    if isinstance(source, (str, Path)):
+        return load_data(str(source), inputs, split)
+    if isinstance(source, dict):
+        return _dataset(source, inputs, "the arrays given")
+    if isinstance(source, (list, tuple)):
+        batches = list(source)
+        return CallableData(lambda: batches, "the batches given", inputs)
+    if callable(source):
+        return CallableData(source, getattr(source, "__name__", "the data function"), inputs)
+    raise DataError(f"data of type {type(source).__name__}: give a path, a dict of arrays named after the model "
+                    "inputs, a list of batches, or a function returning an iterable of batches")
+
+
 def _dataset(arrays: dict[str, np.ndarray], inputs: list[InputSpec], source: str) -> Dataset:
     arrays = dict(arrays)
     labels = arrays.pop(LABELS, None)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_dns.data import CallableData, Dataset
-from onnx_dns.ort_training import onnxruntime
+from onnx_dns.ort_training import onnxruntime, session_options
 from onnx_dns.targets import TEACHER, Targets
 
 
@@ -58,7 +58,8 @@ def session_runner(model: onnx.ModelProto, output: str) -> Callable[[dict[str, n
         probe.CopyFrom(model)
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(output))
         model = probe
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
+                                           providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:

@@ -8,10 +8,12 @@ scored by agreement with the reference.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import onnx
 
-from onnx_dns.data import load_data, model_inputs
+from onnx_dns.data import as_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
 from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
 from onnx_dns.losses import loss_output
@@ -33,24 +35,27 @@ class GateResult:
                 "failures": self.failures, "passed": not self.failures}
 
 
-def evaluate_model(path: str, data: str, *, reference: str | None = None, split: str = "t10k",
-                   output: str | None = None, task: str | None = None, batch_size: int = 1000,
+def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | onnx.ModelProto | None = None,
+                   split: str = "t10k", output: str | None = None, task: str | None = None, batch_size: int = 1000,
                    min_accuracy: float | None = None, max_accuracy_drop: float | None = None,
-                   min_compression: float | None = None) -> GateResult:
-    """Score the model at `path` on `data`; list every bound it misses in `failures`."""
-    model = load_model(path)
-    output = output or loss_output(model, name=path)
+                   min_compression: float | None = None, name: str | None = None) -> GateResult:
+    """Score `model` (a path or a loaded model) on `data` (a path, arrays or batches); list every bound it
+    misses in `failures`."""
+    path = model if isinstance(model, str) else None
+    name = name or path or "<model>"
+    model = load_model(model) if isinstance(model, str) else model
+    output = output or loss_output(model, name=name)
     specs = model_inputs(model)
-    dataset = load_data(data, specs, split)
+    dataset = as_data(data, specs, split)
     fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
     outputs, labels, _ = collect(session_runner(model, output), dataset, batch_size, fixed)
     ref_out = None
     ref_metrics = None
     if reference is not None:
-        ref_model = load_model(reference)
+        ref_model = load_model(reference) if isinstance(reference, str) else reference
         ref_out, _, _ = collect(session_runner(ref_model, output), dataset, batch_size, fixed)
     elif labels is None:
-        raise DataError(f"{data}: no labels; give --reference ORIGINAL to score agreement with it instead")
+        raise DataError(f"{data if isinstance(data, str) else 'the data'}: no labels; give --reference ORIGINAL to score agreement with it instead")
     task = task or ("classify" if labels is None or np.issubdtype(labels.dtype, np.integer) else "regress")
     if task == "classify" and outputs.ndim != 2:
         task = "regress"

@@ -104,64 +104,84 @@ def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:
     """A copy of `model` with target inputs, the loss nodes, and outputs `[dns_loss, *original outputs]`."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
-    value = next((o for o in graph.output if o.name == spec.output), None)
+    value = next((o for o in out.graph.output if o.name == spec.output), None)
     if value is None:
         raise ValueError(f"attach_loss: the model has no output named {spec.output!r}")
-    elem = value.type.tensor_type.elem_type
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
-    nodes: list[onnx.NodeProto] = []
-    terms: list[str] = []
-
-    def const(name: str, number: float) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.array(number, dtype=dtype), f"dns_loss_{name}"))
-        return f"dns_loss_{name}"
-
-    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [f"dns_loss_{name}"], name=f"dns_loss_{name}", **attrs))
-        return f"dns_loss_{name}"
-
+    builder = _LossBuilder(out.graph, value.type.tensor_type.elem_type)
     if spec.task == "classify":
-        if not spec.num_classes:
-            raise ValueError("attach_loss: classification needs num_classes")
-        z = logits_name(model, spec.output)
-        target_shape = ["N", spec.num_classes]
-        scale = float(spec.num_classes)
-        if spec.label_weight > 0:
-            graph.input.append(helper.make_tensor_value_info(HARD_TARGET, elem, target_shape))
-            logp = node("LogSoftmax", [z], "hard_logp", axis=-1)
-            prod = node("Mul", [logp, HARD_TARGET], "hard_prod")
-            mean = node("ReduceMean", [prod], "hard_mean", keepdims=0)
-            terms.append(node("Mul", [mean, const("hard_scale", -scale * spec.label_weight)], "hard"))
-        if spec.distill_weight > 0:
-            t = spec.temperature
-            graph.input.append(helper.make_tensor_value_info(SOFT_TARGET, elem, target_shape))
-            soft_z = node("Div", [z, const("temperature", t)], "soft_z")
-            logp = node("LogSoftmax", [soft_z], "soft_logp", axis=-1)
-            prod = node("Mul", [logp, SOFT_TARGET], "soft_prod")
-            mean = node("ReduceMean", [prod], "soft_mean", keepdims=0)
-            terms.append(node("Mul", [mean, const("soft_scale", -scale * t * t * spec.distill_weight)], "soft"))
+        terms = builder.classify(spec, logits_name(model, spec.output))
     elif spec.task == "regress":
         shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] or None
-        for target, weight in ((HARD_TARGET, spec.label_weight), (SOFT_TARGET, spec.distill_weight)):
-            if weight <= 0:
-                continue
-            graph.input.append(helper.make_tensor_value_info(target, elem, shape))
-            diff = node("Sub", [spec.output, target], f"{target}_diff")
-            sq = node("Mul", [diff, diff], f"{target}_sq")
-            mean = node("ReduceMean", [sq], f"{target}_mean", keepdims=0)
-            terms.append(node("Mul", [mean, const(f"{target}_weight", weight)], f"{target}_term"))
+        terms = builder.regress(spec, shape)
     else:
         raise ValueError(f"attach_loss: unknown task {spec.task!r}")
     if not terms:
         raise ValueError("attach_loss: the loss has no term (label and distillation weights are both 0)")
     total = terms[0]
     for i, term in enumerate(terms[1:]):
-        total = node("Add", [total, term], f"sum_{i}")
-    nodes.append(helper.make_node("Identity", [total], [LOSS_OUTPUT], name=LOSS_OUTPUT))
-    graph.node.extend(nodes)
-    outputs = list(graph.output)
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(LOSS_OUTPUT, elem, []))
-    graph.output.extend(outputs)
+        total = builder.node("Add", [total, term], f"sum_{i}")
+    builder.nodes.append(helper.make_node("Identity", [total], [LOSS_OUTPUT], name=LOSS_OUTPUT))
+    out.graph.node.extend(builder.nodes)
+    outputs = list(out.graph.output)
+    del out.graph.output[:]
+    out.graph.output.append(helper.make_tensor_value_info(LOSS_OUTPUT, builder.elem, []))
+    out.graph.output.extend(outputs)
     return out
+
+
+class _LossBuilder:
+    """Appends the loss's target inputs and constants to `graph` and collects its nodes (named dns_loss_*)."""
+
+    def __init__(self, graph: onnx.GraphProto, elem: int) -> None:
+        self.graph = graph
+        self.elem = elem
+        self.dtype = helper.tensor_dtype_to_np_dtype(elem)
+        self.nodes: list[onnx.NodeProto] = []
+
+    def const(self, name: str, number: float) -> str:
+        self.graph.initializer.append(numpy_helper.from_array(np.array(number, dtype=self.dtype), f"dns_loss_{name}"))
+        return f"dns_loss_{name}"
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [f"dns_loss_{name}"], name=f"dns_loss_{name}", **attrs))
+        return f"dns_loss_{name}"
+
+    def target(self, name: str, shape) -> None:
+        self.graph.input.append(helper.make_tensor_value_info(name, self.elem, shape))
+
+    def classify(self, spec: LossSpec, z: str) -> list[str]:
+        """Cross-entropy on one-hot labels and/or soft cross-entropy on the teacher's softened outputs."""
+        if not spec.num_classes:
+            raise ValueError("attach_loss: classification needs num_classes")
+        target_shape = ["N", spec.num_classes]
+        scale = float(spec.num_classes)
+        terms = []
+        if spec.label_weight > 0:
+            self.target(HARD_TARGET, target_shape)
+            logp = self.node("LogSoftmax", [z], "hard_logp", axis=-1)
+            prod = self.node("Mul", [logp, HARD_TARGET], "hard_prod")
+            mean = self.node("ReduceMean", [prod], "hard_mean", keepdims=0)
+            terms.append(self.node("Mul", [mean, self.const("hard_scale", -scale * spec.label_weight)], "hard"))
+        if spec.distill_weight > 0:
+            t = spec.temperature
+            self.target(SOFT_TARGET, target_shape)
+            soft_z = self.node("Div", [z, self.const("temperature", t)], "soft_z")
+            logp = self.node("LogSoftmax", [soft_z], "soft_logp", axis=-1)
+            prod = self.node("Mul", [logp, SOFT_TARGET], "soft_prod")
+            mean = self.node("ReduceMean", [prod], "soft_mean", keepdims=0)
+            weight = -scale * t * t * spec.distill_weight
+            terms.append(self.node("Mul", [mean, self.const("soft_scale", weight)], "soft"))
+        return terms
+
+    def regress(self, spec: LossSpec, shape) -> list[str]:
+        """Mean squared error against labels and/or the teacher's outputs."""
+        terms = []
+        for target, weight in ((HARD_TARGET, spec.label_weight), (SOFT_TARGET, spec.distill_weight)):
+            if weight <= 0:
+                continue
+            self.target(target, shape)
+            diff = self.node("Sub", [spec.output, target], f"{target}_diff")
+            sq = self.node("Mul", [diff, diff], f"{target}_sq")
+            mean = self.node("ReduceMean", [sq], f"{target}_mean", keepdims=0)
+            terms.append(self.node("Mul", [mean, self.const(f"{target}_weight", weight)], f"{target}_term"))
+        return terms

@@ -1,8 +1,10 @@
-"""Import the onnxruntime training API without torch, and silence its C++ logging.
+"""Import the onnxruntime training API without torch, and keep its C++ logging off the user's screen.
 
 `import onnxruntime.training` imports torch through `optim` (onnxruntime issue 22070). The training API itself
 (`artifacts`, `api`) needs no torch, so a bare package module is registered under the name
-`onnxruntime.training`, pointing at the installed folder, before its submodules are imported.
+`onnxruntime.training`, pointing at the installed folder, before its submodules are imported. That happens on
+first use of `api` or `artifacts` (module attributes resolved lazily), not when this module is imported.
+Sessions are made quiet one by one (`session_options`); the process-wide logger is left alone.
 """
 
 from __future__ import annotations
@@ -17,17 +19,38 @@ from collections.abc import Iterator
 
 import onnxruntime
 
-onnxruntime.set_default_logger_severity(3)
+__all__ = ["api", "artifacts", "onnxruntime", "captured_stderr", "session_options", "training_api"]
 
-if "onnxruntime.training" not in sys.modules:
-    _spec = importlib.util.find_spec("onnxruntime")
-    _package = types.ModuleType("onnxruntime.training")
-    _package.__path__ = [os.path.join(os.path.dirname(_spec.origin), "training")]
-    sys.modules["onnxruntime.training"] = _package
+QUIET = 3  # onnxruntime's severity "error": its warnings about unused initializers and the like are not for users
 
-from onnxruntime.training import api, artifacts  # noqa: E402
 
-__all__ = ["api", "artifacts", "onnxruntime", "captured_stderr"]
+def _import_training(name: str) -> types.ModuleType:
+    if "onnxruntime.training" not in sys.modules:
+        spec = importlib.util.find_spec("onnxruntime")
+        package = types.ModuleType("onnxruntime.training")
+        package.__path__ = [os.path.join(os.path.dirname(spec.origin), "training")]
+        sys.modules["onnxruntime.training"] = package
+    return importlib.import_module(f"onnxruntime.training.{name}")
+
+
+def __getattr__(name: str) -> types.ModuleType:
+    if name in ("api", "artifacts"):
+        return _import_training(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def training_api() -> tuple[types.ModuleType, types.ModuleType]:
+    """(onnxruntime, onnxruntime.training.api)."""
+    return onnxruntime, _import_training("api")
+
+
+def session_options(threads: int = 0) -> onnxruntime.SessionOptions:
+    """Session options that log only errors, with `threads` intra-op threads (0: onnxruntime chooses)."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = QUIET
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
 
 
 @contextlib.contextmanager

@@ -7,15 +7,10 @@ Relative paths (`data`, `val`) are resolved against the folder of the settings f
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import NamedTuple
 
-from onnx_dns.compress import CompressOptions
-from onnx_dns.errors import DnsError, OptionError
-from onnx_dns.schedules import SCHEDULES
-from onnx_dns.trainer import TrainConfig
+from onnx_dns.errors import DnsError
 
 SETTINGS_FILE = "dns.json"
 PATH_KEYS = ("data", "val")
@@ -37,123 +32,3 @@ def load_settings(model_path: str | os.PathLike) -> dict:
             settings[key] = str((path.parent / settings[key]).resolve())
     settings.pop("comment", None)
     return settings
-
-
-TRAIN_DEFAULTS = {"iterations": 10000, "batch_size": 64, "lr": 0.01, "optimizer": "sgd", "schedule": "inv",
-                  "warmup": 0, "seed": 0, "eval_every": 1000, "checkpoint_every": 1000, "eval_batch_size": 1000,
-                  "threads": 0, "weight_decay": None, "max_accuracy_drop": None}
-OTHER_DEFAULTS = {"data": None, "val": None, "distill": None, "distill_weight": 0.5, "temperature": 4.0,
-                  "task": None, "output_name": None, "target": None, "default_c": 1.0, "surgery_stop": None,
-                  "c": {}, "sparsity": {}, "stop": {}, "include": (), "exclude": (), "biases": True,
-                  "freeze_before": (), "update_bn_stats": False}
-
-
-def parse_target(value: str | float | None) -> float | None:
-    """'100x', '100' or 100 -> 100.0; at least 1 and finite."""
-    if value is None:
-        return None
-    text = str(value).strip().lower().removesuffix("x")
-    try:
-        number = float(text)
-    except ValueError:
-        raise OptionError(f"--target {value!r}: give a compression such as 100x") from None
-    if not 1 <= number < math.inf:
-        raise OptionError(f"--target {value!r}: the compression must be a finite number of at least 1x")
-    return number
-
-
-class Range(NamedTuple):
-    """The values an option takes: integers or finite numbers, from `low` to `high` (None: no bound)."""
-
-    integer: bool = False
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
-            return False
-        return math.isfinite(value) and (self.low is None or (value > self.low if self.low_open else
-                                                               value >= self.low)) and (
-            self.high is None or (value < self.high if self.high_open else value <= self.high))
-
-    def describe(self) -> str:
-        text = "an integer" if self.integer else "a finite number"
-        if self.low is not None and self.high is not None:
-            return f"{text} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            text += f" above {self.low}" if self.low_open else f" of at least {self.low}"
-        return text
-
-
-RANGES = {
-    "iterations": Range(True, 1), "batch_size": Range(True, 1), "warmup": Range(True, 0), "seed": Range(True),
-    "eval_every": Range(True, 1), "checkpoint_every": Range(True, 1), "eval_batch_size": Range(True, 1),
-    "threads": Range(True, 0), "surgery_stop": Range(True, 1), "lr": Range(low=0, low_open=True),
-    "weight_decay": Range(low=0), "max_accuracy_drop": Range(low=0), "distill_weight": Range(low=0, high=1),
-    "temperature": Range(low=0, low_open=True), "default_c": Range(),
-}
-PER_LAYER = {"c": Range(), "sparsity": Range(low=0, high=1, high_open=True), "stop": Range(True, 0)}
-CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": SCHEDULES, "task": ("classify", "regress")}
-FLAGS = ("distill", "biases", "update_bn_stats")
-GLOBS = ("include", "exclude", "freeze_before")
-
-
-def check_options(values: dict, from_settings: set[str]) -> None:
-    """Refuse option values of the wrong kind or out of range, naming the option (and dns.json if from there)."""
-
-    def name(key: str, value, layer: str | None = None) -> str:
-        shown = f"{layer}={value!r}" if layer is not None else repr(value)
-        return f"--{key.replace('_', '-')} {shown}" + (" (from dns.json)" if key in from_settings else "")
-
-    for key, allowed in RANGES.items():
-        if values[key] is not None and not allowed.holds(values[key]):
-            raise OptionError(f"{name(key, values[key])}: give {allowed.describe()}")
-    for key, choices in CHOICES.items():
-        if values[key] is not None and values[key] not in choices:
-            raise OptionError(f"{name(key, values[key])}: choose one of {', '.join(choices)}")
-    for key in FLAGS:
-        if values[key] is not None and not isinstance(values[key], bool):
-            raise OptionError(f"{name(key, values[key])}: give true or false")
-    for key in GLOBS:
-        if not isinstance(values[key], (list, tuple)) or not all(isinstance(g, str) for g in values[key]):
-            raise OptionError(f"{name(key, values[key])}: give a list of layer name patterns")
-    for key, allowed in PER_LAYER.items():
-        if not isinstance(values[key], dict):
-            raise OptionError(f"{name(key, values[key])}: give layer names with values, e.g. {{\"fc1\": 1}}")
-        for layer, value in values[key].items():
-            if not allowed.holds(value):
-                raise OptionError(f"{name(key, value, layer)}: give {allowed.describe()}")
-
-
-def compress_options(given: dict, settings: dict, *, dense: bool = False, work_dir: str | None = None,
-                     keep_work: bool = False) -> CompressOptions:
-    """Options for `compress`: each from the command line (`given`, None when absent), else the model's
-    settings, else the default. Per-layer c on the command line means paper mode over a target in the settings."""
-    unknown = set(settings) - set(TRAIN_DEFAULTS) - set(OTHER_DEFAULTS)
-    if unknown:
-        raise OptionError(f"dns.json: unknown setting {sorted(unknown)[0]!r}; keys are the option names of "
-                          "onnx-dns compress with underscores")
-    if given.get("c") and given.get("target") is None:
-        settings = {k: v for k, v in settings.items() if k != "target"}
-
-    def pick(key: str):
-        if given.get(key) is not None:
-            return given[key]
-        if key in settings:
-            return settings[key]
-        return TRAIN_DEFAULTS.get(key, OTHER_DEFAULTS.get(key))
-
-    values = {key: pick(key) for key in (*TRAIN_DEFAULTS, *OTHER_DEFAULTS)}
-    check_options(values, {k for k in settings if given.get(k) is None})
-    return CompressOptions(
-        data=values["data"], val=values["val"], distill=values["distill"], distill_weight=values["distill_weight"],
-        temperature=values["temperature"], task=values["task"], output=values["output_name"],
-        target=parse_target(values["target"]), c=dict(values["c"]), default_c=values["default_c"],
-        sparsity=dict(values["sparsity"]), stop=dict(values["stop"]), surgery_stop=values["surgery_stop"],
-        include=tuple(values["include"]), exclude=tuple(values["exclude"]), biases=values["biases"],
-        freeze_before=tuple(values["freeze_before"]), update_bn_stats=values["update_bn_stats"],
-        train=TrainConfig(**{k: values[k] for k in TRAIN_DEFAULTS}), dense=dense, work_dir=work_dir,
-        keep_work=keep_work,
-    )

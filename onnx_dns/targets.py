@@ -1,7 +1,7 @@
 """The loss inputs fed beside each training batch: one-hot labels and/or the original model's softened outputs.
 
 For data held in memory the original model's outputs are computed once and stored beside the inputs
-(`attach_teacher`); for streamed data they are computed batch by batch.
+(`with_teacher`); for streamed data they are computed batch by batch.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class Targets:
         return [np.zeros((batch, *self.sample_shape), dtype=self.dtype) for _ in self.spec.targets]
 
 
-def attach_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int) -> None:
-    """Compute the original model's outputs for every sample once, stored beside the inputs.
+def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int) -> Dataset:
+    """A copy of `data` with the original model's outputs for every sample, computed once, beside the inputs.
 
     Every batch has `batch_size` samples (the last one is padded with copies of its last sample, whose outputs
     are dropped), so that a model exported with a fixed batch size runs on any number of samples.
@@ -73,4 +73,4 @@ def attach_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.
         if n < batch_size:
             inputs = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in inputs.items()}
         outs.append(teacher(inputs)[:n])
-    data.inputs[TEACHER] = np.concatenate(outs)
+    return Dataset({**data.inputs, TEACHER: np.concatenate(outs)}, data.labels, data.source)

@@ -180,7 +180,7 @@ def setup_training(model: onnx.ModelProto, directory: Path, x: np.ndarray, label
     from onnx_dns.artifacts import build_artifacts
     from onnx_dns.data import Dataset
     from onnx_dns.evaluate import session_runner
-    from onnx_dns.targets import Targets, attach_teacher
+    from onnx_dns.targets import Targets, with_teacher
     from onnx_dns.insert_masks import insert_masks
     from onnx_dns.losses import LossSpec
     from onnx_dns.prunable import find_layers
@@ -202,25 +202,28 @@ def setup_training(model: onnx.ModelProto, directory: Path, x: np.ndarray, label
     vx, vy = val if val is not None else (x.copy(), None if labels is None else labels.copy())
     val = Dataset({"x": vx}, vy, "val")
     if distill:
-        attach_teacher(train, teacher, 256)
-        attach_teacher(val, teacher, 256)
+        train = with_teacher(train, teacher, 256)
+        val = with_teacher(val, teacher, 256)
     targets = Targets(spec, teacher, sample_shape)
     return Setup(art, found, spec, targets, train, val)
 
 
 def paper_plans(setup: Setup, c: float | dict[str, float] = 1.0, stop: int = 10**9) -> dict:
+    from onnx_dns.criteria.paper import Paper
     from onnx_dns.surgery import LayerPlan
 
     return {layer.name: LayerPlan([t.name for t in layer.tensors], stop,
-                                  c=c[layer.name] if isinstance(c, dict) else c) for layer in setup.layers}
+                                  Paper(c[layer.name] if isinstance(c, dict) else c)) for layer in setup.layers}
 
 
 def make_trainer(setup: Setup, plans: dict, config, work_dir: Path, progress=None, gamma: float | None = None):
+    """The training loop (its `.trainer` holds the parameter and mask views)."""
     from onnx_dns.surgery import GAMMA, Surgeon
     from onnx_dns.trainer import Trainer
+    from onnx_dns.training import TrainingLoop
 
     surgeon = Surgeon(plans, gamma=GAMMA if gamma is None else gamma)
-    return Trainer(setup.art, surgeon, config, setup.train, setup.val, setup.targets, work_dir, progress)
+    return TrainingLoop(Trainer(setup.art, surgeon, config, setup.targets), setup.train, setup.val, work_dir, progress)
 
 
 def np_softmax_rows(z: np.ndarray) -> np.ndarray:

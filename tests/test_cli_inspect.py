@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from graphs import BAD_MODEL_FILES, cnn, mlp, set_initializer, untrainable_ops, write_bad_model
 
+import cli.common as cli_common
 import cli.main as cli_main
 import onnx_dns
 from onnx_dns.errors import AccuracyBoundError, DataError, DnsError, ModelError, OutputError, TrainingError
@@ -80,10 +81,10 @@ def make_command(exc: BaseException) -> click.Group:
     @click.option("--debug", is_flag=True)
     @click.pass_context
     def group(ctx, debug):
-        ctx.obj = cli_main.Context(debug)
+        ctx.obj = cli_common.Context(debug)
 
     @group.command()
-    @cli_main.handle_errors
+    @cli_common.handle_errors
     def boom():
         raise exc
 

@@ -9,11 +9,13 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_dns.compress import CompressOptions, compress
+from onnx_dns.options import CompressOptions
+
+from onnx_dns.pipeline import compress_file
 from onnx_dns.errors import ModelError
 from onnx_dns.model_io import load_model
 from onnx_dns.normalize import densify_sparse
-from onnx_dns.trainer import TrainConfig
+from onnx_dns.options import TrainConfig
 
 
 def cnn_with_untrainable_ops(seed: int = 0) -> onnx.ModelProto:
@@ -60,7 +62,7 @@ def test_untrainable_operators_are_trained_through_and_kept(tmp_path):
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=2.0, keep_work=False,
                               train=TrainConfig(iterations=120, batch_size=32, lr=0.02, eval_every=60,
                                                 checkpoint_every=60))
-    result = compress(path, tmp_path / "out.onnx", options)
+    result = compress_file(path, tmp_path / "out.onnx", options)
     out = load_model(tmp_path / "out.onnx")
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in model.graph.node]
     before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -81,7 +83,7 @@ def test_an_operator_that_cannot_be_trained_is_named(tmp_path):
     np.savez(tmp_path / "train.npz", x=np.zeros((64, 1, 8, 8), np.float32), labels=np.zeros(64, np.int64))
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
     with pytest.raises(ModelError, match=r"node lrn \(LpNormalization\) has no gradient"):
-        compress(path, tmp_path / "out.onnx", options)
+        compress_file(path, tmp_path / "out.onnx", options)
     assert not (tmp_path / "out.onnx").exists()
 
 
@@ -96,7 +98,7 @@ def test_non_finite_weights_are_refused_before_training(tmp_path):
     np.savez(tmp_path / "train.npz", x=np.zeros((64, 1, 8, 8), np.float32), labels=np.zeros(64, np.int64))
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
     with pytest.raises(ModelError, match=r"'fc.w' holds 1 NaN"):
-        compress(path, tmp_path / "out.onnx", options)
+        compress_file(path, tmp_path / "out.onnx", options)
     assert path.read_bytes() == original
     assert not (tmp_path / "out.onnx").exists()
 
@@ -111,10 +113,10 @@ def test_freeze_before_trains_only_the_layers_after_an_untrainable_node(tmp_path
     train = TrainConfig(iterations=40, batch_size=32, lr=0.05, eval_every=20, checkpoint_every=20)
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=train)
     with pytest.raises(ModelError, match=r"--freeze-before lrn"):
-        compress(path, tmp_path / "out.onnx", options)
+        compress_file(path, tmp_path / "out.onnx", options)
 
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=train, freeze_before=("lrn",), target=2.0)
-    result = compress(path, tmp_path / "out.onnx", options)
+    result = compress_file(path, tmp_path / "out.onnx", options)
     before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     after = {t.name: numpy_helper.to_array(t) for t in densify_sparse(load_model(tmp_path / "out.onnx")).model.graph.initializer}
     np.testing.assert_array_equal(after["conv.w"], before["conv.w"])  # before the node: neither trained nor pruned
@@ -132,7 +134,7 @@ def test_freeze_before_an_unknown_node_is_a_usage_error(tmp_path):
     options = CompressOptions(data=str(tmp_path / "train.npz"), freeze_before=("nope",),
                               train=TrainConfig(iterations=2, batch_size=8))
     with pytest.raises(OptionError, match="--freeze-before nope"):
-        compress(path, tmp_path / "out.onnx", options)
+        compress_file(path, tmp_path / "out.onnx", options)
 
 
 def test_weights_read_inside_a_control_flow_body_feed_the_output():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,15 @@ import onnxruntime
 import pytest
 from onnx import numpy_helper
 
-from onnx_dns.compress import CompressOptions, compress
+from onnx_dns.options import CompressOptions
+
+from onnx_dns.pipeline import compress_file
 from onnx_dns.errors import DataError, ModelError
 from onnx_dns.insert_masks import mask_name
 from onnx_dns.normalize import densify_sparse
 from onnx_dns.ort_training import api, captured_stderr
-from onnx_dns.trainer import CHECKPOINT, TrainConfig
+from onnx_dns.checkpoint import CHECKPOINT
+from onnx_dns.options import TrainConfig
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TARGET = 2.0
@@ -135,10 +138,10 @@ def test_exported_model_compresses_and_keeps_its_graph(case: Fixture, tmp_path):
     np.savez(tmp_path / "train.npz", **inputs, **({"labels": labels} if case.labels else {}))
     work = tmp_path / "work"
     options = CompressOptions(
-        data=str(tmp_path / "train.npz"), target=TARGET, output=case.output, task=case.task, work_dir=str(work),
+        data=str(tmp_path / "train.npz"), target=TARGET, output_name=case.output, task=case.task, work_dir=str(work),
         keep_work=True, train=TrainConfig(iterations=ITERATIONS, batch_size=batch, lr=0.01, eval_every=ITERATIONS,
                                           checkpoint_every=ITERATIONS))
-    result = compress(source, tmp_path / "out.onnx", options)
+    result = compress_file(source, tmp_path / "out.onnx", options)
     folded = onnx.load(str(tmp_path / "out.onnx"))
 
     # the layers of the architecture, no more, no fewer
@@ -199,13 +202,15 @@ def test_exported_model_compresses_and_keeps_its_graph(case: Fixture, tmp_path):
         float_outputs[0])])  # pruning changed what it computes: the comparison above is not trivial
 
 
-def test_a_fixed_batch_export_asks_for_its_batch_size(tmp_path):
+def test_a_fixed_batch_export_trains_at_its_own_batch_size_and_says_so(tmp_path, caplog):
     source = FIXTURES / "cnn_bn_dropout_dynamo.onnx"
     inputs, _ = synthetic(onnx.load(str(source)), 32)
     np.savez(tmp_path / "train.npz", **inputs)
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
-    with pytest.raises(DataError, match="fixed batch size of 4; pass --batch-size 4"):
-        compress(source, tmp_path / "out.onnx", options)
+    with caplog.at_level("WARNING"):
+        result = compress_file(source, tmp_path / "out.onnx", options)
+    assert "fixed batch size of 4: training at batch size 4 instead of 8" in caplog.text
+    assert result.images_per_second > 0 and (tmp_path / "out.onnx").exists()
 
 
 def test_external_data_is_read_from_beside_the_model(tmp_path):
@@ -214,12 +219,12 @@ def test_external_data_is_read_from_beside_the_model(tmp_path):
     inputs, labels = synthetic(onnx.load(str(FIXTURES / "resnet_dynamo.onnx")), 64)
     np.savez(tmp_path / "train.npz", **inputs, labels=labels)
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
-    result = compress(tmp_path / "resnet_dynamo.onnx", tmp_path / "out.onnx", options)
+    result = compress_file(tmp_path / "resnet_dynamo.onnx", tmp_path / "out.onnx", options)
     assert len(result.layers_before) == len(RESNET)
     assert not onnx.load(str(tmp_path / "out.onnx"), load_external_data=False).graph.initializer[0].external_data
     (tmp_path / "resnet_dynamo.onnx.data").unlink()
     with pytest.raises(ModelError, match="external data could not be read"):
-        compress(tmp_path / "resnet_dynamo.onnx", tmp_path / "out2.onnx", options)
+        compress_file(tmp_path / "resnet_dynamo.onnx", tmp_path / "out2.onnx", options)
 
 
 def test_skl2onnx_zipmap_output_is_refused_with_the_conversion_option_to_use(tmp_path):
@@ -228,10 +233,10 @@ def test_skl2onnx_zipmap_output_is_refused_with_the_conversion_option_to_use(tmp
     np.savez(tmp_path / "train.npz", **inputs, labels=labels)
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
     with pytest.raises(ModelError, match=r"output_probability \(sequence of maps\).*'zipmap': False"):
-        compress(source, tmp_path / "out.onnx", options)
-    options.output = "output_label"
+        compress_file(source, tmp_path / "out.onnx", options)
+    options = replace(options, output_name="output_label")
     with pytest.raises(ModelError, match=r"'output_label' is of type int64 tensor"):
-        compress(source, tmp_path / "out.onnx", options)
+        compress_file(source, tmp_path / "out.onnx", options)
 
 
 def test_versions_record_every_fixture_and_its_limits():
@@ -251,9 +256,9 @@ def test_layers_that_do_not_feed_the_trained_output_are_left_alone(tmp_path):
     original = onnx.load(str(source))
     inputs, _ = synthetic(original, 64)
     np.savez(tmp_path / "train.npz", **inputs)
-    options = CompressOptions(data=str(tmp_path / "train.npz"), target=TARGET, output="features",
+    options = CompressOptions(data=str(tmp_path / "train.npz"), target=TARGET, output_name="features",
                               train=TrainConfig(iterations=8, batch_size=16, lr=0.01, eval_every=8))
-    result = compress(source, tmp_path / "out.onnx", options)
+    result = compress_file(source, tmp_path / "out.onnx", options)
     assert Counter((s.op, tuple(s.shape)) for s in result.layers_before) == Counter(RESNET[:-1])
     before = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
     after = {t.name: numpy_helper.to_array(t)

@@ -140,15 +140,16 @@ def test_the_loss_reads_the_first_float_output_unless_one_is_named():
 def test_the_teacher_runs_on_full_batches_only():
     """A model exported with a fixed batch size refuses a short last batch: it is padded, the padding dropped."""
     from onnx_dns.data import Dataset
-    from onnx_dns.targets import TEACHER, attach_teacher
+    from onnx_dns.targets import TEACHER, with_teacher
 
     def teacher(inputs):
         assert len(inputs["x"]) == 4
         return inputs["x"] @ W
 
     data = Dataset({"x": X}, None, "train")
-    attach_teacher(data, teacher, 4)
-    np.testing.assert_allclose(data.inputs[TEACHER], X @ W, rtol=1e-6)
+    taught = with_teacher(data, teacher, 4)
+    np.testing.assert_allclose(taught.inputs[TEACHER], X @ W, rtol=1e-6)
+    assert TEACHER not in data.inputs  # the caller's data is left as it was
 
 
 def test_a_logsoftmax_ended_model_trains_on_its_output():

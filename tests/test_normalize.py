@@ -9,10 +9,12 @@ import onnxruntime
 from onnx import helper
 from engine_fixtures import blobs, mlp
 
-from onnx_dns.compress import CompressOptions, compress
+from onnx_dns.options import CompressOptions
+
+from onnx_dns.pipeline import compress_file
 from onnx_dns.normalize import unlist_initializer_inputs
 from onnx_dns.prunable import find_layers
-from onnx_dns.trainer import TrainConfig
+from onnx_dns.options import TrainConfig
 
 
 def listed(model: onnx.ModelProto, ir_version: int = 3) -> onnx.ModelProto:
@@ -51,7 +53,7 @@ def test_compress_prunes_a_model_with_weights_listed_as_inputs(tmp_path):
     onnx.save(listed(mlp(6, 8, 3)), str(path))
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=2.0,
                               train=TrainConfig(iterations=30, batch_size=32, eval_every=30))
-    result = compress(path, tmp_path / "out.onnx", options)
+    result = compress_file(path, tmp_path / "out.onnx", options)
     assert result.compression > 1.9
     out = onnx.load(str(tmp_path / "out.onnx"))
     assert [v.name for v in out.graph.input] == ["x"]

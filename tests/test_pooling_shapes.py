@@ -8,9 +8,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_dns.compress import CompressOptions, compress
+from onnx_dns.options import CompressOptions
+
+from onnx_dns.pipeline import compress_file
 from onnx_dns.normalize import densify_sparse, pin_input_shapes
-from onnx_dns.trainer import TrainConfig
+from onnx_dns.options import TrainConfig
 
 
 def pooled_cnn(pool: str) -> onnx.ModelProto:
@@ -49,7 +51,7 @@ def test_convolution_before_pooling_trains_with_symbolic_sizes(tmp_path, pool):
     options = CompressOptions(data=str(tmp_path / "train.npz"), default_c=0.0,
                               train=TrainConfig(iterations=60, batch_size=32, lr=0.05, eval_every=30,
                                                 checkpoint_every=30, eval_batch_size=100))
-    compress(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
     out = densify_sparse(onnx.load(str(tmp_path / "out.onnx"))).model
     before = numpy_helper.to_array(model.graph.initializer[0])
     after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}["conv.w"]

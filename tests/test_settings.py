@@ -34,22 +34,22 @@ def test_bad_settings_file_is_a_clear_error(tmp_path, text):
 
 
 def test_command_line_beats_settings_beats_defaults():
-    from onnx_dns.settings import TRAIN_DEFAULTS, compress_options
+    from onnx_dns.options import TrainConfig, merge
 
-    options = compress_options({"iterations": 7, "lr": None}, {"iterations": 5, "lr": 0.5, "batch_size": 8})
+    options = merge({"iterations": 7, "lr": None}, {"iterations": 5, "lr": 0.5, "batch_size": 8})
     assert options.train.iterations == 7
     assert options.train.lr == 0.5
     assert options.train.batch_size == 8
-    assert options.train.seed == TRAIN_DEFAULTS["seed"]
+    assert options.train.seed == TrainConfig().seed
 
 
 def test_per_layer_c_on_the_command_line_means_paper_mode():
-    from onnx_dns.settings import compress_options
+    from onnx_dns.options import merge
 
-    assert compress_options({}, {"target": "110x"}).target == 110.0
-    paper = compress_options({"c": {"fc1": 2.0}}, {"target": "110x"})
+    assert merge({}, {"target": "110x"}).target == 110.0
+    paper = merge({"c": {"fc1": 2.0}}, {"target": "110x"})
     assert paper.target is None and paper.c == {"fc1": 2.0}
-    assert compress_options({"c": {"fc1": 2.0}, "target": "50x"}, {}).target == 50.0
+    assert merge({"c": {"fc1": 2.0}, "target": "50x"}, {}).target == 50.0
 
 
 @pytest.mark.parametrize("settings, message", [({"iteratons": 5}, "unknown setting 'iteratons'"),
@@ -57,7 +57,30 @@ def test_per_layer_c_on_the_command_line_means_paper_mode():
                                                ({"target": "lots"}, "such as 100x")])
 def test_bad_settings_values_are_option_errors(settings, message):
     from onnx_dns.errors import OptionError
-    from onnx_dns.settings import compress_options
+    from onnx_dns.options import merge
 
     with pytest.raises(OptionError, match=message):
-        compress_options({}, settings)
+        merge({}, settings)
+
+
+def test_the_api_checks_options_as_the_command_line_does():
+    from onnx_dns.errors import OptionError
+    from onnx_dns.options import CompressOptions, TrainConfig
+
+    with pytest.raises(OptionError, match="--iterations 0"):
+        TrainConfig(iterations=0)
+    with pytest.raises(OptionError, match="--sparsity fc1=1.5"):
+        CompressOptions(sparsity={"fc1": 1.5})
+    with pytest.raises(OptionError, match="--optimizer 'adam'"):
+        TrainConfig(optimizer="adam")
+    assert CompressOptions(target="4x").target == 4.0
+
+
+def test_a_bad_value_from_dns_json_says_so():
+    from onnx_dns.errors import OptionError
+    from onnx_dns.options import merge
+
+    with pytest.raises(OptionError, match=r"--lr -1 \(from dns.json\)"):
+        merge({}, {"lr": -1})
+    with pytest.raises(OptionError, match=r"--lr -1: "):
+        merge({"lr": -1}, {})

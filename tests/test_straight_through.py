@@ -20,8 +20,11 @@ from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, attach_loss
 from onnx_dns.ort_training import artifacts, captured_stderr
 from onnx_dns.straight_through import rewire_straight_through
+from onnx_dns.criteria.paper import Paper
 from onnx_dns.surgery import LayerPlan, Surgeon
-from onnx_dns.trainer import TrainConfig, Trainer
+from onnx_dns.options import TrainConfig
+from onnx_dns.trainer import Trainer
+from onnx_dns.training import TrainingLoop
 
 RNG = np.random.default_rng(0)
 W0 = RNG.standard_normal((5, 3)).astype(np.float32)
@@ -47,9 +50,9 @@ def one_step(art, tmp_path) -> Trainer:
     data = Dataset({"x": X}, LABELS, "train")
     config = TrainConfig(iterations=1, batch_size=len(X), lr=LR, schedule="constant", weight_decay=0.0,
                          eval_every=1, checkpoint_every=1)
-    surgeon = Surgeon({"fc": LayerPlan(["fc.w", "fc.b"], stop=0, c=1.0)})
-    trainer = Trainer(art, surgeon, config, data, data, Targets(SPEC, None, (3,)), tmp_path / "work")
-    trainer.run()
+    surgeon = Surgeon({"fc": LayerPlan(["fc.w", "fc.b"], stop=0, criterion=Paper(1.0))})
+    trainer = Trainer(art, surgeon, config, Targets(SPEC, None, (3,)))
+    TrainingLoop(trainer, data, data, tmp_path / "work").run()
     return trainer
 
 

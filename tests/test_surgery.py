@@ -8,17 +8,9 @@ import statistics
 import numpy as np
 import pytest
 
-from onnx_dns.surgery import (
-    LayerPlan,
-    MagnitudeStats,
-    Surgeon,
-    allocate_keep,
-    cubic_keep,
-    magnitude_stats,
-    paper_threshold,
-    surgery_probability,
-    update_mask,
-)
+from onnx_dns.criteria.paper import MagnitudeStats, Paper, magnitude_stats, paper_threshold
+from onnx_dns.criteria.target import Target, allocate_keep, cubic_keep
+from onnx_dns.surgery import LayerPlan, Surgeon, surgery_probability, update_mask
 
 # ---------------------------------------------------------------- update_mask
 
@@ -99,7 +91,7 @@ def test_surgery_probability_defaults_are_the_papers():
 
 def one_layer_surgeon(stop: int, *, gamma: float = 0.0, power: float = 1.0, c: float = 0.0):
     """A paper-mode layer whose threshold is 1.0 (mean 1, std 0 of the 'pretrained' magnitudes)."""
-    plans = {"fc": LayerPlan(["fc.w"], stop, c=c)}
+    plans = {"fc": LayerPlan(["fc.w"], stop, Paper(c))}
     surgeon = Surgeon(plans, gamma=gamma, power=power)
     surgeon.initialize({"fc.w": np.ones(6, dtype=np.float32)})
     return surgeon
@@ -140,7 +132,7 @@ def test_layers_operate_with_the_scheduled_probability(iteration, gamma, power):
 
 
 def test_one_draw_per_layer_is_taken_even_for_stopped_layers():
-    plans = {name: LayerPlan([f"{name}.w"], stop, c=0.0) for name, stop in (("a", 0), ("b", 100), ("c", 0))}
+    plans = {name: LayerPlan([f"{name}.w"], stop, Paper(0.0)) for name, stop in (("a", 0), ("b", 100), ("c", 0))}
     surgeon = Surgeon(plans)
     weights = {f"{n}.w": np.ones(3, dtype=np.float32) for n in "abc"}
     surgeon.initialize(weights)
@@ -216,7 +208,7 @@ def test_target_mode_snaps_to_exactly_the_kept_fraction_at_stop_minus_one():
                "l.b": rng.standard_normal(10).astype(np.float32)}
     masks = {k: np.ones_like(v) for k, v in weights.items()}
     keep, stop = 0.17, 30
-    surgeon = Surgeon({"l": LayerPlan(["l.w", "l.b"], stop, keep=keep)}, refresh=5)
+    surgeon = Surgeon({"l": LayerPlan(["l.w", "l.b"], stop, Target(keep, refresh=5))})
     surgeon.initialize(weights)
     for iteration in range(stop):
         for w in weights.values():
@@ -245,7 +237,7 @@ def test_target_mode_prunes_gradually_along_the_schedule():
     rng = np.random.default_rng(4)
     weights = {"l.w": rng.standard_normal(2000).astype(np.float32)}
     masks = {"l.w": np.ones(2000, dtype=np.float32)}
-    surgeon = Surgeon({"l": LayerPlan(["l.w"], 100, keep=0.1)}, gamma=0.0, refresh=1)
+    surgeon = Surgeon({"l": LayerPlan(["l.w"], 100, Target(0.1, refresh=1))}, gamma=0.0)
     surgeon.initialize(weights)
     densities = []
     for iteration in range(100):
@@ -265,11 +257,11 @@ def test_target_mode_prunes_gradually_along_the_schedule():
 
 def test_target_mode_starts_from_the_pretrained_density():
     weights = {"l.w": np.array([0, 0, 0, 0, 1, 2, 3, 4, 5, 6], dtype=np.float32)}
-    surgeon = Surgeon({"l": LayerPlan(["l.w"], 10, keep=0.9)})
+    surgeon = Surgeon({"l": LayerPlan(["l.w"], 10, Target(0.9))})
     surgeon.initialize(weights)
-    assert surgeon.plans["l"].keep_0 == pytest.approx(0.6)
+    assert surgeon.plans["l"].criterion.keep_0 == pytest.approx(0.6)
     masks = {"l.w": (weights["l.w"] != 0).astype(np.float32)}
-    surgeon.snap("l", weights, masks)
+    surgeon.step(9, np.random.default_rng(0), weights, masks)  # stop - 1: the final mask
     assert masks["l.w"].sum() == 6  # never keeps more than the model started with
 
 
@@ -281,7 +273,8 @@ def test_state_dict_roundtrip_reproduces_the_same_masks():
     shapes = {"p.w": (30, 8), "p.b": (8,), "t.w": (40, 5), "t.b": (5,)}
     start = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     start["t.w"][:4] = 0.0  # a partly sparse pretrained layer: the schedule starts from its density
-    plans = lambda: {"p": LayerPlan(["p.w", "p.b"], 60, c=0.8), "t": LayerPlan(["t.w", "t.b"], 50, keep=0.3)}  # noqa: E731
+    plans = lambda: {"p": LayerPlan(["p.w", "p.b"], 60, Paper(0.8)),  # noqa: E731
+                     "t": LayerPlan(["t.w", "t.b"], 50, Target(0.3, refresh=7))}
     steps = [{k: 0.1 * rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(60)]
 
     def run(surgeon, weights, masks, iterations):
@@ -290,27 +283,27 @@ def test_state_dict_roundtrip_reproduces_the_same_masks():
                 weights[k] += steps[i][k]
             surgeon.step(i, np.random.default_rng([0, i, 1]), weights, masks)
 
-    reference = Surgeon(plans(), refresh=7)
+    reference = Surgeon(plans())
     ref_w = {k: v.copy() for k, v in start.items()}
     ref_m = {k: np.ones_like(v) for k, v in start.items()}
     reference.initialize(ref_w)
     run(reference, ref_w, ref_m, range(60))
 
-    first = Surgeon(plans(), refresh=7)
+    first = Surgeon(plans())
     w = {k: v.copy() for k, v in start.items()}
     m = {k: np.ones_like(v) for k, v in start.items()}
     first.initialize(w)
     run(first, w, m, range(23))  # 23: in the middle of a refresh period
     state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
 
-    resumed = Surgeon(plans(), refresh=7)  # never initialized: everything comes from the state
+    resumed = Surgeon(plans())  # never initialized: everything comes from the state
     resumed.load_state_dict(state)
-    assert resumed.plans["p"].stats == first.plans["p"].stats != MagnitudeStats(0.0, 0.0)
-    assert resumed.plans["t"].keep_0 == first.plans["t"].keep_0
+    assert resumed.plans["p"].criterion.stats == first.plans["p"].criterion.stats != MagnitudeStats(0.0, 0.0)
+    assert resumed.plans["t"].criterion.keep_0 == first.plans["t"].criterion.keep_0
     # mid-period, target mode uses the threshold computed at the last refresh (iteration 21), not one from the
     # weights of now: the resumed surgeon must know it
     assert resumed.thresholds("t", 23, w) == first.thresholds("t", 23, w)
-    assert resumed.thresholds("t", 23, w) != Surgeon(plans(), refresh=7).thresholds("t", 23, w)
+    assert resumed.thresholds("t", 23, w) != Surgeon(plans()).thresholds("t", 23, w)
     run(resumed, w, m, range(23, 60))
     for k in shapes:
         np.testing.assert_array_equal(m[k], ref_m[k])
@@ -319,8 +312,8 @@ def test_state_dict_roundtrip_reproduces_the_same_masks():
     # resume) decides differently from the same point on
     w2 = {k: v.copy() for k, v in start.items()}
     m2 = {k: np.ones_like(v) for k, v in start.items()}
-    again = Surgeon(plans(), refresh=7)
+    again = Surgeon(plans())
     again.initialize(w2)
     run(again, w2, m2, range(23))
-    run(Surgeon(plans(), refresh=7), w2, m2, range(23, 60))
+    run(Surgeon(plans()), w2, m2, range(23, 60))
     assert any(not np.array_equal(m2[k], ref_m[k]) for k in shapes)

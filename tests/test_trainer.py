@@ -27,10 +27,13 @@ from engine_fixtures import (
     trained_classifier,
 )
 
-from onnx_dns.compress import CompressOptions, compress
+from onnx_dns.options import CompressOptions
+
+from onnx_dns.pipeline import compress_file
 from onnx_dns.errors import Interrupted, TrainingError
-from onnx_dns.surgery import LayerPlan, allocate_keep
-from onnx_dns.trainer import TrainConfig
+from onnx_dns.criteria.target import Target, allocate_keep
+from onnx_dns.surgery import LayerPlan
+from onnx_dns.options import TrainConfig
 
 
 def losses_of(events: list[dict]) -> list[float]:
@@ -62,8 +65,8 @@ def test_training_from_scratch_learns_and_prunes(kind, tmp_path):
     assert result.baseline.top1 < 70
     assert result.chosen.metrics.top1 > 85  # chance is 33%
     # surgery pruned a good share of the weights while it learned
-    assert trainer.compression() > 1.5
-    assert result.chosen.compression == pytest.approx(trainer.compression())
+    assert trainer.trainer.compression() > 1.5
+    assert result.chosen.compression == pytest.approx(trainer.trainer.compression())
     # the metrics the trainer reports are those of W * T: run the folded weights through plain onnxruntime
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
@@ -83,7 +86,7 @@ def test_target_mode_reaches_the_requested_compression(tmp_path):
                               train=TrainConfig(iterations=160, batch_size=32, lr=0.02, eval_every=80,
                                                 checkpoint_every=80))
     events: list[dict] = []
-    result = compress(tmp_path / "model.onnx", tmp_path / "out.onnx", options, progress=events.append)
+    result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options, progress=events.append)
     # counted from the written file: every weight and bias of both layers
     arrays = dense_initializers(onnx.load(str(tmp_path / "out.onnx")))
     names = ("fc1.w", "fc1.b", "fc2.w", "fc2.b")
@@ -123,10 +126,10 @@ def test_a_weight_pruned_early_that_the_task_needs_is_spliced_back(tmp_path):
 
     def watch(event):
         if event["event"] == "step":
-            history.append(trainer.masks["fc.w"][0].copy())
+            history.append(trainer.trainer.masks["fc.w"][0].copy())
 
     trainer = make_trainer(setup, paper_plans(setup, 0.0), config, tmp_path / "work", watch)
-    assert np.all(trainer.masks["fc.w"][0] == 1)  # starts unpruned
+    assert np.all(trainer.trainer.masks["fc.w"][0] == 1)  # starts unpruned
     result = trainer.run()
     assert np.all(history[0] == 0)  # pruned by the surgery of iteration 0
     back = next(i for i, m in enumerate(history) if np.all(m == 1))
@@ -151,7 +154,7 @@ def test_resume_equals_an_uninterrupted_run(mode, tmp_path):
     def plans():
         if surgery == "paper":
             return paper_plans(setup, {"fc1": 0.6, "fc2": 0.3}, stop=100)
-        return {layer.name: LayerPlan([t.name for t in layer.tensors], 90, keep=0.3) for layer in setup.layers}
+        return {layer.name: LayerPlan([t.name for t in layer.tensors], 90, Target(0.3)) for layer in setup.layers}
 
     gamma = 0.05  # surgery probability 1 / (1 + 0.05 i): the per-iteration draws decide, so they must match
     straight = make_trainer(setup, plans(), config, tmp_path / "straight", gamma=gamma).run()
@@ -196,7 +199,7 @@ def test_label_free_distillation(tmp_path):
     options = CompressOptions(data=str(tmp_path / "inputs.npz"), default_c=1.5, task="classify",
                               train=TrainConfig(iterations=300, batch_size=32, lr=0.02, eval_every=100,
                                                 checkpoint_every=100))
-    result = compress(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
     assert result.accuracy_before.fidelity == 100.0 and result.accuracy_before.top1 is None
     assert result.compression > 3
     # pruning this hard without fine-tuning leaves about 2/3 agreement; learning from the teacher restores it
@@ -267,7 +270,7 @@ def test_a_missed_accuracy_bound_writes_the_below_bound_model(tmp_path):
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=1000.0,
                               train=TrainConfig(iterations=40, batch_size=32, eval_every=40, checkpoint_every=40,
                                                 max_accuracy_drop=1.0))
-    result = compress(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
     assert not result.met_bound
     assert result.output == str(tmp_path / "out.below-bound.onnx")
     assert (tmp_path / "out.below-bound.onnx").exists() and not (tmp_path / "out.onnx").exists()
@@ -281,7 +284,7 @@ def test_the_best_state_within_the_bound_is_kept(tmp_path):
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=1000.0, surgery_stop=60,
                               train=TrainConfig(iterations=80, batch_size=32, lr=0.01, eval_every=5,
                                                 checkpoint_every=80, max_accuracy_drop=2.0))
-    result = compress(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
     assert result.met_bound and result.output == str(tmp_path / "out.onnx")
     assert 0 < result.chosen_iteration < 60
     assert result.accuracy_after.top1 >= result.accuracy_before.top1 - 2.0

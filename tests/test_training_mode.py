@@ -162,10 +162,11 @@ def test_dropout_before_opset_12_stays_identity_with_a_warning(caplog):
 
 @pytest.mark.parametrize("update", [False, True], ids=["frozen", "updated"])
 def test_compress_keeps_or_remeasures_the_statistics(tmp_path, update):
-    from onnx_dns.compress import CompressOptions, compress
+    from onnx_dns.options import CompressOptions
+    from onnx_dns.pipeline import compress_file
     from onnx_dns.model_io import load_model
     from onnx_dns.normalize import densify_sparse
-    from onnx_dns.trainer import TrainConfig
+    from onnx_dns.options import TrainConfig
 
     model = bn_model()
     onnx.save(model, str(tmp_path / "model.onnx"))
@@ -173,7 +174,7 @@ def test_compress_keeps_or_remeasures_the_statistics(tmp_path, update):
     np.savez(tmp_path / "train.npz", x=x, labels=(x[:, 0].mean(axis=(1, 2)) > 0).astype(np.int64))
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=1.5, update_bn_stats=update,
                               train=TrainConfig(iterations=20, batch_size=16, lr=0.02, eval_every=10))
-    compress(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
     before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     out = densify_sparse(load_model(tmp_path / "out.onnx")).model
     after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}

@@ -1,0 +1,179 @@
+"""`onnx-dns compress`: parse the options, call the library, print the table and the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnx_dns.errors import AccuracyBoundError, OutputError
+from onnx_dns.model_io import check_output_path
+from onnx_dns.options import merge
+from onnx_dns.pipeline import below_bound_path, compress_file
+from onnx_dns.report import format_table, human_bytes
+from onnx_dns.result import CompressResult
+from onnx_dns.settings import load_settings
+
+from .common import emit_json, handle_errors, with_default, write_json
+from .progress import Progress
+
+
+def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
+    """NAME=VALUE options into a dict, with an error that names the option at fault."""
+    result = {}
+    for item in values:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint=option)
+        try:
+            result[name] = cast(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {value!r} is not a number", param_hint=option) from None
+    return result
+
+
+DATA_OPTIONS = [
+    click.option("--data", help="Training data: a .npz (arrays named after the model inputs, plus 'labels'), "
+                 "a folder of .npy or MNIST-style idx files, or module:function returning batches."),
+    click.option("--val", help="Validation data (same forms). Default: the idx folder's test split, else 10% of "
+                 "--data."),
+    click.option("--distill/--no-distill", default=None,
+                 help="Learn from the input model's outputs (knowledge distillation). Automatic without labels."),
+    click.option("--distill-weight", type=click.FloatRange(0, 1),
+                 help=with_default("distill_weight", "Share of distillation in the loss when there are labels too.")),
+    click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+                 help=with_default("temperature", "Distillation temperature.")),
+    click.option("--task", type=click.Choice(["classify", "regress"]), help="What the output is. Default: classify "
+                 "with integer labels or a Softmax output, else regress."),
+    click.option("--output-name", help="The model output to train on; layers that do not feed it are left as "
+                 "they are.  [default: the first float output]"),
+]
+SURGERY_OPTIONS = [
+    click.option("--target", help="Total compression to reach, e.g. 100x (beyond the paper: per-layer "
+                 "thresholds follow a cubic schedule to it)."),
+    click.option("--c", "c_values", multiple=True, metavar="NAME=VALUE",
+                 help="Paper mode: threshold knob c of one layer (t = mean + c*std of |w|). Repeatable."),
+    click.option("--default-c", type=float, help=with_default("default_c", "c of layers not named by --c.")),
+    click.option("--sparsity", "sparsities", multiple=True, metavar="NAME=FRACTION",
+                 help="Target mode: the final sparsity of one layer, e.g. conv1=0.8. Repeatable."),
+    click.option("--stop", "stops", multiple=True, metavar="NAME=ITER",
+                 help="Iteration after which one layer's mask stops changing. Repeatable."),
+    click.option("--surgery-stop", type=click.IntRange(min=1), help="Stop iteration of layers not named by "
+                 "--stop.  [default: 75% of the iterations]"),
+    click.option("--include", multiple=True, metavar="GLOB", help="Prune only layers whose name or weight "
+                 "matches."),
+    click.option("--exclude", multiple=True, metavar="GLOB", help="Never prune layers whose name or weight "
+                 "matches."),
+    click.option("--freeze-before", multiple=True, metavar="NODE",
+                 help="Train and prune only the part of the graph after NODE (a node name or output name): every "
+                 "weight NODE or a node before it reads stays as it is. For a node onnxruntime cannot train "
+                 "through. Repeatable."),
+    click.option("--update-bn-stats/--freeze-bn-stats", default=None,
+                 help="BatchNormalization: train on batch statistics and measure new running statistics after "
+                 "training, or keep the model's statistics (the layers train as they infer).  [default: freeze]"),
+    click.option("--biases/--no-biases", default=None, help="Prune biases with their layer (the paper does).  "
+                 "[default: biases]"),
+]
+TRAINING_OPTIONS = [
+    click.option("--iterations", type=click.IntRange(min=1), help=with_default("iterations", "Training iterations.")),
+    click.option("--batch-size", type=click.IntRange(min=1), help=with_default(
+        "batch_size", "A model exported with a fixed batch size trains at that size.")),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=with_default("lr", "Base learning rate.")),
+    click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=with_default(
+        "optimizer", "sgd: momentum 0.9, weight decay 5e-4 (the paper's); adamw.")),
+    click.option("--weight-decay", type=click.FloatRange(min=0), help="[default: 5e-4 sgd, 1e-4 adamw]"),
+    click.option("--schedule", type=click.Choice(["inv", "step", "cosine", "constant"]), help=with_default(
+        "schedule", "Learning-rate schedule; inv is Caffe's (gamma 1e-4, power 0.75).")),
+    click.option("--warmup", type=click.IntRange(min=0), help=with_default("warmup", "Linear warm-up iterations.")),
+    click.option("--seed", type=int, help=with_default("seed", "Seed of shuffling and surgery draws; same seed, "
+                                                       "same result.")),
+    click.option("--eval-every", type=click.IntRange(min=1), help=with_default("eval_every",
+                                                                               "Validate every N iterations.")),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), help=with_default("checkpoint_every", "")),
+    click.option("--eval-batch-size", type=click.IntRange(min=1), help=with_default("eval_batch_size", "")),
+    click.option("--threads", type=click.IntRange(min=0), help=with_default("threads", "onnxruntime threads; 0 lets "
+                                                                            "it choose.")),
+    click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
+                 help="Fail (exit 6) when validation accuracy drops more than this many points; the best state "
+                 "within the bound is kept, and a model that misses it is written as NAME.below-bound.onnx."),
+]
+OUTPUT_OPTIONS = [
+    click.option("--dense", is_flag=True, help="Write plain initializers with exact zeros instead of sparse ones "
+                 "(for tools that cannot read sparse initializers)."),
+    click.option("--resume", "resume_dir", type=click.Path(path_type=str), metavar="DIR",
+                 help="Continue an interrupted run from the checkpoint in its work folder DIR."),
+    click.option("--work-dir", type=click.Path(path_type=str), help="Checkpoints and training graphs.  "
+                 "[default: OUTPUT.dns-work, removed after success]"),
+    click.option("--keep-work", is_flag=True, help="Keep the work folder after success."),
+    click.option("--report", "report_path", type=click.Path(path_type=str), help="Write the results as JSON here."),
+    click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress; only the summary line and errors."),
+    click.option("-v", "--verbose", is_flag=True, help="Log every evaluation on its own line."),
+]
+
+
+def _options(func):
+    for decorator in reversed(DATA_OPTIONS + SURGERY_OPTIONS + TRAINING_OPTIONS + OUTPUT_OPTIONS):
+        func = decorator(func)
+    return func
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=str),
+              help="Where to write the compressed model.")
+@_options
+@handle_errors
+def compress(model: str, output_path: str, report_path: str | None, as_json: bool, quiet: bool, verbose: bool,
+             dense: bool, resume_dir: str | None, work_dir: str | None, keep_work: bool, **given) -> None:
+    """Compress MODEL with Dynamic Network Surgery and write it to OUTPUT.
+
+    Fine-tunes MODEL in onnxruntime-training while pruning small weights and splicing back the ones that
+    grow again, then writes the model with masks folded in (sparse initializers, or --dense). Options not
+    given come from a dns.json beside MODEL when there is one (the bundled reference models have one).
+
+    \b
+    Examples:
+      onnx-dns compress models/lenet5/model.onnx -o lenet5.dns.onnx
+      onnx-dns compress model.onnx --data train.npz --target 50x --max-accuracy-drop 0.5 -o model.dns.onnx
+      onnx-dns compress model.onnx --data inputs.npz --distill -o model.dns.onnx   # no labels needed
+    """
+    given["c"] = _pairs(given.pop("c_values"), "--c", float) or None
+    given["sparsity"] = _pairs(given.pop("sparsities"), "--sparsity", float) or None
+    given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
+    for key in ("include", "exclude", "freeze_before"):
+        given[key] = given[key] or None
+    options = merge(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir, keep_work=keep_work)
+    if report_path:
+        _check_report_path(report_path, model, output_path)
+    progress = Progress(0 if quiet else (2 if verbose else 1))
+    result = compress_file(model, output_path, options, progress=progress, resume=resume_dir is not None)
+    data = result.to_dict()
+    if report_path:
+        write_json(report_path, data)
+    if as_json:
+        emit_json(data)
+    elif not quiet:
+        click.echo(format_table(result.layers_after))
+    click.echo(summary_line(result), err=as_json)
+    if not result.met_bound:
+        raise AccuracyBoundError(
+            f"accuracy dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
+            f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
+
+
+def _check_report_path(report_path: str, model: str, output_path: str) -> None:
+    check_output_path(report_path, forbid=model)
+    models = {Path(output_path).resolve(), Path(below_bound_path(output_path)).resolve()}
+    if Path(report_path).resolve() in models:
+        raise OutputError(f"{report_path}: the report path is where the output model goes; give --report "
+                          "another path")
+
+
+def summary_line(result: CompressResult) -> str:
+    before, after = result.accuracy_before, result.accuracy_after
+    return (f"params {result.params:,} -> {result.nonzeros:,} ({result.compression:.1f}x; "
+            f"{result.weight_compression:.1f}x weights only), {before.label} {before.score:.2f} -> {after.score:.2f} "
+            f"on {before.samples} samples, file {human_bytes(result.file_size_before)} -> "
+            f"{human_bytes(result.file_size_after)}, {result.seconds:.0f} s (mask updates {result.surgery_ms_per_step:.2f} "
+            f"ms/step) -> {result.output}")

@@ -1,0 +1,109 @@
+"""The Python API: compress, inspect and evaluate models held in memory or in files.
+
+    import onnx_dns
+    result = onnx_dns.compress("model.onnx", {"input": x, "labels": y}, target="4x", iterations=2000)
+    result.save("model.dns.onnx")
+
+Errors are the typed exceptions of `onnx_dns.errors` (the command line maps them to exit codes).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx_dns.errors import ModelError, OptionError
+from onnx_dns.gate import GateResult, evaluate_model
+from onnx_dns.model_io import PROTOBUF_LIMIT, check_versions, load_model, over_protobuf_limit
+from onnx_dns.options import CompressOptions, TrainConfig, defaults, merge
+from onnx_dns.pipeline import run
+from onnx_dns.report import ModelReport, inspect_model
+from onnx_dns.result import CompressResult, stored_size
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+def compress(model: ModelLike, data: Any, *, labels: np.ndarray | None = None, val: Any = None,
+             target: float | str | None = None, iterations: int | None = None, batch_size: int | None = None,
+             distill: bool | None = None, progress: Callable[[dict], None] | None = None,
+             work_dir: str | os.PathLike | None = None, **options: Any) -> CompressResult:
+    """Compress `model` with Dynamic Network Surgery and return the result; `.model` is the compressed ModelProto.
+
+    `data` (and `val`) is a path as on the command line, a dict of arrays named after the model inputs (plus
+    `labels`), an array for a one-input model, a list of batches or a function returning an iterable of batches.
+    `options` are the other options of `onnx-dns compress`, with underscores (`lr`, `sparsity`, `c`, ...).
+    Nothing is written outside a temporary folder unless `work_dir` is given (then it keeps the checkpoint).
+    """
+    known = (set(defaults(CompressOptions)) | set(defaults(TrainConfig))) - {"train", "work_dir", "keep_work"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(f"compress() got an unknown option {unknown[0]!r}; options: {', '.join(sorted(known))}")
+    given = {**options, "data": _with_labels(data, labels), "val": val, "target": target, "iterations": iterations,
+             "batch_size": batch_size, "distill": distill}
+    settings = merge(given, {}, work_dir=None if work_dir is None else str(work_dir), keep_work=work_dir is not None)
+    original, source, size = _open(model)
+    if work_dir is not None:
+        return run(original, source, settings, Path(work_dir), identity=source, size_before=size,
+                   progress=progress)
+    with tempfile.TemporaryDirectory(prefix="onnx-dns-") as scratch:
+        return run(original, source, settings, Path(scratch) / "work", identity=source, size_before=size,
+                   progress=progress)
+
+
+def inspect(model: ModelLike) -> ModelReport:
+    """Per-layer parameters, nonzeros and sparsity, totals, versions and operators training cannot pass."""
+    original, source, _ = _open(model)
+    return inspect_model(original, source if isinstance(model, (str, os.PathLike)) else None)
+
+
+def evaluate(model: ModelLike, data: Any, *, labels: np.ndarray | None = None,
+             reference: ModelLike | None = None, **bounds: Any) -> GateResult:
+    """Score `model` on `data` (against labels, or agreement with `reference`) and list the bounds it misses
+    (`min_accuracy`, `max_accuracy_drop`, `min_compression`; also `output`, `task`, `batch_size`, `split`)."""
+    model, reference = (_path_or_checked(m) for m in (model, reference))
+    return evaluate_model(model, _with_labels(data, labels), reference=reference, **bounds)
+
+
+def _path_or_checked(model: ModelLike | None) -> str | onnx.ModelProto | None:
+    if isinstance(model, onnx.ModelProto):
+        check_model_proto(model)
+        return model
+    return None if model is None else str(model)
+
+
+def _open(model: ModelLike) -> tuple[onnx.ModelProto, str, int]:
+    """The model, a name for messages, and its stored size in bytes."""
+    if isinstance(model, onnx.ModelProto):
+        check_model_proto(model)
+        return model, "<model>", model.ByteSize()
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), str(model), stored_size(model) if Path(model).is_file() else 0
+    raise ModelError(f"model of type {type(model).__name__}: give a path or an onnx.ModelProto")
+
+
+def check_model_proto(model: onnx.ModelProto, name: str = "<model>") -> None:
+    """What `load_model` checks of a file, for a model already in memory."""
+    if not model.graph.node:
+        raise ModelError(f"{name}: the graph has no nodes")
+    check_versions(model, name)
+    if not over_protobuf_limit(model, PROTOBUF_LIMIT):
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            raise ModelError(f"{name}: fails onnx.checker ({str(exc).splitlines()[0]}); fix the model") from exc
+
+
+def _with_labels(data: Any, labels: np.ndarray | None) -> Any:
+    if isinstance(data, np.ndarray):
+        data = {"input": data}
+    if labels is None:
+        return data
+    if not isinstance(data, dict):
+        raise OptionError("labels= goes with data given as arrays; put labels in each batch otherwise")
+    return {**data, "labels": labels}

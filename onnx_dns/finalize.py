@@ -1,0 +1,88 @@
+"""Stage 4 of `compress`: the trained values written into the user's graph, and the result measured.
+
+The trained weights and masks (and, with --update-bn-stats, new BatchNorm statistics) are folded into the
+masked model (`fold`), which is then measured in a plain onnxruntime session against the original on the
+validation data: what a deployment will see decides whether the accuracy bound is met.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnx_dns.fold import fold_masks
+from onnx_dns.insert_masks import mask_name
+from onnx_dns.objective import Objective, measure_model
+from onnx_dns.options import CompressOptions
+from onnx_dns.prepare import Prepared
+from onnx_dns.report import LayerStats, compression, layer_stats
+from onnx_dns.result import CompressResult
+from onnx_dns.selection import within_bound
+from onnx_dns.training import TrainResult
+from onnx_dns.training_mode import estimate_statistics
+
+BN_BATCHES = 100  # training batches that new BatchNormalization statistics are measured on (--update-bn-stats)
+
+
+@dataclass
+class Timings:
+    started: float
+    artifact_seconds: float
+
+
+def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, trained: TrainResult,
+             options: CompressOptions, timings: Timings, size_before: int,
+             progress: Callable[[dict], None]) -> CompressResult:
+    """Fold the chosen state into the model and measure it; the caller decides where it is written."""
+    values = dict(trained.params) | {mask_name(w): m for w, m in trained.masks.items()}
+    if options.update_bn_stats:
+        values |= _new_statistics(prepared, masked, objective, values, progress, options.train.seed)
+    layers_after = layer_stats(masked, prepared.layers, values)
+    record = _record(layers_after)
+    fmt = "dense" if options.dense else "sparse"
+
+    def refold(format: str) -> onnx.ModelProto:
+        return fold_masks(masked, sparse=format == "sparse", record=record, values=values).model
+
+    progress({"event": "folding", "model": masked, "values": values})
+    folded = refold(fmt)
+    progress({"event": "measuring"})
+    cfg = options.train
+    batch = prepared.fixed_batch
+    before = measure_model(prepared.original, objective, cfg.eval_batch_size, batch)
+    after = measure_model(folded, objective, cfg.eval_batch_size, batch)
+    steps = max(trained.iterations_run, 1)
+    return CompressResult(
+        model=folded, format=fmt, met_bound=within_bound(after, before, cfg.max_accuracy_drop),
+        layers_before=layer_stats(prepared.model, prepared.layers), layers_after=layers_after,
+        accuracy_before=before, accuracy_after=after, file_size_before=size_before,
+        file_size_after=folded.ByteSize(), seconds=time.perf_counter() - timings.started,
+        train_seconds=trained.seconds, iterations=cfg.iterations,
+        host_overhead=trained.host_seconds / max(trained.seconds, 1e-9),
+        surgery_ms_per_step=1000 * trained.surgery_seconds / steps,
+        images_per_second=steps * objective.batch_size / max(trained.seconds, 1e-9),
+        chosen_iteration=trained.chosen.iteration, history=trained.history, val_source=objective.val.source,
+        artifact_seconds=timings.artifact_seconds, rollbacks=trained.rollbacks, refold=refold,
+    )
+
+
+def _new_statistics(prepared: Prepared, masked: onnx.ModelProto, objective: Objective,
+                    values: dict[str, np.ndarray], progress: Callable[[dict], None], seed: int) -> dict:
+    """BatchNorm statistics re-measured on training batches, for the layers that feed the trained output and
+    are not before --freeze-before."""
+    progress({"event": "bn-statistics", "batches": BN_BATCHES})
+    trained = fold_masks(masked, sparse=False, values=values).model
+    batches = (objective.train.batch(i, objective.batch_size, seed)[0] for i in range(BN_BATCHES))
+    return estimate_statistics(trained, batches, layers=prepared.feeding - prepared.frozen)
+
+
+def _record(layers_after: list[LayerStats]) -> dict:
+    """What the written model records of its compression (metadata_props `onnx_dns`)."""
+    return {
+        "method": "dynamic network surgery", "compression": round(compression(layers_after, layers_after), 3),
+        "layers": {s.name: {"params": s.params, "nonzeros": s.nonzeros} for s in layers_after},
+    }

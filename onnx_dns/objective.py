@@ -1,0 +1,132 @@
+"""Stage 2 of `compress`: what training learns from, decided from the data and the model's own outputs.
+
+The training and validation sets (`--data`, `--val`, else the idx folder's test split, else a held-out part),
+the task (classification with integer labels or a (batch, classes) output, else regression), the loss (labels,
+distillation from the original model, or both) and the original model as teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx_dns.data import CallableData, Dataset, as_data
+from onnx_dns.errors import DataError, ModelError, OptionError
+from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
+from onnx_dns.losses import LossSpec, logits_name
+from onnx_dns.options import CompressOptions
+from onnx_dns.prepare import Prepared
+from onnx_dns.targets import Targets, with_teacher
+
+log = logging.getLogger(__name__)
+
+Teacher = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass
+class Objective:
+    """The data, the loss and the loss inputs of each batch."""
+
+    train: Dataset | CallableData
+    val: Dataset | CallableData
+    spec: LossSpec
+    teacher: Teacher
+    targets: Targets
+    batch_size: int
+    sample: dict[str, np.ndarray]
+
+
+def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
+    """Open the data, choose the task and loss, and attach the teacher's outputs where they are needed."""
+    cfg = options.train
+    batch_size = _batch_size(prepared, cfg.batch_size)
+    train, val = split_data(options, prepared)
+    teacher = session_runner(prepared.model, logits_name(prepared.model, prepared.output))
+    first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
+    sample = teacher(first_inputs)
+    task = options.task or _guess_task(first_labels, sample)
+    spec = loss_spec(task, prepared.output, first_labels, sample, options)
+    teacher_batch = prepared.fixed_batch or cfg.eval_batch_size
+    if isinstance(train, Dataset) and spec.distill_weight > 0:
+        train = with_teacher(train, teacher, teacher_batch)
+    if isinstance(val, Dataset) and val.labels is None:  # the reference for agreement when there are no labels
+        val = with_teacher(val, teacher, teacher_batch)
+    targets = Targets(spec, teacher, sample.shape[1:] if task == "regress" else (spec.num_classes,),
+                      np.dtype(sample.dtype))
+    return Objective(train, val, spec, teacher, targets, batch_size, first_inputs)
+
+
+def _batch_size(prepared: Prepared, wanted: int) -> int:
+    """A model exported with a fixed batch size trains at that size."""
+    fixed = prepared.fixed_batch
+    if fixed is None or fixed == wanted:
+        return wanted
+    log.warning("%s has a fixed batch size of %d: training at batch size %d instead of %d", prepared.source,
+                fixed, fixed, wanted)
+    return fixed
+
+
+def split_data(options: CompressOptions, prepared: Prepared) -> tuple[Dataset | CallableData, Dataset | CallableData]:
+    """--data and --val; without --val, an idx folder's test split, else a held-out part of --data."""
+    if options.data is None:
+        raise DataError("no training data: give --data (a .npz, a folder of .npy or idx files, or module:function)")
+    specs = prepared.specs
+    train = as_data(options.data, specs, "train")
+    if options.val is not None:
+        return train, as_data(options.val, specs, "t10k")
+    if isinstance(options.data, (str, Path)):
+        source = Path(options.data)
+        if source.is_dir() and any(source.glob("t10k-images-idx3-ubyte*")):
+            return train, as_data(options.data, specs, "t10k")
+    if isinstance(train, CallableData):
+        raise DataError(f"{train.source}: streamed data needs a validation set; give --val")
+    return train.split(options.val_fraction, options.train.seed)
+
+
+def _guess_task(labels: np.ndarray | None, sample: np.ndarray) -> str:
+    """Integer labels, or no labels and a (batch, classes) output, mean classification."""
+    if labels is not None:
+        return "classify" if np.issubdtype(labels.dtype, np.integer) else "regress"
+    return "classify" if sample.ndim == 2 and sample.shape[1] > 1 else "regress"
+
+
+def loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndarray,
+              options: CompressOptions) -> LossSpec:
+    """The loss: labels, distillation (automatic without labels) or a mix, for `task` on `output`."""
+    if task not in ("classify", "regress"):
+        raise OptionError(f"--task must be classify or regress, not {task!r}")
+    distill = options.distill if options.distill is not None else labels is None
+    if labels is None and options.distill is False:
+        raise DataError(f"{_name(options.data)}: the data has no 'labels' array; use --distill to learn from the "
+                        "original model's outputs instead")
+    label_weight = 0.0 if labels is None else (1.0 - options.distill_weight if distill else 1.0)
+    distill_weight = 0.0 if not distill else (1.0 if labels is None else options.distill_weight)
+    num_classes = None
+    if task == "classify":
+        if sample.ndim != 2:
+            raise ModelError(f"classification needs an output of shape (batch, classes); {output!r} has "
+                             f"{sample.ndim} dimensions: pass --task regress or choose another --output")
+        num_classes = int(sample.shape[1])
+        if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"{_name(options.data)}: labels range over {labels.min()}..{labels.max()} but the "
+                            f"model has {num_classes} classes")
+    return LossSpec(task, output, label_weight, distill_weight, options.temperature, num_classes)
+
+
+def _name(data: Any) -> str:
+    return str(data) if isinstance(data, (str, Path)) else "the data"
+
+
+def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int, fixed_batch: int | None) -> Metrics:
+    """Metrics of a plain onnxruntime session of `model` on the validation data (what a deployment would see)."""
+    outputs, labels, reference = collect(session_runner(model, objective.spec.output), objective.val, batch_size,
+                                         fixed_batch)
+    if labels is None and reference is None:
+        reference, _, _ = collect(objective.teacher, objective.val, batch_size, fixed_batch)
+    return compute_metrics(objective.spec.task, outputs, labels, reference)

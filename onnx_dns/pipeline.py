@@ -1,0 +1,103 @@
+"""The whole job, stage after stage, each handing the next a typed result:
+
+    prepare (load, normalize, find layers, plans)  ->  objective (data, loss, teacher)
+    ->  artifacts (masks inserted, training graphs)  ->  training (DNS loop)  ->  finalize (fold, measure)
+
+`run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
+the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
+Each stage announces itself through `progress` (events building, built, start, step, rollback, bn-statistics,
+folding, measuring, writing, written), which is also how benchmarks time the stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from onnx_dns.artifacts import build_artifacts
+from onnx_dns.errors import Interrupted, OutputError
+from onnx_dns.finalize import Timings, finalize
+from onnx_dns.insert_masks import insert_masks
+from onnx_dns.model_io import check_output_path, load_model, save_model
+from onnx_dns.normalize import pin_input_shapes
+from onnx_dns.objective import build_objective
+from onnx_dns.options import CompressOptions
+from onnx_dns.prepare import prepare
+from onnx_dns.result import CompressResult, stored_size
+from onnx_dns.surgery import Surgeon
+from onnx_dns.trainer import Trainer
+from onnx_dns.training import TrainingLoop
+from onnx_dns.workdir import open_work_dir
+
+log = logging.getLogger(__name__)
+
+MISSED_SUFFIX = ".below-bound"
+Progress = Callable[[dict], None]
+
+
+def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: Path, *, identity: str,
+        size_before: int, progress: Progress | None = None, resume: bool = False) -> CompressResult:
+    """Compress `original` (never modified); `source` names it in messages, `identity` in the work folder's
+    settings (a resume must be on the same model). Training graphs and checkpoints go to `work`."""
+    started = time.perf_counter()
+    progress = progress or (lambda event: None)
+    prepared = prepare(original, source, options)
+    objective = build_objective(prepared, options)
+    options = replace(options, train=replace(options.train, batch_size=objective.batch_size))
+    masked = insert_masks(prepared.model, prepared.pruned).model
+    open_work_dir(work, identity, options, resume)
+    progress({"event": "building", "layers": len(prepared.layers)})
+    t_art = time.perf_counter()
+    # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
+    pooled = any(n.op_type == "AveragePool" for n in prepared.model.graph.node)
+    sizes = {s.name: (objective.batch_size if pooled else None, *objective.sample[s.name].shape[1:])
+             for s in prepared.specs}
+    art = build_artifacts(pin_input_shapes(masked, sizes).model, objective.spec, work / "artifacts",
+                          update_bn_stats=options.update_bn_stats, frozen=prepared.frozen)
+    timings = Timings(started, time.perf_counter() - t_art)
+    progress({"event": "built", "artifacts": art, "seconds": timings.artifact_seconds})
+    trainer = Trainer(art, Surgeon(prepared.plans), options.train, objective.targets)
+    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress).run(resume=resume)
+    return finalize(prepared, masked, objective, trained, options, timings, size_before, progress)
+
+
+def compress_file(model_path: str | os.PathLike, output_path: str | os.PathLike, options: CompressOptions,
+                  progress: Progress | None = None, resume: bool = False) -> CompressResult:
+    """Compress the model at `model_path` and write it to `output_path`, or beside it as NAME.below-bound.onnx
+    when the accuracy bound is missed (`met_bound` False), so no work is lost."""
+    progress = progress or (lambda event: None)
+    model_path, output_path = Path(model_path), Path(output_path)
+    check_output_path(output_path, forbid=model_path)
+    if options.train.max_accuracy_drop is not None:
+        check_output_path(below_bound_path(output_path), forbid=model_path)
+    original = load_model(model_path)
+    work = Path(options.work_dir) if options.work_dir else output_path.with_name(output_path.name + ".dns-work")
+    result = run(original, str(model_path), options, work, identity=str(model_path.resolve()),
+                 size_before=stored_size(model_path), progress=progress, resume=resume)
+    final_path = output_path if result.met_bound else below_bound_path(output_path)
+    progress({"event": "writing", "path": str(final_path)})
+    resume_hint = f"the checkpoint is in {work}: continue with --resume {work} and the same options"
+    try:
+        save_model(result.model, final_path, forbid=model_path)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; {resume_hint}") from exc
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"interrupted while writing {final_path}, which was not written; {resume_hint}") from exc
+    progress({"event": "written", "path": str(final_path)})
+    result.output, result.file_size_after = str(final_path), stored_size(final_path)
+    if not options.keep_work and result.met_bound:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def below_bound_path(path: str | os.PathLike) -> Path:
+    """Where a model that misses the accuracy bound goes: NAME.below-bound.onnx beside the requested path."""
+    path = Path(path)
+    return path.with_name(path.stem + MISSED_SUFFIX + path.suffix)

@@ -1,0 +1,107 @@
+"""Stage 1 of `compress`: the model made ready for training, its prunable layers found and planned.
+
+load -> normalize (lift constants, densify sparse initializers, unlist weights from the inputs) -> check the
+weights are finite -> choose the output to train on -> find prunable layers -> leave alone the ones before
+--freeze-before or not feeding that output -> one surgery plan per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_dns.data import InputSpec, model_inputs
+from onnx_dns.errors import ModelError, OptionError
+from onnx_dns.freeze import initializers_feeding, upstream_initializers
+from onnx_dns.graph import FLOAT_TYPES
+from onnx_dns.losses import loss_output
+from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
+from onnx_dns.options import CompressOptions
+from onnx_dns.plans import plans_for
+from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.surgery import LayerPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """The model ready for training and what will be pruned in it."""
+
+    source: str
+    original: onnx.ModelProto
+    model: onnx.ModelProto
+    output: str
+    layers: list[Layer]
+    plans: dict[str, LayerPlan]
+    frozen: set[str]
+    feeding: set[str]
+    specs: list[InputSpec]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model was exported with, if its inputs fix one."""
+        return next((s.shape[0] for s in self.specs if s.shape and s.shape[0] is not None), None)
+
+    @property
+    def pruned(self) -> list[str]:
+        return [t.name for layer in self.layers for t in layer.tensors]
+
+
+def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:
+    """Normalize `original` (never modified) and plan the surgery of its layers; `source` names it in errors."""
+    model = unlist_initializer_inputs(densify_sparse(lift_constants(original).model).model).model
+    check_finite(model, source)
+    output = loss_output(model, options.output_name, source)
+    layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
+    frozen = upstream_initializers(model, options.freeze_before) if options.freeze_before else set()
+    feeding = initializers_feeding(model, output)
+    left_alone = _left_alone(layers, options, frozen, feeding, output)
+    _check_layer_names(layers, options, left_alone)
+    layers = [layer for layer in layers if layer.name not in left_alone] if options.prune else []
+    if options.prune and not layers:
+        raise ModelError(f"{source}: no prunable weights (float initializers of Conv, ConvTranspose, Gemm or "
+                         "MatMul) were found" + (" matching --include/--exclude" if options.include or
+                                                 options.exclude else "")
+                         + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name"
+                            if left_alone else ""))
+    return Prepared(source, original, model, output, layers, plans_for(layers, options), frozen, feeding,
+                    model_inputs(model))
+
+
+def check_finite(model: onnx.ModelProto, source: str) -> None:
+    """Refuse weights holding NaN or infinity: training would only spread them."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES:
+            values = numpy_helper.to_array(tensor)
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            if bad:
+                raise ModelError(f"{source}: initializer {tensor.name!r} holds {bad} NaN or infinite values; "
+                                 "fix the model (re-export it from a healthy checkpoint)")
+
+
+def _left_alone(layers: list[Layer], options: CompressOptions, frozen: set[str], feeding: set[str],
+                output: str) -> dict[str, str]:
+    """Layers neither trained nor pruned, with why: before --freeze-before, or not feeding the trained output."""
+    left = {layer.name: f"is before --freeze-before {', '.join(options.freeze_before)}"
+            for layer in layers if any(t.name in frozen for t in layer.tensors)}
+    left |= {layer.name: f"does not feed output {output!r}" for layer in layers
+             if layer.name not in left and not all(t.name in feeding for t in layer.tensors)}
+    for name, why in left.items():
+        log.warning("layer %s is neither trained nor pruned: it %s", name, why)
+    return left
+
+
+def _check_layer_names(layers: list[Layer], options: CompressOptions, left_alone: dict[str, str]) -> None:
+    names = {layer.name for layer in layers}
+    for option, given in (("--c", options.c), ("--sparsity", options.sparsity), ("--stop", options.stop)):
+        for name in given:
+            if name in left_alone:
+                raise OptionError(f"{option} {name}=...: layer {name!r} is not pruned, since it {left_alone[name]}")
+            if name not in names:
+                raise OptionError(f"{option} {name}=...: no prunable layer named {name!r}; layers: "
+                                  + ", ".join(sorted(names)) + " (see onnx-dns inspect)")

@@ -1,0 +1,49 @@
+"""Which state of a run is kept: the accuracy bound, decided in one place, and the most compressed state within it.
+
+A state meets the bound when its score (top-1 %, agreement % or -error) is at most `max_drop` below the
+baseline's; without a bound every state meets it and the final one is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnx_dns.evaluate import Metrics
+
+CLOSE_ENOUGH = 0.995  # a later state this close in compression to the best one replaces it
+
+
+def within_bound(metrics: Metrics, baseline: Metrics, max_drop: float | None) -> bool:
+    return max_drop is None or metrics.score >= baseline.score - max_drop
+
+
+@dataclass
+class Snapshot:
+    """The trained values and masks at one iteration, with how good and how compressed they were."""
+
+    iteration: int
+    metrics: Metrics
+    compression: float
+    params: dict[str, np.ndarray] = field(repr=False)
+    masks: dict[str, np.ndarray] = field(repr=False)
+
+
+@dataclass
+class Selection:
+    """Tracks the most compressed evaluated state that meets the bound."""
+
+    max_drop: float | None
+    best: Snapshot | None = None
+
+    def consider(self, snap: Snapshot, baseline: Metrics) -> None:
+        if within_bound(snap.metrics, baseline, self.max_drop) and (
+                self.best is None or snap.compression >= self.best.compression * CLOSE_ENOUGH):
+            self.best = snap
+
+    def choose(self, final: Snapshot, baseline: Metrics) -> Snapshot:
+        """The final state if it meets the bound (or nothing better was seen), else the best one that did."""
+        if self.max_drop is None or within_bound(final.metrics, baseline, self.max_drop) or self.best is None:
+            return final
+        return self.best

@@ -1,0 +1,154 @@
+"""Stage 3 of `compress`: the training loop around `Trainer.step`.
+
+Evaluates every `eval_every` iterations and keeps the best state within the accuracy bound (`selection`),
+checkpoints every `checkpoint_every` iterations (`checkpoint`), rolls back to the last checkpoint with half the
+learning rate when the loss is not finite (three times at most), and on Ctrl-C finishes the iteration,
+checkpoints and stops (`interrupt`). A resumed run continues from the checkpoint exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnx_dns.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from onnx_dns.data import CallableData, Dataset
+from onnx_dns.errors import Interrupted, TrainingError
+from onnx_dns.evaluate import Metrics
+from onnx_dns.interrupt import StopRequest
+from onnx_dns.selection import Selection, Snapshot, within_bound
+from onnx_dns.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+MAX_ROLLBACKS = 3
+PROGRESS_EVERY = 50  # iterations between recounts of the kept weights for progress (a pass over every mask)
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class TrainResult:
+    params: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    chosen: Snapshot
+    baseline: Metrics
+    history: list[dict]
+    seconds: float
+    iterations_run: int
+    host_seconds: float
+    surgery_seconds: float
+    meets_bound: bool
+    rollbacks: int
+
+
+class TrainingLoop:
+    """Runs `trainer` from iteration 0 (or a checkpoint) to `config.iterations`."""
+
+    def __init__(self, trainer: Trainer, train: Dataset | CallableData, val: Dataset | CallableData,
+                 work_dir: str | Path, progress: Progress | None = None) -> None:
+        self.trainer = trainer
+        self.config = trainer.config
+        self.train_data = train
+        self.val_data = val
+        self.work_dir = Path(work_dir)
+        self.progress = progress or (lambda event: None)
+        self.selection = Selection(self.config.max_accuracy_drop)
+
+    def run(self, resume: bool = False) -> TrainResult:
+        started = time.perf_counter()
+        state = self._resume() if resume else None
+        if state is None:
+            state = self._start()
+        start = state.iteration
+        self.progress({"event": "start", "iteration": start, "iterations": self.config.iterations,
+                       "baseline": state.baseline, "compression": self.trainer.compression()})
+        try:
+            with StopRequest() as stop:
+                self._loop(state, stop)
+        finally:
+            self.trainer.close()
+        last = state.history[-1]["metrics"] if state.history else state.baseline
+        final = self.trainer.snapshot(state.iteration, last)
+        chosen = self.selection.choose(final, state.baseline)
+        return TrainResult(chosen.params, chosen.masks, chosen, state.baseline, state.history,
+                           time.perf_counter() - started, state.iteration - start, self.trainer.host_seconds,
+                           self.trainer.surgery_seconds,
+                           within_bound(chosen.metrics, state.baseline, self.config.max_accuracy_drop),
+                           state.rollbacks)
+
+    def _start(self) -> TrainState:
+        self.trainer.surgeon.initialize(self.trainer.params)
+        state = TrainState(0, self.trainer.evaluate(self.val_data))
+        self._checkpoint(state)
+        return state
+
+    def _loop(self, state: TrainState, stop: StopRequest) -> None:
+        cfg, trainer = self.config, self.trainer
+        last = state.history[-1]["metrics"] if state.history else state.baseline
+        compression = trainer.compression()
+        while state.iteration < cfg.iterations:
+            inputs, labels = self.train_data.batch(state.iteration, cfg.batch_size, cfg.seed)
+            loss = trainer.step(state.iteration, inputs, labels, state.lr_scale)
+            if not math.isfinite(loss):
+                self._roll_back(state, loss)
+                continue
+            state.iteration += 1
+            evaluate_now = state.iteration % cfg.eval_every == 0 or state.iteration == cfg.iterations
+            if evaluate_now:
+                last = self._evaluate(state, loss)
+            if evaluate_now or state.iteration % PROGRESS_EVERY == 0:
+                compression = trainer.compression()
+            self.progress({"event": "step", "iteration": state.iteration, "iterations": cfg.iterations,
+                           "loss": loss, "compression": compression, "metrics": last, "evaluated": evaluate_now})
+            if state.iteration % cfg.checkpoint_every == 0 or stop.requested:
+                self._checkpoint(state)
+            if stop.requested:
+                raise Interrupted(f"interrupted at iteration {state.iteration}; the checkpoint is in "
+                                  f"{self.work_dir}: continue with --resume {self.work_dir} and the same options")
+
+    def _evaluate(self, state: TrainState, loss: float) -> Metrics:
+        metrics = self.trainer.evaluate(self.val_data)
+        snap = self.trainer.snapshot(state.iteration, metrics)
+        state.history.append({"iteration": state.iteration, "compression": snap.compression, "metrics": metrics,
+                              "loss": loss})
+        self.selection.consider(snap, state.baseline)
+        state.best = self.selection.best
+        return metrics
+
+    def _roll_back(self, state: TrainState, loss: float) -> None:
+        """Back to the last checkpoint with half the learning rate in effect (the checkpoint may predate
+        earlier rollbacks); more than MAX_ROLLBACKS times is a failure."""
+        rollbacks = state.rollbacks + 1
+        if rollbacks > MAX_ROLLBACKS:
+            raise TrainingError(f"the loss became {loss} at iteration {state.iteration} after {MAX_ROLLBACKS} "
+                                "rollbacks; lower --lr or check the data scaling")
+        failed, scale = state.iteration, state.lr_scale
+        saved = self._resume()
+        state.iteration, state.history, state.best = saved.iteration, saved.history, saved.best
+        state.lr_scale = min(scale, saved.lr_scale) * 0.5
+        state.rollbacks = rollbacks
+        log.warning("loss is %s at iteration %d: rolled back to iteration %d, learning rate halved (x%g)", loss,
+                    failed, state.iteration, state.lr_scale)
+        self.progress({"event": "rollback", "iteration": state.iteration, "lr_scale": state.lr_scale})
+
+    def _checkpoint(self, state: TrainState) -> None:
+        extra = {"surgeon": self.trainer.surgeon.state_dict(), "config": asdict(self.config)}
+        save_checkpoint(self.work_dir, self.trainer.tensors(), state, extra)
+
+    def _resume(self) -> TrainState | None:
+        tensors = self.trainer.tensors()
+        loaded = load_checkpoint(self.work_dir, tensors)
+        if loaded is None:
+            return None
+        state, extra = loaded
+        self.trainer.load_optimizer(tensors.optimizer)
+        self.trainer.surgeon.load_state_dict(extra["surgeon"])
+        self.selection.best = state.best
+        return state
