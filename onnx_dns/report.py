@@ -59,6 +59,16 @@ class ModelReport:
         return sum(x.params for x in self.layers)
 
     @property
+    def total(self) -> int:
+        """Parameters of the prunable layers, biases counted."""
+        return self.params
+
+    @property
+    def nonzero(self) -> int:
+        """Nonzeros of the prunable layers, biases counted."""
+        return self.nonzeros
+
+    @property
     def nonzeros(self) -> int:
         return sum(x.nonzeros for x in self.layers)
 

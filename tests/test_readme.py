@@ -48,3 +48,30 @@ def test_quick_start_compresses_the_bundled_model_with_its_settings(tmp_path, mo
     else:
         assert report.compression > 1.5
     assert report.params == 431_080
+
+
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, on a small trained MLP saved as model.onnx (fewer iterations)."""
+    import numpy as np
+    import onnx
+    from engine_fixtures import blobs, mlp
+
+    import onnx_dns
+
+    block = re.search(r"```python\n(.*?)\n```", README, re.S).group(1)
+    x_train, y_train = blobs(256, 6, 3, seed=1)
+    model = onnx_dns.compress(mlp(6, 16, 3, seed=2), {"x": x_train}, labels=y_train, prune=False, iterations=200,
+                              batch_size=32, lr=0.05, eval_every=200).model
+    model.graph.input[0].name = "input"
+    for node in model.graph.node:
+        node.input[:] = ["input" if name == "x" else name for name in node.input]
+    monkeypatch.chdir(tmp_path)
+    onnx.save(model, "model.onnx")
+    namespace = {"x_train": x_train, "y_train": y_train}
+    exec(block.replace("iterations=2000", "iterations=100"), namespace)  # noqa: S102 - the README's own code
+    written = onnx.load("model.dns.onnx")
+    assert abs(namespace["result"].compression - 4) < 0.1
+    assert namespace["report"].nonzero == namespace["result"].nonzeros
+    assert written.graph.sparse_initializer or any(
+        np.count_nonzero(onnx.numpy_helper.to_array(t)) < onnx.numpy_helper.to_array(t).size
+        for t in written.graph.initializer)
