@@ -36,7 +36,13 @@ class Progress:
         if self.verbosity == 0:
             return
         kind = event["event"]
-        if kind == "building":
+        if kind == "teacher":
+            self._echo(f"computing the original model's outputs on {event['samples']} {event['data']} samples ...")
+        elif kind == "pass":
+            self._clear()
+            total = f"/{event['total']}" if event.get("total") else ""
+            self._echo(f"  {event['what']}: {event['done']}{total} samples ({_duration(event['seconds'])})")
+        elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":
             self.start = time.perf_counter()

@@ -20,6 +20,7 @@ from onnx import helper
 from onnx_dns.errors import DataError
 from onnx_dns.graph import initializers
 from onnx_dns.idx import find_idx, load_mnist_split
+from onnx_dns.npz import read_npz
 
 LABELS = "labels"
 IDX_SCALE = 1.0 / 256.0
@@ -54,19 +55,40 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 class Dataset:
-    """Arrays held in memory: one per model input, plus optional labels, all with the same first dimension."""
+    """Arrays, in memory or memory-mapped: one per model input, plus optional labels, all with the same first
+    dimension. A subset keeps the arrays and an index of its rows, so holding out a validation set copies nothing;
+    `aligned` arrays (the original model's outputs) have one row per sample of this dataset, in its order."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str) -> None:
-        self.inputs = inputs
-        self.labels = labels
+    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str,
+                 index: np.ndarray | None = None, aligned: dict[str, np.ndarray] | None = None) -> None:
+        self._inputs = inputs
+        self._labels = labels
         self.source = source
+        self.index = index
+        self.aligned = dict(aligned or {})
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The input arrays of this dataset's samples (a copy of the rows when it is a subset)."""
+        return {**self._take(slice(None))[0]}
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self._labels is None else np.asarray(self._labels[self._rows(slice(None))])
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return len(self.index) if self.index is not None else len(next(iter(self._inputs.values())))
 
-    def subset(self, index: np.ndarray, source: str) -> Dataset:
-        return Dataset({k: v[index] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[index], source)
+    def _rows(self, positions: np.ndarray | slice) -> np.ndarray | slice:
+        return positions if self.index is None else self.index[positions]
+
+    def subset(self, positions: np.ndarray, source: str) -> Dataset:
+        return Dataset(self._inputs, self._labels, source, np.asarray(self._rows(positions)),
+                       {k: v[positions] for k, v in self.aligned.items()})
+
+    def with_aligned(self, name: str, values: np.ndarray) -> Dataset:
+        """A copy that also yields `values` (one row per sample, in this dataset's order) under `name`."""
+        return Dataset(self._inputs, self._labels, self.source, self.index, {**self.aligned, name: values})
 
     def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """Hold out `fraction` of the samples (at least one), chosen with `seed`, as a validation set."""
@@ -78,21 +100,23 @@ class Dataset:
         return (self.subset(np.sort(order[n_val:]), self.source),
                 self.subset(np.sort(order[:n_val]), f"{self.source} (held-out {fraction:.0%})"))
 
+    def _take(self, positions: np.ndarray | slice) -> Batch:
+        rows = self._rows(positions)
+        arrays = {n: np.asarray(a[rows]) for n, a in self._inputs.items()}
+        arrays |= {n: np.asarray(a[positions]) for n, a in self.aligned.items()}
+        return arrays, None if self._labels is None else np.asarray(self._labels[rows])
+
     def batch(self, iteration: int, batch_size: int, seed: int) -> Batch:
         """Batch number `iteration` of an endless shuffled stream: epoch e uses permutation (seed, e)."""
         per_epoch = max(len(self) // batch_size, 1)
         epoch, k = divmod(iteration, per_epoch)
         order = _permutation(seed, epoch, len(self))
-        index = np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order
-        return ({n: a[index] for n, a in self.inputs.items()},
-                None if self.labels is None else self.labels[index])
+        return self._take(np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order)
 
     def iterate(self, batch_size: int) -> Iterator[Batch]:
         """One ordered pass over all samples."""
         for start in range(0, len(self), batch_size):
-            stop = start + batch_size
-            yield ({n: a[start:stop] for n, a in self.inputs.items()},
-                   None if self.labels is None else self.labels[start:stop])
+            yield self._take(slice(start, start + batch_size))
 
 
 _PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
@@ -180,8 +204,7 @@ def load_data(spec: str, inputs: list[InputSpec], split: str = "train") -> Datas
             raise DataError(f"{spec}: unsupported data file; give a .npz, a folder of .npy or idx files, "
                             "or module:function")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            arrays = read_npz(path)
         except Exception as exc:
             raise DataError(f"{spec}: cannot read the .npz file ({exc})") from exc
         return _dataset(arrays, inputs, str(path))
@@ -219,7 +242,8 @@ def _dataset(arrays: dict[str, np.ndarray], inputs: list[InputSpec], source: str
     if len(inputs) == 1 and len(arrays) == 1 and not names & set(arrays):
         arrays = {inputs[0].name: next(iter(arrays.values()))}
     checked, labels = check_arrays(arrays, labels, inputs, source)
-    return Dataset({k: np.ascontiguousarray(v) for k, v in checked.items()}, labels, source)
+    return Dataset({k: v if isinstance(v, np.memmap) else np.ascontiguousarray(v) for k, v in checked.items()},
+                   labels, source)
 
 
 def _idx_dataset(folder: Path, inputs: list[InputSpec], split: str) -> Dataset:

@@ -1,11 +1,15 @@
-"""Accuracy of a model on a dataset, through any function from a batch to the model's output.
+"""Accuracy of a model on a dataset, through any function from a batch to the model's output, batch by batch.
 
-Classification: top-1 and top-5 accuracy in percent against labels, and fidelity (top-1 agreement with the
-original model) when there are no labels. Regression: mean squared error against labels or the original model.
+Classification: top-1 and top-5 accuracy in percent against labels, and agreement (top-1 of the original model)
+when there are no labels. An output with a class axis per position ([B, T, C], or [T, B, C]) is scored per
+position: each (sample, position) counts once. Regression: relative error 100 * ||y - t|| / ||t|| against labels
+or the original model's outputs (and the mean squared error). Metrics are tallied batch by batch, so memory
+does not grow with the data.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +18,10 @@ import onnx
 
 from onnx_dns.data import CallableData, Dataset
 from onnx_dns.ort_training import onnxruntime, session_options
-from onnx_dns.targets import TEACHER, Targets
+from onnx_dns.targets import TEACHER, Targets, batch_first
+
+Run = Callable[[dict[str, np.ndarray]], np.ndarray]
+PASS_PROGRESS_AFTER = 2.0  # seconds: a longer pass over the data reports its progress
 
 
 @dataclass
@@ -25,32 +32,96 @@ class Metrics:
     top5: float | None = None
     fidelity: float | None = None
     mse: float | None = None
+    relative_error: float | None = None
+    positions: int = 1
 
     @property
     def score(self) -> float:
-        """The number the accuracy bound applies to: top-1 %, else fidelity %, else -MSE."""
+        """The number the accuracy bound applies to: top-1 %, else agreement %, else -relative error %."""
         for value in (self.top1, self.fidelity):
             if value is not None:
                 return value
+        if self.relative_error is not None:
+            return -self.relative_error
         return -(self.mse or 0.0)
 
     @property
     def label(self) -> str:
+        where = "per-position " if self.positions > 1 else ""
         if self.top1 is not None:
-            return "top-1"
+            return f"{where}top-1"
         if self.fidelity is not None:
-            return "fidelity"
-        return "-mse"
+            return f"{where}agreement"
+        return "-relative error %" if self.relative_error is not None else "-mse"
 
     def describe(self) -> str:
+        where = "per-position " if self.positions > 1 else ""
         if self.top1 is not None:
-            return f"top-1 {self.top1:.2f}%" + (f", top-5 {self.top5:.2f}%" if self.top5 is not None else "")
+            return f"{where}top-1 {self.top1:.2f}%" + (f", top-5 {self.top5:.2f}%" if self.top5 is not None else "")
         if self.fidelity is not None:
-            return f"agreement with the original {self.fidelity:.2f}%"
+            return f"{where}agreement with the original {self.fidelity:.2f}%"
+        if self.relative_error is not None:
+            return f"relative error {self.relative_error:.3g}%"
         return f"mse {self.mse:.6g}"
 
 
-def session_runner(model: onnx.ModelProto, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+class Tally:
+    """Sums over batches from which the metrics are computed at the end."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.samples = self.count = self.top1 = self.top5 = self.agree = 0
+        self.sq_error = self.sq_target = 0.0
+        self.top5_possible = True
+        self.positions = 1
+
+    def add(self, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> None:
+        self.samples += len(outputs)
+        if self.task == "classify":
+            self._add_classes(outputs, labels, reference)
+        else:
+            target = labels if labels is not None else reference
+            diff = outputs.astype(np.float64) - target.reshape(outputs.shape)
+            self.sq_error += float(np.sum(diff * diff))
+            self.sq_target += float(np.sum(np.square(target, dtype=np.float64)))
+            self.count += outputs.size
+
+    def _add_classes(self, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> None:
+        predicted = outputs.argmax(axis=-1)
+        self.positions = max(1, predicted.size // max(len(outputs), 1))
+        self.count += predicted.size
+        if labels is None:
+            self.agree += int(np.count_nonzero(predicted == reference.argmax(axis=-1)))
+            return
+        labels = labels.astype(np.int64).reshape(predicted.shape)
+        self.top1 += int(np.count_nonzero(predicted == labels))
+        if outputs.shape[-1] > 5:
+            top = np.argpartition(-outputs, 5, axis=-1)[..., :5]
+            self.top5 += int(np.count_nonzero((top == labels[..., None]).any(axis=-1)))
+        else:
+            self.top5_possible = False
+
+    def metrics(self, labelled: bool) -> Metrics:
+        share = 100.0 / max(self.count, 1)
+        if self.task == "classify":
+            if not labelled:
+                return Metrics(self.task, self.samples, fidelity=self.agree * share, positions=self.positions)
+            return Metrics(self.task, self.samples, top1=self.top1 * share,
+                           top5=self.top5 * share if self.top5_possible else None, positions=self.positions)
+        relative = 100.0 * np.sqrt(self.sq_error / self.sq_target) if self.sq_target > 0 else (
+            0.0 if self.sq_error == 0 else float("inf"))
+        return Metrics(self.task, self.samples, mse=self.sq_error / max(self.count, 1), relative_error=float(relative))
+
+
+def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,
+                    reference: np.ndarray | None) -> Metrics:
+    """Metrics of `outputs` against labels (when given) or the original model's outputs."""
+    tally = Tally(task)
+    tally.add(outputs, labels, reference)
+    return tally.metrics(labels is not None)
+
+
+def session_runner(model: onnx.ModelProto, output: str) -> Run:
     """A plain onnxruntime session of `model` as a function from a batch to the tensor `output`
     (made a graph output when it is an intermediate, such as the logits before a final Softmax)."""
     if output not in [o.name for o in model.graph.output]:
@@ -68,48 +139,43 @@ def session_runner(model: onnx.ModelProto, output: str) -> Callable[[dict[str, n
     return run
 
 
-def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,
-                    reference: np.ndarray | None) -> Metrics:
-    """Metrics of `outputs` against labels (when given) or the original model's outputs."""
-    n = len(outputs)
-    if task == "classify":
-        if labels is not None:
-            labels = labels.astype(np.int64)
-            top1 = float(np.mean(outputs.argmax(axis=-1) == labels) * 100)
-            top5 = None
-            if outputs.shape[-1] > 5:
-                top = np.argpartition(-outputs, 5, axis=-1)[:, :5]
-                top5 = float(np.mean((top == labels[:, None]).any(axis=1)) * 100)
-            return Metrics(task, n, top1=top1, top5=top5)
-        return Metrics(task, n, fidelity=float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100))
-    target = labels if labels is not None else reference
-    return Metrics(task, n, mse=float(np.mean((outputs - target.reshape(outputs.shape)) ** 2)))
-
-
-def collect(run: Callable[[dict[str, np.ndarray]], np.ndarray], data: Dataset | CallableData, batch_size: int,
-            fixed_batch: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Run a model over all of `data`: its outputs, the labels, and stored original-model outputs if any.
-
-    A model with a fixed batch dimension gets full batches; the last one is padded and the padding dropped.
-    """
-    outputs, labels, teacher = [], [], []
+def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | None = None,
+            progress: Callable[[dict], None] | None = None, what: str = "evaluating"):
+    """(feed, labels, stored original outputs, n) per batch; a fixed-batch model gets full batches, the last one
+    padded (n is the number of real samples). A pass longer than 2 s reports its progress."""
     size = fixed_batch or batch_size
+    total = len(data) if isinstance(data, Dataset) else None
+    started, done, reported = time.perf_counter(), 0, 0.0
     for inputs, y in data.iterate(size):
         n = len(next(iter(inputs.values())))
         feed = {k: v for k, v in inputs.items() if k != TEACHER}
         if fixed_batch and n < fixed_batch:
             feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed_batch - n, axis=0)]) for k, v in feed.items()}
-        outputs.append(run(feed)[:n])
-        if y is not None:
-            labels.append(y)
-        if TEACHER in inputs:
-            teacher.append(inputs[TEACHER])
-    return (np.concatenate(outputs), np.concatenate(labels) if labels else None,
-            np.concatenate(teacher) if teacher else None)
+        yield feed, y, inputs.get(TEACHER), n
+        done += n
+        elapsed = time.perf_counter() - started
+        if progress is not None and elapsed > PASS_PROGRESS_AFTER and elapsed - reported > PASS_PROGRESS_AFTER:
+            reported = elapsed
+            progress({"event": "pass", "what": what, "done": done, "total": total, "seconds": elapsed})
+
+
+def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,
+            reference: Run | None = None, progress: Callable[[dict], None] | None = None) -> Metrics:
+    """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`."""
+    tally = Tally(task)
+    labelled = None
+    for feed, y, stored, n in batches(data, batch_size, fixed_batch, progress):
+        labelled = y is not None
+        out = batch_first(run(feed), len(next(iter(feed.values()))))[:n]
+        ref = None
+        if y is None:
+            ref = stored if stored is not None else batch_first(reference(feed), len(next(iter(feed.values()))))[:n]
+        tally.add(out, y, ref)
+    return tally.metrics(bool(labelled))
 
 
 def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets, batch_size: int,
-                    fixed_batch: int | None = None) -> Metrics:
+                    fixed_batch: int | None = None, progress: Callable[[dict], None] | None = None) -> Metrics:
     """Metrics of the model being trained, run through the eval graph with the current parameters."""
     module.eval()
     index = art.outputs.index(targets.spec.output)
@@ -118,7 +184,4 @@ def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets,
         batch = len(feed[art.inputs[0]])
         return module(*[feed[n] for n in art.inputs], *targets.dummy(batch))[index]
 
-    outputs, labels, reference = collect(run, data, batch_size, fixed_batch)
-    if reference is None and targets.teacher is not None and labels is None:
-        reference, _, _ = collect(targets.teacher, data, batch_size, fixed_batch)
-    return compute_metrics(targets.spec.task, outputs, labels, reference)
+    return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress)

@@ -53,8 +53,8 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
     progress({"event": "measuring"})
     cfg = options.train
     batch = prepared.fixed_batch
-    before = measure_model(prepared.original, objective, cfg.eval_batch_size, batch)
-    after = measure_model(folded, objective, cfg.eval_batch_size, batch)
+    before = measure_model(prepared.original, objective, cfg.eval_batch_size, batch, progress)
+    after = measure_model(folded, objective, cfg.eval_batch_size, batch, progress)
     steps = max(trained.iterations_run, 1)
     return CompressResult(
         model=folded, format=fmt, met_bound=within_bound(after, before, cfg.max_accuracy_drop),

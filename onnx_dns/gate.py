@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx
 
 from onnx_dns.data import as_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
-from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
+from onnx_dns.evaluate import Metrics, measure, session_runner
+from onnx_dns.objective import guess_task
+from onnx_dns.targets import batch_first
 from onnx_dns.losses import loss_output
 from onnx_dns.model_io import load_model
 from onnx_dns.report import ModelReport, inspect_model
@@ -48,20 +49,18 @@ def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | 
     specs = model_inputs(model)
     dataset = as_data(data, specs, split)
     fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
-    outputs, labels, _ = collect(session_runner(model, output), dataset, batch_size, fixed)
-    ref_out = None
-    ref_metrics = None
+    run = session_runner(model, output)
+    ref_run = None
     if reference is not None:
-        ref_model = load_model(reference) if isinstance(reference, str) else reference
-        ref_out, _, _ = collect(session_runner(ref_model, output), dataset, batch_size, fixed)
-    elif labels is None:
-        raise DataError(f"{data if isinstance(data, str) else 'the data'}: no labels; give --reference ORIGINAL to score agreement with it instead")
-    task = task or ("classify" if labels is None or np.issubdtype(labels.dtype, np.integer) else "regress")
-    if task == "classify" and outputs.ndim != 2:
-        task = "regress"
-    metrics = compute_metrics(task, outputs, labels, ref_out)
-    if ref_out is not None:
-        ref_metrics = compute_metrics(task, ref_out, labels, ref_out)
+        ref_run = session_runner(load_model(reference) if isinstance(reference, str) else reference, output)
+    first_inputs, first_labels = next(iter(dataset.iterate(fixed or batch_size)))
+    if first_labels is None and ref_run is None:
+        raise DataError(f"{data if isinstance(data, str) else 'the data'}: no labels; give --reference ORIGINAL "
+                        "to score agreement with it instead")
+    sample = batch_first(run(first_inputs), len(next(iter(first_inputs.values()))))
+    task = task or guess_task(model, output, first_labels, sample)
+    metrics = measure(run, dataset, task, batch_size, fixed, ref_run)
+    ref_metrics = None if ref_run is None else measure(ref_run, dataset, task, batch_size, fixed, ref_run)
     result = GateResult(inspect_model(model, path), metrics, ref_metrics)
     if min_accuracy is not None and metrics.score < min_accuracy:
         result.failures.append(f"{metrics.label} {metrics.score:.2f} is below --min-accuracy {min_accuracy}")

@@ -1,6 +1,6 @@
 """Attach a training loss to a model as plain ONNX nodes, so one graph gives the loss and the model's outputs.
 
-Classification (output z of shape (N, C)), with targets computed on the host:
+Classification (output z of shape (N, C), or (N, ..., C) scored per position), with targets computed on the host:
     hard = -sum_c onehot(y)_c * log_softmax(z)_c                       (cross-entropy on labels)
     soft = -T^2 * sum_c softmax(z_teacher / T)_c * log_softmax(z / T)_c   (distillation, Hinton et al.)
     loss = mean over the batch of (w_hard * hard + w_soft * soft)
@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_dns.errors import ModelError
-from onnx_dns.graph import FLOAT_TYPES, producers
+from onnx_dns.graph import FLOAT_TYPES, attribute, default_opset, producers
 
 LOSS_OUTPUT = "dns_loss"
 HARD_TARGET = "dns_target_hard"
@@ -38,6 +38,7 @@ class LossSpec:
     distill_weight: float
     temperature: float = 4.0
     num_classes: int | None = None
+    rank: int = 2
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -59,6 +60,19 @@ def logits_name(model: onnx.ModelProto, output: str) -> str:
     if node is not None and node.op_type == "Softmax":
         return node.input[0]
     return output
+
+
+def ends_in_softmax(model: onnx.ModelProto, output: str, rank: int) -> bool:
+    """Whether `output` (of rank `rank`) is made by a Softmax or LogSoftmax over its last axis alone, seen
+    through Identity nodes (before opset 13 the default axis 1 flattens the axes after it)."""
+    made_by = producers(model.graph)
+    node = made_by.get(output)
+    while node is not None and node.op_type == "Identity":
+        node = made_by.get(node.input[0])
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
+        return False
+    axis = attribute(node, "axis", -1 if (default_opset(model) or 13) >= 13 else 1)
+    return axis in (-1, rank - 1)
 
 
 def loss_output(model: onnx.ModelProto, requested: str | None = None, name: str = "model") -> str:
@@ -153,7 +167,7 @@ class _LossBuilder:
         """Cross-entropy on one-hot labels and/or soft cross-entropy on the teacher's softened outputs."""
         if not spec.num_classes:
             raise ValueError("attach_loss: classification needs num_classes")
-        target_shape = ["N", spec.num_classes]
+        target_shape = ["N", *[f"P{i}" for i in range(spec.rank - 2)], spec.num_classes]
         scale = float(spec.num_classes)
         terms = []
         if spec.label_weight > 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,11 @@ import onnx
 
 from onnx_dns.data import CallableData, Dataset, as_data
 from onnx_dns.errors import DataError, ModelError, OptionError
-from onnx_dns.evaluate import Metrics, collect, compute_metrics, session_runner
-from onnx_dns.losses import LossSpec, logits_name
+from onnx_dns.evaluate import Metrics, measure, session_runner
+from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
-from onnx_dns.targets import Targets, with_teacher
+from onnx_dns.targets import Targets, batch_axis, with_teacher
 
 log = logging.getLogger(__name__)
 
@@ -43,33 +43,39 @@ class Objective:
 
 
 def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
-    """Open the data, choose the task and loss, and attach the teacher's outputs where they are needed."""
+    """Open and check the data, and choose the task and the loss (`with_teacher_outputs` adds the original
+    model's outputs where the loss or the metrics need them)."""
     cfg = options.train
-    batch_size = _batch_size(prepared, cfg.batch_size)
+    batch_size = cfg.batch_size
     train, val = split_data(options, prepared)
     teacher = session_runner(prepared.model, logits_name(prepared.model, prepared.output))
     first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
-    sample = teacher(first_inputs)
-    task = options.task or _guess_task(first_labels, sample)
+    raw = teacher(first_inputs)
+    axis = batch_axis(raw, len(next(iter(first_inputs.values()))))
+    sample = np.moveaxis(raw, axis, 0)
+    task = options.task or guess_task(prepared.model, prepared.output, first_labels, sample)
     spec = loss_spec(task, prepared.output, first_labels, sample, options)
-    teacher_batch = prepared.fixed_batch or cfg.eval_batch_size
-    if isinstance(train, Dataset) and spec.distill_weight > 0:
-        train = with_teacher(train, teacher, teacher_batch)
-    if isinstance(val, Dataset) and val.labels is None:  # the reference for agreement when there are no labels
-        val = with_teacher(val, teacher, teacher_batch)
-    targets = Targets(spec, teacher, sample.shape[1:] if task == "regress" else (spec.num_classes,),
-                      np.dtype(sample.dtype))
+    targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis)
     return Objective(train, val, spec, teacher, targets, batch_size, first_inputs)
 
 
-def _batch_size(prepared: Prepared, wanted: int) -> int:
-    """A model exported with a fixed batch size trains at that size."""
-    fixed = prepared.fixed_batch
-    if fixed is None or fixed == wanted:
-        return wanted
-    log.warning("%s has a fixed batch size of %d: training at batch size %d instead of %d", prepared.source,
-                fixed, fixed, wanted)
-    return fixed
+def with_teacher_outputs(objective: Objective, batch_size: int, work: Path | None,
+                         progress: Callable[[dict], None] | None = None) -> Objective:
+    """The original model's outputs computed once beside data held in memory: the training set's when the loss
+    distills, the validation set's when it has no labels (large ones memory-mapped under `work`)."""
+    train, val = objective.train, objective.val
+    if isinstance(train, Dataset) and objective.spec.distill_weight > 0:
+        _announce(progress, "train", len(train))
+        train = with_teacher(train, objective.teacher, batch_size, work / "teacher-train" if work else None)
+    if isinstance(val, Dataset) and val.labels is None:
+        _announce(progress, "validation", len(val))
+        val = with_teacher(val, objective.teacher, batch_size, work / "teacher-val" if work else None)
+    return replace(objective, train=train, val=val)
+
+
+def _announce(progress: Callable[[dict], None] | None, which: str, samples: int) -> None:
+    if progress is not None:
+        progress({"event": "teacher", "data": which, "samples": samples})
 
 
 def split_data(options: CompressOptions, prepared: Prepared) -> tuple[Dataset | CallableData, Dataset | CallableData]:
@@ -89,11 +95,14 @@ def split_data(options: CompressOptions, prepared: Prepared) -> tuple[Dataset | 
     return train.split(options.val_fraction, options.train.seed)
 
 
-def _guess_task(labels: np.ndarray | None, sample: np.ndarray) -> str:
-    """Integer labels, or no labels and a (batch, classes) output, mean classification."""
+def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, sample: np.ndarray) -> str:
+    """Integer labels mean classification; without labels, a (batch, classes) output or one made by a Softmax
+    over its last axis ([B, T, C] scored per position) does too. Anything else is regression."""
     if labels is not None:
         return "classify" if np.issubdtype(labels.dtype, np.integer) else "regress"
-    return "classify" if sample.ndim == 2 and sample.shape[1] > 1 else "regress"
+    if sample.ndim == 2 and sample.shape[1] > 1:
+        return "classify"
+    return "classify" if sample.ndim > 2 and ends_in_softmax(model, output, sample.ndim) else "regress"
 
 
 def loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndarray,
@@ -109,24 +118,23 @@ def loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndar
     distill_weight = 0.0 if not distill else (1.0 if labels is None else options.distill_weight)
     num_classes = None
     if task == "classify":
-        if sample.ndim != 2:
-            raise ModelError(f"classification needs an output of shape (batch, classes); {output!r} has "
-                             f"{sample.ndim} dimensions: pass --task regress or choose another --output")
-        num_classes = int(sample.shape[1])
+        if sample.ndim < 2:
+            raise ModelError(f"classification needs an output with a class axis, (batch, classes) or (batch, "
+                             f"positions, classes); {output!r} has {sample.ndim}: pass --task regress or choose "
+                             "another --output-name")
+        num_classes = int(sample.shape[-1])
         if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(f"{_name(options.data)}: labels range over {labels.min()}..{labels.max()} but the "
                             f"model has {num_classes} classes")
-    return LossSpec(task, output, label_weight, distill_weight, options.temperature, num_classes)
+    return LossSpec(task, output, label_weight, distill_weight, options.temperature, num_classes, sample.ndim)
 
 
 def _name(data: Any) -> str:
     return str(data) if isinstance(data, (str, Path)) else "the data"
 
 
-def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int, fixed_batch: int | None) -> Metrics:
+def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int, fixed_batch: int | None,
+                  progress: Callable[[dict], None] | None = None) -> Metrics:
     """Metrics of a plain onnxruntime session of `model` on the validation data (what a deployment would see)."""
-    outputs, labels, reference = collect(session_runner(model, objective.spec.output), objective.val, batch_size,
-                                         fixed_batch)
-    if labels is None and reference is None:
-        reference, _, _ = collect(objective.teacher, objective.val, batch_size, fixed_batch)
-    return compute_metrics(objective.spec.task, outputs, labels, reference)
+    return measure(session_runner(model, objective.spec.output), objective.val, objective.spec.task, batch_size,
+                   fixed_batch, objective.teacher, progress)

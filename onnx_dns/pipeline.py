@@ -5,8 +5,8 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events building, built, start, step, rollback, bn-statistics,
-folding, measuring, writing, written), which is also how benchmarks time the stages.
+Each stage announces itself through `progress` (events teacher, building, built, start, step, rollback, pass,
+bn-statistics, folding, measuring, writing, written), which is also how benchmarks time the stages.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
-from onnx_dns.objective import build_objective
+from onnx_dns.objective import build_objective, with_teacher_outputs
 from onnx_dns.options import CompressOptions
-from onnx_dns.prepare import prepare
+from onnx_dns.prepare import prepare, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
@@ -49,10 +49,13 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     started = time.perf_counter()
     progress = progress or (lambda event: None)
     prepared = prepare(original, source, options)
+    batch_size = training_batch_size(prepared, options.train.batch_size)
+    options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
-    options = replace(options, train=replace(options.train, batch_size=objective.batch_size))
-    masked = insert_masks(prepared.model, prepared.pruned).model
     open_work_dir(work, identity, options, resume)
+    objective = with_teacher_outputs(objective, prepared.fixed_batch or options.train.eval_batch_size, work,
+                                     progress)
+    masked = insert_masks(prepared.model, prepared.pruned).model
     progress({"event": "building", "layers": len(prepared.layers)})
     t_art = time.perf_counter()
     # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)

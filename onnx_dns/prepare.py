@@ -105,3 +105,13 @@ def _check_layer_names(layers: list[Layer], options: CompressOptions, left_alone
             if name not in names:
                 raise OptionError(f"{option} {name}=...: no prunable layer named {name!r}; layers: "
                                   + ", ".join(sorted(names)) + " (see onnx-dns inspect)")
+
+
+def training_batch_size(prepared: Prepared, wanted: int) -> int:
+    """A model exported with a fixed batch size trains at that size."""
+    fixed = prepared.fixed_batch
+    if fixed is None or fixed == wanted:
+        return wanted
+    log.warning("%s has a fixed batch size of %d: training at batch size %d instead of %d", prepared.source,
+                fixed, fixed, wanted)
+    return fixed

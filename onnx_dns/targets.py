@@ -1,12 +1,16 @@
 """The loss inputs fed beside each training batch: one-hot labels and/or the original model's softened outputs.
 
-For data held in memory the original model's outputs are computed once and stored beside the inputs
-(`with_teacher`); for streamed data they are computed batch by batch.
+For data held in memory the original model's outputs are computed once, batch by batch, and stored beside the
+inputs of a copy of the data (`with_teacher`): in memory when small, else in a memory-mapped file of the work
+folder, so memory does not grow with the data. Streamed data gets them batch by batch. Outputs are stored batch
+first; a model whose output has its batch on another axis ([T, B, C]) gets its targets in its own layout.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +18,7 @@ from onnx_dns.data import Dataset
 from onnx_dns.losses import HARD_TARGET, SOFT_TARGET, LossSpec
 
 TEACHER = "__dns_teacher__"
+IN_MEMORY_BYTES = 256 << 20  # larger sets of original outputs go to a memory-mapped file
 
 
 def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -23,54 +28,84 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def batch_axis(output: np.ndarray, batch: int) -> int:
+    """The axis of a model output that holds the batch: the first of size `batch` (0 when none is)."""
+    return next((axis for axis, size in enumerate(output.shape) if size == batch), 0)
+
+
+def batch_first(output: np.ndarray, batch: int) -> np.ndarray:
+    """The output with its batch axis first."""
+    axis = batch_axis(output, batch)
+    return output if axis == 0 else np.moveaxis(output, axis, 0)
+
+
 class Targets:
     """Builds the loss inputs of a batch: one-hot labels and/or the original model's softened outputs."""
 
     def __init__(self, spec: LossSpec, teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None,
-                 sample_shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.float32)) -> None:
+                 sample_shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.float32), axis: int = 0) -> None:
         """`teacher` maps a batch to the original model's logits (classify) or outputs (regress);
-        `sample_shape` is the shape of one sample's target."""
+        `sample_shape` is the shape of one sample's target, `axis` the output's batch axis."""
         self.spec = spec
         self.teacher = teacher
         self.sample_shape = tuple(sample_shape)
         self.dtype = dtype
+        self.axis = axis
 
     def teacher_output(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The original model's output for this batch, batch first."""
         cached = inputs.get(TEACHER)
-        return cached if cached is not None else self.teacher(inputs)
+        if cached is not None:
+            return cached
+        return batch_first(self.teacher(inputs), len(next(iter(inputs.values()))))
 
     def for_batch(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> list[np.ndarray]:
         feeds = []
         for name in self.spec.targets:
             if name == HARD_TARGET:
                 if self.spec.task == "classify":
-                    onehot = np.zeros((len(labels), self.spec.num_classes), dtype=self.dtype)
-                    onehot[np.arange(len(labels)), labels.astype(np.int64)] = 1
-                    feeds.append(onehot)
+                    target = np.eye(self.spec.num_classes, dtype=self.dtype)[labels.astype(np.int64)]
                 else:
-                    feeds.append(labels.astype(self.dtype))
-            elif name == SOFT_TARGET:
-                out = self.teacher_output(inputs)
+                    target = labels.astype(self.dtype)
+            else:
+                target = self.teacher_output(inputs)
                 if self.spec.task == "classify":
-                    out = softmax(out, self.spec.temperature)
-                feeds.append(out.astype(self.dtype))
+                    target = softmax(target, self.spec.temperature)
+                target = target.astype(self.dtype)
+            feeds.append(target if self.axis == 0 else np.moveaxis(target, 0, self.axis))
         return feeds
 
     def dummy(self, batch: int) -> list[np.ndarray]:
-        """Zero targets for the eval graph, which computes the loss too."""
-        return [np.zeros((batch, *self.sample_shape), dtype=self.dtype) for _ in self.spec.targets]
+        """Zero targets for the eval graph, which computes the loss too (broadcast when the batch is not first)."""
+        shape = (batch, *self.sample_shape) if self.axis == 0 else (1,) * (len(self.sample_shape) + 1)
+        return [np.zeros(shape, dtype=self.dtype) for _ in self.spec.targets]
 
 
-def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int) -> Dataset:
-    """A copy of `data` with the original model's outputs for every sample, computed once, beside the inputs.
+def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int,
+                 folder: str | Path | None = None) -> Dataset:
+    """A copy of `data` with the original model's outputs for every sample beside the inputs, computed once.
 
     Every batch has `batch_size` samples (the last one is padded with copies of its last sample, whose outputs
-    are dropped), so that a model exported with a fixed batch size runs on any number of samples.
+    are dropped), so that a model exported with a fixed batch size runs on any number of samples. Outputs over
+    256 MB go to a memory-mapped file in `folder` (a temporary folder when None).
     """
-    outs = []
+    store = None
+    start = 0
     for inputs, _ in data.iterate(batch_size):
         n = len(next(iter(inputs.values())))
         if n < batch_size:
             inputs = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in inputs.items()}
-        outs.append(teacher(inputs)[:n])
-    return Dataset({**data.inputs, TEACHER: np.concatenate(outs)}, data.labels, data.source)
+        out = batch_first(teacher(inputs), batch_size)[:n]
+        if store is None:
+            store = _allocate((len(data), *out.shape[1:]), out.dtype, folder)
+        store[start:start + n] = out
+        start += n
+    return data.with_aligned(TEACHER, store)
+
+
+def _allocate(shape: tuple[int, ...], dtype: np.dtype, folder: str | Path | None) -> np.ndarray:
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize <= IN_MEMORY_BYTES:
+        return np.empty(shape, dtype)
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="onnx-dns-teacher-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(folder / "teacher.npy", mode="w+", dtype=dtype, shape=shape)

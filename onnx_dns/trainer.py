@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -84,8 +85,9 @@ class Trainer:
         kept = sum(int(np.count_nonzero(m)) for m in self.masks.values())
         return total / max(kept, 1)
 
-    def evaluate(self, data: Dataset | CallableData) -> Metrics:
-        return evaluate_module(self.module, self.art, data, self.targets, self.config.eval_batch_size, self.art.batch)
+    def evaluate(self, data: Dataset | CallableData, progress: Callable[[dict], None] | None = None) -> Metrics:
+        return evaluate_module(self.module, self.art, data, self.targets, self.config.eval_batch_size, self.art.batch,
+                               progress)
 
     def snapshot(self, iteration: int, metrics: Metrics) -> Snapshot:
         return Snapshot(iteration, metrics, self.compression(),

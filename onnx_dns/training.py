@@ -85,7 +85,7 @@ class TrainingLoop:
 
     def _start(self) -> TrainState:
         self.trainer.surgeon.initialize(self.trainer.params)
-        state = TrainState(0, self.trainer.evaluate(self.val_data))
+        state = TrainState(0, self.trainer.evaluate(self.val_data, self.progress))
         self._checkpoint(state)
         return state
 
@@ -114,7 +114,7 @@ class TrainingLoop:
                                   f"{self.work_dir}: continue with --resume {self.work_dir} and the same options")
 
     def _evaluate(self, state: TrainState, loss: float) -> Metrics:
-        metrics = self.trainer.evaluate(self.val_data)
+        metrics = self.trainer.evaluate(self.val_data, self.progress)
         snap = self.trainer.snapshot(state.iteration, metrics)
         state.history.append({"iteration": state.iteration, "compression": snap.compression, "metrics": metrics,
                               "loss": loss})

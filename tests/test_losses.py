@@ -230,4 +230,21 @@ def test_metrics_top1_top5_fidelity_and_mse():
     f = compute_metrics("classify", outputs, None, reference)
     assert f.fidelity == 50.0 and f.top1 is None and f.score == 50.0
     r = compute_metrics("regress", np.array([[1.0], [3.0]]), np.array([0.0, 1.0]), None)
-    assert r.mse == pytest.approx(2.5) and r.score == pytest.approx(-2.5)
+    assert r.mse == pytest.approx(2.5)
+    assert r.relative_error == pytest.approx(100 * np.sqrt(5.0)) and r.score == -r.relative_error  # ||(1, 2)|| / ||(0, 1)||
+
+
+def test_per_position_metrics_count_every_position_and_move_with_the_model():
+    from onnx_dns.evaluate import compute_metrics
+
+    rng = np.random.default_rng(9)
+    reference = rng.standard_normal((5, 12, 9))  # [batch, positions, classes]
+    same = compute_metrics("classify", reference.copy(), None, reference)
+    assert same.fidelity == 100.0 and same.positions == 12 and same.label == "per-position agreement"
+    changed = reference.copy()
+    changed[0, :3] = -changed[0, :3]  # 3 of 60 positions now predict another class
+    moved = compute_metrics("classify", changed, None, reference)
+    assert moved.fidelity == pytest.approx(100 * 57 / 60)
+    labels = reference.argmax(-1)
+    labels[1, 0] = (labels[1, 0] + 1) % 9
+    assert compute_metrics("classify", reference, labels, None).top1 == pytest.approx(100 * 59 / 60)
