@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from onnx_dns.graph import attribute
 
@@ -49,6 +50,8 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
 _ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
 _X, _W, _R, _B, _SEQUENCE_LENS, _INITIAL_H, _INITIAL_C, _P = range(8)
+_PER_DIRECTION = {_W: "w", _R: "r", _B: "b", _INITIAL_H: "h0", _INITIAL_C: "c0", _P: "p"}  # stacked on directions
+_STATES = (_INITIAL_H, _INITIAL_C)  # batch-first (N, D, H) with layout 1
 
 
 def unsupported(node: onnx.NodeProto) -> str | None:
@@ -106,10 +109,8 @@ class _Direction:
     def act(self, which: int, x: str, what: str) -> str:
         return self.op(self.activations[which], [x], what)
 
-    def pre(self, gate: int, x_t: list[str], h: str | None, what: str) -> str:
-        """x_t of the gate plus H R_gate^T (left out when H is 0)."""
-        if h is None:
-            return x_t[gate]
+    def pre(self, gate: int, x_t: list[str], h: str, what: str) -> str:
+        """x_t of the gate plus H R_gate^T."""
         return self.op("Add", [x_t[gate], self.op("MatMul", [h, self.r[gate]], what + "_rec")], what + "_pre")
 
 
@@ -122,94 +123,82 @@ def _unroll(e: _Emitter, node: onnx.NodeProto, step) -> None:
     steps = e.dim(x, 1 if layout else 0)
     hidden = int(attribute(node, "hidden_size", 0)) or e.dim(node.input[_R], 2)
     sequence = e.op("Transpose", [x], "x_time_major", perm=[1, 0, 2]) if layout else x
-    times = [_index(e, t) for t in range(steps)]
+    reverse_flags = _reverse_flags(node)
+    per_direction = {i: _per_direction(e, node.input[i], len(reverse_flags), layout if i in _STATES else 0, what)
+                     for i, what in _PER_DIRECTION.items() if _given(node, i)}
     results = []
-    for d, reverse in enumerate(_reverse_flags(node)):
-        direction = _prepare_direction(e, node, sequence, d, hidden, dtype)
-        h = _gather(e, node.input[_INITIAL_H], d, 1 if layout else 0, f"d{d}_h0") if _given(node, _INITIAL_H) \
-            else None
-        c = _gather(e, node.input[_INITIAL_C], d, 1 if layout else 0, f"d{d}_c0") if _given(node, _INITIAL_C) \
-            else None
+    for d, reverse in enumerate(reverse_flags):
+        tensors = {i: parts[d] for i, parts in per_direction.items()}
+        direction = _prepare_direction(e, node, sequence, tensors, d, hidden, dtype)
+        x = [_time_steps(e, gate, steps, f"d{d}_x{k}") for k, gate in enumerate(direction.x)]
+        h = tensors.get(_INITIAL_H) or _zeros_like(e, x[0][0], dtype, f"d{d}_h0")
+        c = tensors.get(_INITIAL_C) or (_zeros_like(e, x[0][0], dtype, f"d{d}_c0") if node.op_type == "LSTM" else None)
         for t in (reversed(range(steps)) if reverse else range(steps)):
-            x_t = [e.op("Gather", [gate, times[t]], f"d{d}t{t}_x{k}", axis=0) for k, gate in enumerate(direction.x)]
-            h, c = step(direction, x_t, h, c, f"t{t}")
+            h, c = step(direction, [gate[t] for gate in x], h, c, f"t{t}")
             direction.hs[t] = h
         results.append((direction.hs, h, c))
     _write_outputs(e, node, results, steps, layout)
 
 
-def _prepare_direction(e: _Emitter, node, sequence: str, d: int, hidden: int, dtype: np.dtype) -> _Direction:
-    """Direction d's weights: X W^T + Wb + Rb split by gate, and R's gate blocks transposed."""
+def _prepare_direction(e: _Emitter, node, sequence: str, tensors: dict[int, str], d: int, hidden: int,
+                       dtype: np.dtype) -> _Direction:
+    """Direction d's gate inputs X W_k^T + Wb_k + Rb_k over all steps, and its recurrence blocks R_k^T."""
     gates = GATES[node.op_type]
-    size = gates * hidden
-    w = e.op("Transpose", [_gather(e, node.input[_W], d, 0, f"d{d}_w")], f"d{d}_w_t", perm=[1, 0])
-    projected = e.op("MatMul", [sequence, w], f"d{d}_xw")
+    w = e.op("Transpose", [tensors[_W]], f"d{d}_w_t", perm=[1, 0])
+    x = _split(e, e.op("MatMul", [sequence, w], f"d{d}_xw"), [hidden] * gates, 2, f"d{d}_xw")
     linear_before_reset = node.op_type == "GRU" and bool(attribute(node, "linear_before_reset", 0))
     recurrent_h_bias = None
-    if _given(node, _B):
-        b = _gather(e, node.input[_B], d, 0, f"d{d}_b")
-        wb, rb = (_slice(e, b, lo, lo + size, 0, f"d{d}_{what}") for lo, what in ((0, "wb"), (size, "rb")))
-        if linear_before_reset:  # Rbh is added inside r * (H Rh^T + Rbh): keep it out of x
-            recurrent_h_bias = _slice(e, rb, 2 * hidden, 3 * hidden, 0, f"d{d}_rbh")
-            keep = np.concatenate([np.ones(2 * hidden), np.zeros(hidden)]).astype(dtype)
-            rb = e.op("Mul", [rb, e.const(keep, f"d{d}_rb_keep")], f"d{d}_rb_zr")
-        projected = e.op("Add", [projected, e.op("Add", [wb, rb], f"d{d}_bias")], f"d{d}_xwb")
-    r = _gather(e, node.input[_R], d, 0, f"d{d}_r")
+    if _B in tensors:
+        biases = _split(e, tensors[_B], [hidden] * (2 * gates), 0, f"d{d}_b")  # Wb by gate, then Rb by gate
+        for k in range(gates):
+            if linear_before_reset and k == 2:  # Rbh is added inside r * (H Rh^T + Rbh)
+                recurrent_h_bias, bias = biases[gates + k], biases[k]
+            else:
+                bias = e.op("Add", [biases[k], biases[gates + k]], f"d{d}_bias{k}")
+            x[k] = e.op("Add", [x[k], bias], f"d{d}_x{k}")
     names = _activation_names(node)
-    per_direction = len(_DEFAULT_ACTIVATIONS[node.op_type])
-    direction = _Direction(
-        e=e, prefix=f"d{d}", dtype=dtype, linear_before_reset=linear_before_reset,
-        activations=tuple(_ACTIVATIONS[a.lower()] for a in names[d * per_direction:(d + 1) * per_direction]),
-        x=[_slice(e, projected, k * hidden, (k + 1) * hidden, 2, f"d{d}_x{k}") for k in range(gates)],
-        r=[e.op("Transpose", [_slice(e, r, k * hidden, (k + 1) * hidden, 0, f"d{d}_r{k}")], f"d{d}_r{k}_t",
-                perm=[1, 0]) for k in range(gates)],
+    count = len(_DEFAULT_ACTIVATIONS[node.op_type])
+    return _Direction(
+        e=e, prefix=f"d{d}", dtype=dtype, linear_before_reset=linear_before_reset, x=x,
+        activations=tuple(_ACTIVATIONS[a.lower()] for a in names[d * count:(d + 1) * count]),
+        r=[e.op("Transpose", [block], f"d{d}_r{k}_t", perm=[1, 0])
+           for k, block in enumerate(_split(e, tensors[_R], [hidden] * gates, 0, f"d{d}_r"))],
         recurrent_h_bias=recurrent_h_bias,
+        peepholes=_split(e, tensors[_P], [hidden] * 3, 0, f"d{d}_p") if _P in tensors else None,
     )
-    if node.op_type == "LSTM" and _given(node, _P):
-        p = _gather(e, node.input[_P], d, 0, f"d{d}_p")
-        direction.peepholes = [_slice(e, p, k * hidden, (k + 1) * hidden, 0, f"d{d}_p{k}") for k in range(3)]
-    return direction
 
 
-def _lstm_step(s: _Direction, x_t: list[str], h: str | None, c: str | None, t: str) -> tuple[str, str]:
+def _lstm_step(s: _Direction, x_t: list[str], h: str, c: str, t: str) -> tuple[str, str]:
     i_pre, o_pre, f_pre = (s.pre(k, x_t, h, f"{t}_{g}") for k, g in enumerate("iof"))
-    if c is not None and s.peepholes:
+    if s.peepholes:
         i_pre = s.op("Add", [i_pre, s.op("Mul", [s.peepholes[0], c], f"{t}_pi_c")], f"{t}_i_peep")
         f_pre = s.op("Add", [f_pre, s.op("Mul", [s.peepholes[2], c], f"{t}_pf_c")], f"{t}_f_peep")
     i, f = s.act(0, i_pre, f"{t}_i"), s.act(0, f_pre, f"{t}_f")
     candidate = s.act(1, s.pre(3, x_t, h, f"{t}_c"), f"{t}_cand")
-    new_c = s.op("Mul", [i, candidate], f"{t}_ic")
-    if c is not None:
-        new_c = s.op("Add", [s.op("Mul", [f, c], f"{t}_fc"), new_c], f"{t}_cell")
+    new_c = s.op("Add", [s.op("Mul", [f, c], f"{t}_fc"), s.op("Mul", [i, candidate], f"{t}_ic")], f"{t}_cell")
     if s.peepholes:
         o_pre = s.op("Add", [o_pre, s.op("Mul", [s.peepholes[1], new_c], f"{t}_po_c")], f"{t}_o_peep")
     o = s.act(0, o_pre, f"{t}_o")
     return s.op("Mul", [o, s.act(2, new_c, f"{t}_hc")], f"{t}_h"), new_c
 
 
-def _gru_step(s: _Direction, x_t: list[str], h: str | None, c: None, t: str) -> tuple[str, None]:
+def _gru_step(s: _Direction, x_t: list[str], h: str, c: None, t: str) -> tuple[str, None]:
     z = s.act(0, s.pre(0, x_t, h, f"{t}_z"), f"{t}_z")
-    recurrent = None
+    r = s.act(0, s.pre(1, x_t, h, f"{t}_r"), f"{t}_r")
     if s.linear_before_reset:
-        parts = [s.op("MatMul", [h, s.r[2]], f"{t}_hr")] if h is not None else []
-        parts += [s.recurrent_h_bias] if s.recurrent_h_bias is not None else []
-        if parts:
-            linear = parts[0] if len(parts) == 1 else s.op("Add", parts, f"{t}_hr_b")
-            recurrent = s.op("Mul", [s.act(0, s.pre(1, x_t, h, f"{t}_r"), f"{t}_r"), linear], f"{t}_r_hr")
-    elif h is not None:
-        r = s.act(0, s.pre(1, x_t, h, f"{t}_r"), f"{t}_r")
+        linear = s.op("MatMul", [h, s.r[2]], f"{t}_hr")
+        if s.recurrent_h_bias is not None:
+            linear = s.op("Add", [linear, s.recurrent_h_bias], f"{t}_hr_b")
+        recurrent = s.op("Mul", [r, linear], f"{t}_r_hr")
+    else:
         recurrent = s.op("MatMul", [s.op("Mul", [r, h], f"{t}_rh"), s.r[2]], f"{t}_rh_r")
-    pre = x_t[2] if recurrent is None else s.op("Add", [x_t[2], recurrent], f"{t}_hpre")
-    candidate = s.act(1, pre, f"{t}_cand")
+    candidate = s.act(1, s.op("Add", [x_t[2], recurrent], f"{t}_hpre"), f"{t}_cand")
     s.one = s.one or s.e.const(np.array(1, s.dtype), f"{s.prefix}_one")
-    keep = s.op("Sub", [s.one, z], f"{t}_1mz")
-    new_h = s.op("Mul", [keep, candidate], f"{t}_new")
-    if h is not None:
-        new_h = s.op("Add", [new_h, s.op("Mul", [z, h], f"{t}_zh")], f"{t}_h")
-    return new_h, None
+    keep = s.op("Mul", [s.op("Sub", [s.one, z], f"{t}_1mz"), candidate], f"{t}_new")
+    return s.op("Add", [keep, s.op("Mul", [z, h], f"{t}_zh")], f"{t}_h"), None
 
 
-def _rnn_step(s: _Direction, x_t: list[str], h: str | None, c: None, t: str) -> tuple[str, None]:
+def _rnn_step(s: _Direction, x_t: list[str], h: str, c: None, t: str) -> tuple[str, None]:
     return s.act(0, s.pre(0, x_t, h, f"{t}_i"), f"{t}_h"), None
 
 
@@ -253,18 +242,43 @@ def _skip() -> NoReturn:
     raise _Skip
 
 
-def _index(e: _Emitter, value: int) -> str:
-    return e.const(np.array(value, np.int64), f"index{value}")
+def _time_steps(e: _Emitter, sequence: str, steps: int, what: str) -> list[str]:
+    """The (N, H) steps of a (T, N, H) tensor."""
+    return [_squeeze(e, part, 0, f"{what}_t{t}") for t, part in enumerate(_split(e, sequence, [1] * steps, 0, what))]
 
 
-def _gather(e: _Emitter, tensor: str, index: int, axis: int, what: str) -> str:
-    return e.op("Gather", [tensor, _index(e, index)], what, axis=axis)
+def _per_direction(e: _Emitter, tensor: str, directions: int, axis: int, what: str) -> list[str]:
+    """The parts of a tensor stacked by direction on `axis`, that axis removed."""
+    return [_squeeze(e, part, axis, f"{what}_d{d}") for d, part in enumerate(_split(e, tensor, [1] * directions,
+                                                                                   axis, what))]
 
 
-def _slice(e: _Emitter, tensor: str, start: int, end: int, axis: int, what: str) -> str:
-    bounds = [e.const(np.array([v], np.int64), f"{what}_{name}") for v, name in ((start, "start"), (end, "end"),
-                                                                               (axis, "axis"))]
-    return e.op("Slice", [tensor, *bounds], what)
+def _zeros_like(e: _Emitter, tensor: str, dtype: np.dtype, what: str) -> str:
+    """An absent initial state: zeros, not left-out terms, since a step input without a gradient would break the
+    gradient of the Split that made it (onnxruntime-training 1.19 concatenates only the gradients it has)."""
+    zero = onnx.numpy_helper.from_array(np.zeros(1, dtype), "")
+    return e.op("ConstantOfShape", [e.op("Shape", [tensor], what + "_shape")], what, value=zero)
+
+
+def _split(e: _Emitter, tensor: str, sizes: list[int], axis: int, what: str) -> list[str]:
+    """Consecutive parts of `tensor` along `axis`. Always a Split, never several Gathers or Slices of one tensor:
+    onnxruntime-training fuses those into a Split (GatherSliceToSplitFusion) whose gradient then fails shape
+    inference ("Can't merge shape info", measured)."""
+    if len(sizes) == 1:
+        return [tensor]
+    names = [e.name(f"{what}_part{i}") for i in range(len(sizes))]
+    if e.opset >= 13:
+        inputs, attrs = [tensor, e.const(np.array(sizes, np.int64), what + "_sizes")], {}
+    else:
+        inputs, attrs = [tensor], {"split": sizes}
+    e.nodes.append(onnx.helper.make_node("Split", inputs, names, name=e.name(what + "_split"), axis=axis, **attrs))
+    return names
+
+
+def _squeeze(e: _Emitter, tensor: str, axis: int, what: str) -> str:
+    if e.opset >= 13:
+        return e.op("Squeeze", [tensor, e.const(np.array([axis], np.int64), what + "_axes")], what)
+    return e.op("Squeeze", [tensor], what, axes=[axis])
 
 
 def _unsqueeze(e: _Emitter, tensor: str, axes: list[int], what: str) -> str:

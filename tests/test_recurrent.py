@@ -223,3 +223,103 @@ def test_unrolling_works_at_both_ends_of_the_opset_range(opset):
     model = model_of(case, opset=opset)
     np.testing.assert_allclose(run(rewrite_for_training(model).model, feeds(case))[0], run(model, feeds(case))[0],
                                atol=2e-6)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def with_loss(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`model` with `loss = sum over outputs o of mean(o * weights[o])` as its only output."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    terms = []
+    for name, r in weights.items():
+        out.graph.initializer.append(numpy_helper.from_array(r.astype(np.float32), f"loss.{name}"))
+        out.graph.node.extend([helper.make_node("Mul", [name, f"loss.{name}"], [f"loss.{name}.m"]),
+                               helper.make_node("ReduceMean", [f"loss.{name}.m"], [f"loss.{name}.r"], keepdims=0)])
+        terms.append(f"loss.{name}.r")
+    total = terms[0]
+    for i, term in enumerate(terms[1:]):
+        out.graph.node.append(helper.make_node("Add", [total, term], [f"loss.sum{i}"]))
+        total = f"loss.sum{i}"
+    out.graph.node.append(helper.make_node("Identity", [total], ["loss"]))
+    del out.graph.output[:]
+    out.graph.output.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
+    return out
+
+
+def loss_weights(case: Case) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    shapes = [o.shape for o in reference(case, params(case), feeds(case))]
+    return {name: rng.normal(size=shape) for name, shape in zip(("y", "y_h", "y_c"), shapes)}
+
+
+def finite_difference(case: Case, p: dict, name: str, inputs: dict, r: dict, eps: float = 1e-6) -> np.ndarray:
+    p = {k: v.astype(np.float64) for k, v in p.items()}
+    inputs = {k: v.astype(np.float64) for k, v in inputs.items()}
+    r = [v.astype(np.float32).astype(np.float64) for v in r.values()]
+
+    def loss() -> float:
+        return sum(float(np.mean(o * w)) for o, w in zip(reference(case, p, inputs), r))
+
+    target, grad = p[name], np.zeros_like(p[name])
+    for index in np.ndindex(target.shape):
+        saved = target[index]
+        target[index] = saved + eps
+        up = loss()
+        target[index] = saved - eps
+        down = loss()
+        target[index] = saved
+        grad[index] = (up - down) / (2 * eps)
+    return grad
+
+
+def training_gradients(model: onnx.ModelProto, trainable, masks: dict[str, str], inputs: dict, directory):
+    """Build artifacts as build_artifacts does (rewrite, frozen masks, straight-through) and run one step."""
+    from onnx_dns.straight_through import rewire_straight_through
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with captured_stderr():
+        artifacts.generate_artifacts(model, requires_grad=list(trainable), frozen_params=list(masks.values()),
+                                     loss=None, artifact_directory=str(directory))
+        path = directory / "training_model.onnx"
+        onnx.save(rewire_straight_through(onnx.load(str(path)), masks).model, str(path))
+        state = api.CheckpointState.load_checkpoint(str(directory / "checkpoint"))
+        module = api.Module(str(path), state, str(directory / "eval_model.onnx"))
+        module.train()
+        module(*[inputs[i.name] for i in model.graph.input])
+    return {n: np.array(state.parameters[n].grad, dtype=np.float64) for n in trainable}
+
+
+GRADIENT_CASES = [
+    Case("LSTM", "bidirectional", 1, True, peepholes=True),
+    Case("LSTM", "reverse", 0, False),
+    Case("GRU", "reverse", 0, True, linear_before_reset=1),
+    Case("GRU", "bidirectional", 1, False),
+    Case("RNN", "forward", 0, True),
+]
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES, ids=lambda c: c.id)
+def test_straight_through_gradients_of_w_r_b_equal_finite_differences(case, tmp_path):
+    """Masked W, R, B with a third of each pruned: the forward pass sees W * T, and the straight-through gradient
+    of every entry, pruned or not, is the finite difference of the reference at W * T."""
+    p = params(case)
+    names = [n for n in ("W", "R", "B") if n in p]
+    masked = insert_masks(model_of(case), names).model
+    rng = np.random.default_rng(7)
+    masks = {n: (rng.random(p[n].shape) > 1 / 3).astype(np.float32) for n in names}
+    for tensor in masked.graph.initializer:
+        if tensor.name in {mask_name(n) for n in names}:
+            tensor.CopyFrom(numpy_helper.from_array(masks[tensor.name[:-len("__dns_mask")]], tensor.name))
+    r = loss_weights(case)
+    inputs = feeds(case)
+    trainable = names + (["P"] if "P" in p else [])
+    grads = training_gradients(with_loss(rewrite_for_training(masked).model, r), trainable,
+                               {n: mask_name(n) for n in names}, inputs, tmp_path)
+    effective = {k: v * masks[k] if k in masks else v for k, v in p.items()}
+    for name in trainable:
+        expected = finite_difference(case, effective, name, inputs, r)
+        np.testing.assert_allclose(grads[name], expected, atol=1e-5, rtol=1e-3, err_msg=name)
+        pruned = masks[name] == 0 if name in masks else np.zeros(p[name].shape, bool)
+        assert not pruned.any() or np.abs(grads[name][pruned]).max() > 1e-4  # pruned entries can grow back
