@@ -323,3 +323,80 @@ def test_straight_through_gradients_of_w_r_b_equal_finite_differences(case, tmp_
         np.testing.assert_allclose(grads[name], expected, atol=1e-5, rtol=1e-3, err_msg=name)
         pruned = masks[name] == 0 if name in masks else np.zeros(p[name].shape, bool)
         assert not pruned.any() or np.abs(grads[name][pruned]).max() > 1e-4  # pruned entries can grow back
+
+
+# ---------------------------------------------------------------- what is refused, and why a rewrite is needed
+
+
+def refused(model: onnx.ModelProto) -> str:
+    result = rewrite_for_training(model)
+    assert not result.modified
+    blocked = untrainable_nodes(result.model)
+    assert [op for _, op in blocked] == [model.graph.node[0].op_type]
+    return untrainable_message(result.model, blocked)
+
+
+def test_sequence_lens_is_refused_by_name():
+    model = model_of(Case("LSTM", "bidirectional"))
+    node = model.graph.node[0]
+    assert len(node.input) == 4
+    node.input.append("lens")
+    model.graph.input.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [N]))
+    assert "sequence_lens" in refused(model)
+
+
+def test_unknown_sequence_length_is_refused():
+    assert "sequence length" in refused(model_of(Case("GRU"), steps="T"))
+
+
+@pytest.mark.parametrize("attrs, word", [({"clip": 3.0}, "clip"), ({"input_forget": 1}, "input_forget"),
+                                         ({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "HardSigmoid")])
+def test_unsupported_attributes_are_refused_by_name(attrs, word):
+    model = model_of(Case("LSTM"))
+    model.graph.node[0].attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    assert word in refused(model)
+
+
+def test_unrolled_nodes_are_not_reported():
+    for case in (Case("LSTM", "bidirectional", 1, True), Case("GRU", linear_before_reset=1), Case("RNN")):
+        assert untrainable_nodes(rewrite_for_training(model_of(case)).model) == []
+
+
+@pytest.mark.parametrize("op", ["LSTM", "RNN"])
+def test_the_original_node_cannot_be_trained(op, tmp_path):
+    """LSTM: "Type 'tensor(float)' of input parameter (y) of operator (LSTMGrad) ... is invalid"; RNN: no builder."""
+    case = Case(op)
+    with pytest.raises(Exception, match="LSTMGrad|gradient builder has not been registered"):
+        training_gradients(with_loss(model_of(case), loss_weights(case)), ["W"], {}, feeds(case), tmp_path)
+
+
+# ---------------------------------------------------------------- prunable layers
+
+
+def test_find_layers_gives_each_recurrent_node_w_r_and_b():
+    lstm = Case("LSTM", "bidirectional", peepholes=True, initial=True)
+    p_lstm = params(lstm)
+    model = model_of(lstm)
+    # y_h of the bidirectional LSTM, (2, N, H), is read by a GRU without bias as a sequence of 2 steps of width H
+    inits = {"gru.W": np.ones((1, 3 * HIDDEN, HIDDEN)), "gru.R": np.ones((1, 3 * HIDDEN, HIDDEN)),
+             "h_init": np.zeros((1, N, HIDDEN))}
+    model.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items())
+    model.graph.node.append(helper.make_node("GRU", ["y_h", "gru.W", "gru.R", "", "", "h_init"], ["g"], name="gru",
+                                             hidden_size=HIDDEN))
+    layers = {layer.name: layer for layer in find_layers(model)}
+    assert set(layers) == {"rec", "gru"}
+    rec = layers["rec"]
+    assert [(t.name, t.role) for t in rec.tensors] == [("W", "weight"), ("R", "recurrence"), ("B", "bias")]
+    assert rec.params == p_lstm["W"].size + p_lstm["R"].size + p_lstm["B"].size == 2 * 4 * HIDDEN * (I + HIDDEN + 2)
+    assert [(t.name, t.role) for t in layers["gru"].tensors] == [("gru.W", "weight"), ("gru.R", "recurrence")]
+    assert [t.name for t in find_layers(model, biases=False)[0].tensors] == ["W", "R"]
+    masked = insert_masks(model, [t.name for layer in layers.values() for t in layer.tensors]).model
+    assert find_layers(masked) == list(layers.values())  # seen through the masks' Mul nodes
+
+
+def test_a_recurrent_node_whose_weights_are_inputs_is_not_a_layer():
+    model = model_of(Case("RNN"))
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, list(w.dims)))
+    model.graph.initializer.remove(w)
+    assert find_layers(model) == []
