@@ -1,16 +1,17 @@
 """Train ONNX LSTM, GRU and RNN nodes on CPU by unrolling each one over its time steps.
 
-onnxruntime-training 1.19.2 has no usable CPU gradient for them (measured): RNN has no gradient builder; the LSTM
-and GRU builders (which turn the node into com.microsoft LSTMTraining/GRUTraining and add LSTMGrad/GRUGrad) wire
-the gradient node wrongly unless the node lists every optional input slot up to initial_c (LSTM, 7 slots) or
-initial_h (GRU, 6 slots), and even then the kernels accept only the forward direction, layout 0, the default
-activations, no clip, no input_forget and no sequence_lens. The unrolled form has none of these limits but a
-static sequence length (shape inference after the input shapes are pinned to the data's).
+Measured in onnxruntime-training 1.19.2: RNN has no gradient builder. The LSTM and GRU builders (the node becomes
+com.microsoft LSTMTraining/GRUTraining with an LSTMGrad/GRUGrad) miswire the gradient node ("Type 'tensor(float)'
+of input parameter (y) of operator (LSTMGrad) ... is invalid") unless the node lists every input slot up to
+initial_c (LSTM: 7) or initial_h (GRU: 6); so padded, the kernels give right gradients for the forward direction,
+layout 0 and default activations only, a wrong one with peepholes, and refuse reverse and bidirectional nodes.
+The unrolled form has none of these limits and trains about as fast (47 against 49 ms a step, T=32, N=16, I=H=128);
+it needs a static sequence length (shape inference once compress has pinned the input sizes to the data's).
 
 Notation (ONNX spec): X is (T, N, I) (layout 1: (N, T, I)); for direction d, W[d] is (G*H, I) and R[d] is
 (G*H, H), stacked by gate; B[d] = [Wb, Rb], each (G*H,); P[d] = [Pi, Po, Pf]; f, g, h are the direction's
 activations; x_t = X[t] W[d]^T + Wb + Rb, its gate k the columns [k*H, (k+1)*H). A forward direction runs
-t = 0 .. T-1, a reverse one t = T-1 .. 0, from H = initial_h[d] and C = initial_c[d] (0 when absent).
+t = 0 .. T-1, a reverse one t = T-1 .. 0, from H = initial_h[d] and C = initial_c[d] (zeros when absent).
 
     LSTM (gates i, o, f, c):  i = f(x_i + H Ri^T + Pi*C)     f_ = f(x_f + H Rf^T + Pf*C)
                               c~ = g(x_c + H Rc^T)           C' = f_*C + i*c~
@@ -23,13 +24,14 @@ t = 0 .. T-1, a reverse one t = T-1 .. 0, from H = initial_h[d] and C = initial_
 
 Y[t, d] is H after step t of direction d; Y_h[d] and Y_c[d] are H and C after the direction's last step (for a
 reverse direction, the step at t = 0). Layout 1 reads X and the initial states batch-first and writes Y as
-(N, T, D, H) and Y_h, Y_c as (N, D, H). With H or C absent the terms that multiply it are left out, which is exact.
+(N, T, D, H) and Y_h, Y_c as (N, D, H).
 
-Written with Gather (direction, time step), Slice (gates), Transpose, MatMul, Add, Mul, Sub, Sigmoid, Tanh, Relu,
-Unsqueeze and Concat, which all have CPU gradients. W, R and B (their masked versions in a masked model) are read
-by Gathers directly, so they train under their own names and the mask's straight-through rewiring still finds
-its `Mul(W_masked_grad, mask)`. Refused (the node is left as it is and reported): sequence_lens, clip,
-input_forget, activations other than Sigmoid, Tanh and Relu, and an unknown sequence length or input type.
+Written with Split and Squeeze (directions, gates, time steps), Transpose, MatMul, Add, Mul, Sub, Sigmoid, Tanh,
+Relu, Unsqueeze, Concat and Shape/ConstantOfShape (zero states), which all have CPU gradients. W, R and B (their
+masked versions in a masked model) are read directly by Split or Squeeze, so they train under their own names and the
+straight-through rewiring still finds `Mul(W_masked_grad, mask)`. Refused (the node is left as it is and
+reported): sequence_lens, clip, input_forget, activations other than Sigmoid, Tanh and Relu, and an unknown
+sequence length or input type.
 """
 
 from __future__ import annotations

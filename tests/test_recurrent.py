@@ -400,3 +400,85 @@ def test_a_recurrent_node_whose_weights_are_inputs_is_not_a_layer():
     model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, list(w.dims)))
     model.graph.initializer.remove(w)
     assert find_layers(model) == []
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def cnn_bilstm(seed: int = 0, hidden: int = 12) -> onnx.ModelProto:
+    """x (N, 1, 8, 16) -> Conv 3x3 (4 channels) -> Relu -> 16 steps of 32 features (the image's columns) ->
+    bidirectional LSTM -> both final hidden states -> MatMul + Add classifier over 3 classes."""
+    rng = np.random.default_rng(seed)
+    g = 4 * hidden
+    inits = {"conv.w": rng.normal(size=(4, 1, 3, 3)) * 0.5, "conv.b": np.zeros(4),
+             "lstm.W": rng.normal(size=(2, g, 32)) * 0.2, "lstm.R": rng.normal(size=(2, g, hidden)) * 0.2,
+             "lstm.B": rng.normal(size=(2, 2 * g)) * 0.1, "fc.w": rng.normal(size=(2 * hidden, 3)) * 0.3,
+             "fc.b": np.zeros(3), "seq_shape": np.array([16, -1, 32]), "flat_shape": np.array([-1, 2 * hidden])}
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["cols"], name="columns", perm=[3, 0, 1, 2]),  # (16, N, 4, 8)
+        helper.make_node("Reshape", ["cols", "seq_shape"], ["seq"], name="to_sequence"),
+        helper.make_node("LSTM", ["seq", "lstm.W", "lstm.R", "lstm.B"], ["", "h"], name="lstm",
+                         hidden_size=hidden, direction="bidirectional"),
+        helper.make_node("Transpose", ["h"], ["h_batch"], name="batch_first", perm=[1, 0, 2]),
+        helper.make_node("Reshape", ["h_batch", "flat_shape"], ["feat"], name="flatten"),
+        helper.make_node("MatMul", ["feat", "fc.w"], ["logits0"], name="fc"),
+        helper.make_node("Add", ["logits0", "fc.b"], ["y"], name="fc_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes, "crnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v.astype(np.int64 if k.endswith("shape") else np.float32), k)
+         for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_cnn_bilstm_compresses_2x_counting_the_lstm_and_keeps_its_lstm(tmp_path):
+    from test_exporter_fixtures import eval_graph_outputs
+
+    from onnx_dns.compress import CompressOptions, compress
+    from onnx_dns.normalize import densify_sparse
+    from onnx_dns.trainer import CHECKPOINT, TrainConfig
+
+    model = cnn_bilstm()
+    path = tmp_path / "crnn.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 480)
+    x = 0.5 * rng.normal(size=(480, 1, 8, 16)).astype(np.float32)
+    for k in range(3):  # the class is where along the sequence the bright columns are
+        x[labels == k, :, :, 5 * k:5 * k + 5] += 1.0
+    np.savez(tmp_path / "train.npz", x=x, labels=labels)
+    work = tmp_path / "work"
+    options = CompressOptions(data=str(tmp_path / "train.npz"), target=2.0, work_dir=str(work), keep_work=True,
+                              train=TrainConfig(iterations=60, batch_size=32, lr=0.02, eval_every=60,
+                                                checkpoint_every=60))
+    result = compress(path, tmp_path / "out.onnx", options)
+
+    lstm = next(s for s in result.layers_before if s.op == "LSTM")
+    assert lstm.params == 2 * 48 * (32 + 12 + 2)  # W, R and B of both directions
+    assert lstm.weight_params == 2 * 48 * (32 + 12)  # R counts as a weight in the weights-only figures
+    assert lstm.params > sum(s.params for s in result.layers_before) / 2
+    assert result.compression == pytest.approx(2.0, rel=0.02)
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in model.graph.node]  # the LSTM is kept
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in densify_sparse(out).model.graph.initializer}
+    with np.load(work / CHECKPOINT) as saved:
+        masks = {k[len("mask/"):]: saved[k] for k in saved.files if k.startswith("mask/")}
+    assert {"lstm.W", "lstm.R", "lstm.B"} <= set(masks)
+    for name in ("lstm.W", "lstm.R", "lstm.B"):
+        np.testing.assert_array_equal(after[name] == 0, masks[name] == 0)
+        kept = after[name] != 0
+        assert 0 < kept.mean() < 1 and np.abs(after[name][kept] - before[name][kept]).max() > 1e-6, name
+    lstm_after = next(s for s in result.layers_after if s.op == "LSTM")
+    assert lstm_after.weight_nonzeros == sum(int(np.count_nonzero(after[n])) for n in ("lstm.W", "lstm.R"))
+
+    feed = {"x": x[:32]}
+    got = onnxruntime.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, feed)[0]
+    np.testing.assert_allclose(got, eval_graph_outputs(work, feed)["y"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, run(model, feed)[0], atol=1e-3)  # pruning changed it: the comparison is not trivial
