@@ -16,11 +16,16 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_exporter_fixtures import eval_graph_outputs
 
+from onnx_dns.compress import CompressOptions, compress
 from onnx_dns.insert_masks import insert_masks, mask_name
+from onnx_dns.normalize import densify_sparse
 from onnx_dns.ort_training import api, artifacts, captured_stderr
 from onnx_dns.prunable import find_layers
+from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
+from onnx_dns.trainer import CHECKPOINT, TrainConfig
 
 T, N, I, HIDDEN = 4, 2, 3, 5
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -276,8 +281,6 @@ def finite_difference(case: Case, p: dict, name: str, inputs: dict, r: dict, eps
 
 def training_gradients(model: onnx.ModelProto, trainable, masks: dict[str, str], inputs: dict, directory):
     """Build artifacts as build_artifacts does (rewrite, frozen masks, straight-through) and run one step."""
-    from onnx_dns.straight_through import rewire_straight_through
-
     directory.mkdir(parents=True, exist_ok=True)
     with captured_stderr():
         artifacts.generate_artifacts(model, requires_grad=list(trainable), frozen_params=list(masks.values()),
@@ -437,12 +440,6 @@ def cnn_bilstm(seed: int = 0, hidden: int = 12) -> onnx.ModelProto:
 
 
 def test_cnn_bilstm_compresses_2x_counting_the_lstm_and_keeps_its_lstm(tmp_path):
-    from test_exporter_fixtures import eval_graph_outputs
-
-    from onnx_dns.compress import CompressOptions, compress
-    from onnx_dns.normalize import densify_sparse
-    from onnx_dns.trainer import CHECKPOINT, TrainConfig
-
     model = cnn_bilstm()
     path = tmp_path / "crnn.onnx"
     onnx.save(model, str(path))
