@@ -4,7 +4,7 @@ Conv, ConvTranspose, Gemm and MatMul (with the Add that follows a MatMul as its 
 A recurrent node is one layer of up to three tensors, all directions included: its input weights W (the layer's
 weight), its recurrence weights R and its biases B (the layer's bias, left out with `biases=False`), so one
 DNS threshold covers the node as it covers a Conv's weight and bias. Peephole weights P, initial states and
-sequence lengths are not pruned.
+sequence lengths are neither pruned nor trained.
 
 Everything else (shape constants, BatchNorm statistics, embedding tables, quantization scales) is left alone.
 A weight read by several nodes, directly or through Identity nodes, is one layer with one mask.

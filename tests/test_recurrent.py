@@ -214,6 +214,16 @@ def test_unrolled_graph_computes_what_onnxruntime_computes(case):
         np.testing.assert_allclose(o, e, atol=2e-6, rtol=1e-5)  # the reference used for gradients is right
 
 
+def test_lstm_with_initial_h_but_no_initial_c():
+    case = Case("LSTM", "bidirectional", 0, True)
+    model = model_of(case)
+    del model.graph.node[0].input[6:]
+    model.graph.input.remove(next(v for v in model.graph.input if v.name == "c0"))
+    inputs = {k: v for k, v in feeds(case).items() if k != "c0"}
+    for got, expected in zip(run(rewrite_for_training(model).model, inputs), run(model, inputs)):
+        np.testing.assert_allclose(got, expected, atol=2e-6, rtol=1e-5)
+
+
 def test_linear_before_reset_changes_the_result():
     """Negative control: the two GRU forms differ, so the equivalence above tells them apart."""
     inputs = feeds(Case("GRU"))
