@@ -1,5 +1,10 @@
 """Find the prunable weights of a model: the float initializers that serve as weights and biases of
-Conv, ConvTranspose, Gemm and MatMul (with the Add that follows a MatMul as its bias).
+Conv, ConvTranspose, Gemm and MatMul (with the Add that follows a MatMul as its bias), and of LSTM, GRU and RNN.
+
+A recurrent node is one layer of up to three tensors, all directions included: its input weights W (the layer's
+weight), its recurrence weights R and its biases B (the layer's bias, left out with `biases=False`), so one
+DNS threshold covers the node as it covers a Conv's weight and bias. Peephole weights P, initial states and
+sequence lengths are neither pruned nor trained.
 
 Everything else (shape constants, BatchNorm statistics, embedding tables, quantization scales) is left alone.
 A weight read by several nodes, directly or through Identity nodes, is one layer with one mask.
@@ -18,6 +23,7 @@ from onnx_dns.graph import FLOAT_TYPES, consumers, initializers, node_label, pro
 from onnx_dns.insert_masks import mask_name, masked_name
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
 @dataclass(frozen=True)
@@ -35,16 +41,18 @@ class PrunableTensor:
 
 @dataclass(frozen=True)
 class Layer:
-    """A prunable weight with its optional bias, named after the node that first uses it."""
+    """A prunable weight with its optional bias (and, for a recurrent node, its recurrence weights), named after
+    the node that first uses it."""
 
     name: str
     op: str
     weight: PrunableTensor
     bias: PrunableTensor | None
+    recurrence: PrunableTensor | None = None
 
     @property
     def tensors(self) -> tuple[PrunableTensor, ...]:
-        return (self.weight,) if self.bias is None else (self.weight, self.bias)
+        return tuple(t for t in (self.weight, self.recurrence, self.bias) if t is not None)
 
     @property
     def params(self) -> int:
@@ -85,19 +93,17 @@ def find_layers(
     # Positions count the model's own nodes only, so unnamed layers keep their names once masks are inserted.
     unmasked_nodes = [n for n in graph.node if not _is_mask_mul(n)]
     for index, node in enumerate(unmasked_nodes):
-        if node.op_type not in WEIGHT_OPS:
-            continue
-        found = _weight_and_bias(node, source, read_by)
+        found = _tensors_of(node, source, read_by)
         if found is None:
             continue
-        weight, bias = found
+        weight, bias, recurrence = found
         if weight in claimed:
             continue
         claimed.add(weight)
-        if bias is not None and (bias in claimed or bias == weight):
+        recurrence, bias = (t if t is not None and t not in claimed else None for t in (recurrence, bias))
+        if bias is not None and bias == recurrence:
             bias = None
-        if bias is not None:
-            claimed.add(bias)
+        claimed.update(t for t in (recurrence, bias) if t is not None)
         name = node_label(node, index)
         if name in taken_names:
             name = f"{name}_{index}"
@@ -107,6 +113,7 @@ def find_layers(
             op=node.op_type,
             weight=PrunableTensor(weight, "weight", tuple(inits[weight].dims)),
             bias=PrunableTensor(bias, "bias", tuple(inits[bias].dims)) if bias and biases else None,
+            recurrence=PrunableTensor(recurrence, "recurrence", tuple(inits[recurrence].dims)) if recurrence else None,
         )
         if _selected(layer, include, exclude):
             layers.append(layer)
@@ -142,6 +149,19 @@ def _weight_and_bias(node, source, read_by) -> tuple[str, str | None] | None:
         if bias is not None:
             return weight, bias
     return weight, None
+
+
+def _tensors_of(node, source, read_by) -> tuple[str, str | None, str | None] | None:
+    """(weight, bias, recurrence weight) of a node that has prunable weights; for LSTM/GRU/RNN W, B and R
+    (inputs 1, 3 and 2) when W is an initializer."""
+    if node.op_type in WEIGHT_OPS:
+        pair = _weight_and_bias(node, source, read_by)
+        return None if pair is None else (*pair, None)
+    if node.op_type not in RECURRENT_OPS or len(node.input) < 3:
+        return None
+    weight = source(node.input[1]) if node.input[1] else None
+    bias = source(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    return None if weight is None else (weight, bias, source(node.input[2]) if node.input[2] else None)
 
 
 def _selected(layer: Layer, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:

@@ -126,9 +126,11 @@ def layer_stats(model: onnx.ModelProto, layers: list[Layer],
         counts = []
         for tensor in layer.tensors:
             counts.append(int(np.count_nonzero(value(masks.get(tensor.name, tensor.name)))))
+        weights = [i for i, t in enumerate(layer.tensors) if t.role != "bias"]  # a recurrent layer's R too
         stats.append(LayerStats(
             name=layer.name, op=layer.op, shape=list(layer.weight.shape), params=layer.params,
-            nonzeros=sum(counts), weight_params=layer.weight.size, weight_nonzeros=counts[0],
+            nonzeros=sum(counts), weight_params=sum(layer.tensors[i].size for i in weights),
+            weight_nonzeros=sum(counts[i] for i in weights),
         ))
     return stats
 

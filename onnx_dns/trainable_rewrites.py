@@ -147,14 +147,14 @@ def rewrite_for_training(model: onnx.ModelProto) -> PassResult:
     opset = default_opset(model)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
         return PassResult(model, False)
-    types, ranks = _infer_types_and_ranks(model)
+    types, shapes = _infer_types_and_shapes(model)
     taken = all_names(graph)
     new_nodes: list[onnx.NodeProto] = []
     modified = False
     for index, node in enumerate(graph.node):
         rewrite = _REWRITES.get(node.op_type) if _is_default(node) else None
         if rewrite is not None:
-            emitter = _Emitter(node, node_label(node, index), opset, types, ranks, taken)
+            emitter = _Emitter(node, node_label(node, index), opset, types, shapes, taken)
             try:
                 rewrite(emitter, node)
             except _Skip:
@@ -216,6 +216,8 @@ def _gradient_problem(node: onnx.NodeProto) -> str | None:
         how = " and has no equivalent rewrite here" if op not in _REWRITES else " and could not be rewritten " \
             "(its input type or rank is unknown, or the model's opset is outside 11-21)"
         return f"onnxruntime-training 1.19 registers no gradient builder for {op}{how}"
+    if op in recurrent.GATES:
+        return recurrent.gradient_problem(node)
     if op in CUDA_ONLY_GRADIENT:
         return f"the {op}Grad kernel of onnxruntime-training 1.19 exists only for CUDA, not on CPU"
     if op == "LayerNormalization" and (sum(1 for o in node.output if o) < 3 or _layer_norm_lacks_bias(node)):
@@ -238,9 +240,9 @@ def _gradient_problem(node: onnx.NodeProto) -> str | None:
 class _Emitter:
     """Writes the replacement nodes of one node, naming new tensors `<label>__dns_<what>`."""
 
-    def __init__(self, node, label, opset, types, ranks, taken):
+    def __init__(self, node, label, opset, types, shapes, taken):
         self.node, self.label, self.opset = node, label, opset
-        self._types, self._ranks, self._taken = types, ranks, taken
+        self._types, self._shapes, self._taken = types, shapes, taken
         self._mine: list[str] = []
         self.nodes: list[onnx.NodeProto] = []
 
@@ -266,10 +268,17 @@ class _Emitter:
             raise _Skip
 
     def rank(self, tensor: str) -> int:
-        rank = self._ranks.get(tensor)
-        if rank is None:
+        shape = self._shapes.get(tensor)
+        if shape is None:
             raise _Skip
-        return rank
+        return len(shape)
+
+    def dim(self, tensor: str, axis: int) -> int:
+        """A size of `tensor` that shape inference knows as a number."""
+        shape = self._shapes.get(tensor)
+        if shape is None or not -len(shape) <= axis < len(shape) or shape[axis] is None:
+            raise _Skip
+        return shape[axis]
 
     def op(self, op_type: str, inputs: list[str], what: str, output: str | None = None, **attrs) -> str:
         out = output if output is not None else self.name(what)
@@ -452,6 +461,8 @@ def _dropout_problem(node: onnx.NodeProto) -> str | None:
     return "inference" if len(node.input) > 1 and node.input[1] else None
 
 
+from onnx_dns import recurrent  # noqa: E402 - recurrent.py raises this module's _Skip
+
 _REWRITES: dict[str, Callable[[_Emitter, onnx.NodeProto], None]] = {
     "LRN": _lrn,
     "PRelu": _prelu,
@@ -463,6 +474,9 @@ _REWRITES: dict[str, Callable[[_Emitter, onnx.NodeProto], None]] = {
     "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
     "Dropout": _dropout,
+    "LSTM": recurrent.lstm,
+    "GRU": recurrent.gru,
+    "RNN": recurrent.rnn,
 }
 
 
@@ -473,20 +487,20 @@ def _is_default(node: onnx.NodeProto) -> bool:
     return node.domain in DEFAULT_DOMAINS
 
 
-def _infer_types_and_ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """Element type and rank of every value whose type shape inference can tell."""
+def _infer_types_and_shapes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple[int | None, ...]]]:
+    """Element type and shape (None for a size that is not a number) of every value shape inference can tell."""
     types: dict[str, int] = {}
-    ranks: dict[str, int] = {}
+    shapes: dict[str, tuple[int | None, ...]] = {}
     for value in inferred_values(model).values():
         tt = value.type.tensor_type
         if value.type.HasField("tensor_type") and tt.elem_type:
             types[value.name] = tt.elem_type
             if tt.HasField("shape"):
-                ranks[value.name] = len(tt.shape.dim)
+                shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
     for init in model.graph.initializer:
         types[init.name] = init.data_type
-        ranks[init.name] = len(init.dims)
-    return types, ranks
+        shapes[init.name] = tuple(init.dims)
+    return types, shapes
 
 
 REWRITTEN_OPS = frozenset(_REWRITES) - {"Dropout"}  # operators without a CPU gradient of their own
