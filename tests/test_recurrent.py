@@ -18,14 +18,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_exporter_fixtures import eval_graph_outputs
 
-from onnx_dns.compress import CompressOptions, compress
+from onnx_dns.checkpoint import CHECKPOINT
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.normalize import densify_sparse
 from onnx_dns.ort_training import api, artifacts, captured_stderr
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
-from onnx_dns.trainer import CHECKPOINT, TrainConfig
+from onnx_dns.options import CompressOptions, TrainConfig
+from onnx_dns.pipeline import compress_file
 
 T, N, I, HIDDEN = 4, 2, 3, 5
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -463,7 +464,7 @@ def test_cnn_bilstm_compresses_2x_counting_the_lstm_and_keeps_its_lstm(tmp_path)
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=2.0, work_dir=str(work), keep_work=True,
                               train=TrainConfig(iterations=60, batch_size=32, lr=0.02, eval_every=60,
                                                 checkpoint_every=60))
-    result = compress(path, tmp_path / "out.onnx", options)
+    result = compress_file(path, tmp_path / "out.onnx", options)
 
     lstm = next(s for s in result.layers_before if s.op == "LSTM")
     assert lstm.params == 2 * 48 * (32 + 12 + 2)  # W, R and B of both directions
