@@ -132,7 +132,7 @@ def _write(plain: onnx.ModelProto, arrays: Mapping[str, np.ndarray], format: str
         array = arrays.get(tensor.name)
         if array is None:
             out.graph.initializer.add().CopyFrom(tensor)
-        elif format != "dense" and sparse_nbytes(np.count_nonzero(array), array.itemsize) < array.nbytes:
+        elif format == "sparse" and sparse_nbytes(np.count_nonzero(array), array.itemsize) < array.nbytes:
             out.graph.sparse_initializer.add().CopyFrom(array_to_sparse(array, tensor.name))
         else:
             out.graph.initializer.add().CopyFrom(tensor_like(array, tensor))
@@ -150,7 +150,8 @@ def _write(plain: onnx.ModelProto, arrays: Mapping[str, np.ndarray], format: str
 
 def _choose_packed(plain: onnx.ModelProto, arrays: Mapping[str, np.ndarray], books, bits) -> dict:
     """Rebuild subgraphs per dtype, over the tensors whose share of the packed streams is smaller than their
-    dense or sparse form."""
+    dense form; the others stay plain initializers, so a packed model has no sparse initializer for tools to
+    trip on."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, array in arrays.items():
         groups.setdefault(array.dtype.str, {})[name] = array
@@ -159,7 +160,7 @@ def _choose_packed(plain: onnx.ModelProto, arrays: Mapping[str, np.ndarray], boo
     for k, (key, tensors) in enumerate(groups.items()):
         for _ in range(2):
             facts = packed_facts(tensors, bits)
-            better = {n: a for n, a in tensors.items() if facts[n]["bytes"] < _stored_bytes(a)}
+            better = {n: a for n, a in tensors.items() if facts[n]["bytes"] < a.nbytes}
             if len(better) == len(tensors) or not better:
                 break
             tensors = better
@@ -170,6 +171,3 @@ def _choose_packed(plain: onnx.ModelProto, arrays: Mapping[str, np.ndarray], boo
             taken |= {o for n in nodes for o in n.output} | {t.name for t in inits}
     return result
 
-
-def _stored_bytes(array: np.ndarray) -> int:
-    return min(array.nbytes, sparse_nbytes(int(np.count_nonzero(array)), array.itemsize))
