@@ -13,6 +13,7 @@ from cli.main import emit_json, handle_errors, main
 from onnx_dns.errors import AccuracyBoundError, OutputError
 from onnx_dns.model_io import check_output_path, load_model, write_failed
 from onnx_dns.report import format_report, inspect_model
+from onnx_dns.repack import FORMATS
 
 
 @main.command()
@@ -105,8 +106,12 @@ def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
               help="Fail (exit 6) when validation accuracy drops more than this many points; the best state "
               "within the bound is kept, and a model that misses it is written as NAME.below-bound.onnx.")
-@click.option("--dense", is_flag=True, help="Write plain initializers with exact zeros instead of sparse ones "
-              "(for tools that cannot read sparse initializers).")
+@click.option("--format", "storage", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="How pruned weights are stored: sparse initializers, dense (exact zeros), packed (relative "
+              "indices rebuilt by standard operators, opset 11+), auto: the smaller of sparse and packed.")
+@click.option("--bits", type=click.IntRange(2, 8), help="Share each layer's kept weights among 2^BITS values "
+              "(k-means); packed stores them as BITS-bit codes.  [default: exact float values]")
+@click.option("--dense", is_flag=True, help="Same as --format dense.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=str), metavar="DIR",
               help="Continue an interrupted run from the checkpoint in its work folder DIR.")
 @click.option("--work-dir", type=click.Path(path_type=str), help="Checkpoints and training graphs.  "
@@ -119,7 +124,7 @@ def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
 @click.pass_context
 @handle_errors
 def compress(ctx: click.Context, model: str, output_path: str, report_path: str | None, as_json: bool, quiet: bool,
-             verbose: bool, dense: bool, resume_dir: str | None, work_dir: str | None, keep_work: bool,
+             verbose: bool, storage: str, bits: int | None, dense: bool, resume_dir: str | None, work_dir: str | None, keep_work: bool,
              **given) -> None:
     """Compress MODEL with Dynamic Network Surgery and write it to OUTPUT.
 
@@ -146,6 +151,7 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
     given["freeze_before"] = given["freeze_before"] or None
     options = compress_options(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir,
                                keep_work=keep_work)
+    options.format, options.bits = _storage(storage, dense), bits
     if report_path:
         check_output_path(report_path, forbid=model)
         models = {Path(output_path).resolve(), Path(below_bound_path(output_path)).resolve()}
@@ -166,6 +172,13 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
         raise AccuracyBoundError(
             f"accuracy dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
             f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
+
+
+def _storage(storage: str, dense: bool) -> str:
+    """--format, with the older --dense as its alias."""
+    if dense and storage not in ("auto", "dense"):
+        raise click.BadParameter(f"--dense contradicts --format {storage}", param_hint="--dense")
+    return "dense" if dense else storage
 
 
 def summary_line(result) -> str:
@@ -240,3 +253,41 @@ def evaluate(model: str, data: str, split: str, reference: str | None, output_na
         click.echo(line)
     if result.failures:
         raise AccuracyBoundError("; ".join(result.failures))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=str),
+              help="Where to write the converted model.")
+@click.option("--format", "storage", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="sparse, dense, packed, or auto: the smaller of sparse and packed.")
+@click.option("--bits", type=click.IntRange(2, 8), help="Share each layer's kept weights among 2^BITS values "
+              "(k-means).  [default: exact float values, outputs unchanged]")
+@click.option("--data", help="Also measure accuracy before and after on this data (as `evaluate`).")
+@click.option("--split", type=click.Choice(["t10k", "train"]), default="t10k", show_default=True,
+              help="Which split of an MNIST-style idx folder.")
+@handle_errors
+def convert(model: str, output_path: str, storage: str, bits: int | None, data: str | None, split: str) -> None:
+    """Store an already compressed MODEL's weights in another format, optionally with weight sharing.
+
+    \b
+    Examples:
+      onnx-dns convert models/lenet5/model.dns.onnx -o lenet5.packed.onnx --format packed --bits 4 \\
+        --data models/data/mnist
+    """
+    from onnx_dns.model_io import save_model
+    from onnx_dns.repack import repack
+    from onnx_dns.report import human_bytes
+
+    check_output_path(output_path, forbid=model)
+    converted = repack(load_model(model), storage, bits).model
+    save_model(converted, output_path, forbid=model)
+    line = (f"{model} ({human_bytes(Path(model).stat().st_size)}) -> {output_path} "
+            f"({Path(output_path).stat().st_size:,} bytes), format {storage}"
+            + (f", {bits}-bit shared weights" if bits else ", values unchanged"))
+    if data:
+        from onnx_dns.gate import evaluate_model
+
+        result = evaluate_model(output_path, data, reference=model, split=split)
+        line += f"; {result.metrics.describe()} (before {result.reference.describe()})"
+    click.echo(line)

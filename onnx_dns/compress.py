@@ -30,6 +30,7 @@ from onnx_dns.losses import LossSpec, logits_name, loss_output
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes, unlist_initializer_inputs
 from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.repack import repack
 from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
 from onnx_dns.targets import Targets, attach_teacher
@@ -67,6 +68,8 @@ class CompressOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     val_fraction: float = 0.1
     dense: bool = False
+    format: str = "auto"
+    bits: int | None = None
     prune: bool = True
     freeze_before: tuple[str, ...] = ()
     update_bn_stats: bool = False
@@ -214,6 +217,9 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
         "layers": {s.name: {"params": s.params, "nonzeros": s.nonzeros} for s in layers_after},
     }
     folded = fold_masks(masked, sparse=not options.dense, record=record, values=values).model
+    storage = "dense" if options.dense else options.format
+    if options.bits or storage in ("auto", "packed"):
+        folded = repack(folded, storage, options.bits).model
     final_path = output_path if result.meets_bound else below_bound_path(output_path)
     progress({"event": "writing", "path": str(final_path)})
     resume_hint = f"the checkpoint is in {work}: continue with --resume {work} and the same options"
