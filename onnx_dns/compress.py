@@ -68,7 +68,7 @@ class CompressOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     val_fraction: float = 0.1
     dense: bool = False
-    format: str = "auto"
+    format: str = "sparse"  # the CLI passes its own default, auto
     bits: int | None = None
     prune: bool = True
     freeze_before: tuple[str, ...] = ()

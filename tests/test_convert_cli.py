@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from click.testing import CliRunner
 from graphs import random_feeds, run
+from test_compress_cli import case  # noqa: F401,F811  (the fixture)
 
 import cli.main as cli_main
 from onnx_dns.model_io import load_model
@@ -59,3 +60,23 @@ def test_inspect_names_storage_and_bytes_per_layer(tmp_path):
     assert sparse["fc1"]["storage"] == "sparse" and sparse["fc1"]["stored_bytes"] == 3258 * 12 + 29 * 12
     text = invoke("inspect", str(path)).output
     assert "packed 4-bit" in text and "storage" in text
+
+
+def test_compress_writes_packed_shared_weights_and_measures_them(case):
+    from test_compress_cli import LAYERS, compress_args, predict
+    from test_compress_cli import invoke as invoke_compress
+
+    from onnx_dns.repack import unpack_model
+
+    folder, _, (vx, vy) = case
+    result = invoke_compress(*compress_args(folder, "--format", "packed", "--bits", "3", "--json"))
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    model = onnx.load(str(folder / "out.onnx"))
+    assert "ScatterND" in {n.op_type for n in model.graph.node}
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in unpack_model(model).model.graph.initializer}
+    for names in LAYERS.values():
+        for name in names:
+            assert len(np.unique(arrays[name][arrays[name] != 0])) <= 8
+    accuracy = 100 * float(np.mean(predict(model, vx).argmax(1) == vy))
+    assert json.loads(result.stdout)["accuracy_after"]["top1"] == accuracy
+    assert invoke_compress(*compress_args(folder, "--dense", "--format", "packed")).exit_code == 2
