@@ -1,6 +1,7 @@
 """Packed models against their dense and sparse forms: file size, test error, whether onnxruntime folded the
 rebuild, session creation time, and inference latency as interleaved medians (each round times every form in
-turn, so load on the shared machine hits them alike).
+turn, each going first in turn, so load on the shared machine hits them alike). Runs in onnxruntime-training's
+environment or in one with the newest plain onnxruntime, numpy and onnx.
 
     python benchmarks/packed.py [--rounds 21]
 
@@ -24,7 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnx_dns.idx import load_mnist_split  # noqa: E402
-from onnx_dns.ort_training import onnxruntime  # noqa: E402
+
+try:
+    from onnx_dns.ort_training import onnxruntime
+except ImportError:  # a plain onnxruntime environment (numpy, onnx, onnxruntime)
+    import onnxruntime
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {"lenet5": ("LeNet-5", (1, 28, 28), "44 KB"), "lenet300": ("LeNet-300-100", (784,), "27 KB")}
@@ -59,10 +64,11 @@ def measure(name: str, rounds: int, x: np.ndarray, labels: np.ndarray) -> dict:
         forms[form] = {"file": f"models/{name}/{file}", "bytes": path.stat().st_size, "session_ms": 1000 * created,
                        "error": 100 * float(np.mean(out.argmax(1) != labels)), "rebuild_left": left,
                        "session": session(path), "times": {1: [], 64: []}}
-    for _ in range(rounds):
+    order = list(forms.values())
+    for k in range(rounds):
         for batch, runs in ((1, 200), (64, 20)):
             feed = {"input": images[:batch]}
-            for form in forms.values():
+            for form in order[k % len(order):] + order[:k % len(order)]:  # each form goes first in turn
                 start = time.perf_counter()
                 for _ in range(runs):
                     form["session"].run(None, feed)
