@@ -30,7 +30,7 @@ from onnx_dns.losses import LossSpec, logits_name, loss_output
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import densify_sparse, lift_constants, pin_input_shapes, unlist_initializer_inputs
 from onnx_dns.prunable import Layer, find_layers
-from onnx_dns.repack import repack
+from onnx_dns.repack import repack, unpack_model
 from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.surgery import LayerPlan, Surgeon, allocate_keep
 from onnx_dns.targets import Targets, attach_teacher
@@ -140,7 +140,7 @@ def compress(model_path: str | os.PathLike, output_path: str | os.PathLike, opti
     if options.train.max_accuracy_drop is not None:  # where a model that misses the bound goes
         check_output_path(below_bound_path(output_path), forbid=model_path)
     original = load_model(model_path)
-    model = unlist_initializer_inputs(densify_sparse(lift_constants(original).model).model).model
+    model = unlist_initializer_inputs(densify_sparse(lift_constants(unpack_model(original).model).model).model).model
     _check_finite(model, model_path)
     output = loss_output(model, options.output, str(model_path))
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)

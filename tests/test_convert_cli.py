@@ -80,3 +80,18 @@ def test_compress_writes_packed_shared_weights_and_measures_them(case):
     accuracy = 100 * float(np.mean(predict(model, vx).argmax(1) == vy))
     assert json.loads(result.stdout)["accuracy_after"]["top1"] == accuracy
     assert invoke_compress(*compress_args(folder, "--dense", "--format", "packed")).exit_code == 2
+
+
+def test_a_packed_model_compresses_again(case):
+    from test_compress_cli import compress_args
+    from test_compress_cli import invoke as invoke_compress
+
+    folder, _, _ = case
+    assert invoke("convert", str(folder / "model.onnx"), "-o", str(folder / "packed.onnx"), "--format", "packed",
+                  "--bits", "8").exit_code == 0
+    args = compress_args(folder)
+    args[1] = folder / "packed.onnx"
+    result = invoke_compress(*args, "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    layers = json.loads(result.stdout)["layers_after"]
+    assert len(layers) == 2 and sum(layer["nonzeros"] for layer in layers) < sum(layer["params"] for layer in layers)
