@@ -131,3 +131,16 @@ def test_before_opset_11_packed_falls_back_to_sparse():
 def test_unknown_format_refused():
     with pytest.raises(ValueError, match="'zip'"):
         repack(wide_mlp(), "zip")
+
+
+@pytest.mark.parametrize("dtype,proto", [(np.float64, onnx.TensorProto.DOUBLE), (np.float16, onnx.TensorProto.FLOAT16)])
+def test_float64_and_float16_weights_pack_exactly(dtype, proto):
+    rng = np.random.default_rng(0)
+    inits = [tensor("w", rng.normal(size=(300, 20)).astype(dtype)), tensor("b", rng.normal(size=20).astype(dtype))]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")]
+    model = pruned(make_model(nodes, [value("x", ["N", 300], proto)], [value("y", ["N", 20], proto)], inits), 0.05)
+    packed = repack(model, "packed").model
+    assert "ScatterND" in ops(packed)
+    onnx.checker.check_model(packed, full_check=True)
+    feeds = {"x": rng.normal(size=(2, 300)).astype(dtype)}
+    np.testing.assert_array_equal(run(packed, feeds)[0], run(model, feeds)[0])
