@@ -98,8 +98,13 @@ TRAINING_OPTIONS = [
                  "within the bound is kept, and a model that misses it is written as NAME.below-bound.onnx."),
 ]
 OUTPUT_OPTIONS = [
-    click.option("--dense", is_flag=True, help="Write plain initializers with exact zeros instead of sparse ones "
-                 "(for tools that cannot read sparse initializers)."),
+    click.option("--format", type=click.Choice(["auto", "sparse", "dense", "packed"]), help=with_default(
+        "format", "How pruned weights are stored: sparse initializers, dense (exact zeros, for tools that cannot "
+        "read sparse initializers), packed (relative indices rebuilt by standard operators, opset 11+), auto: the "
+        "smaller of sparse and packed.")),
+    click.option("--bits", type=click.IntRange(2, 8), help="Share each layer's kept weights among 2^BITS values "
+                 "(k-means); packed stores them as BITS-bit codes.  [default: exact float values]"),
+    click.option("--dense", is_flag=True, help="Same as --format dense."),
     click.option("--resume", "resume_dir", type=click.Path(path_type=str), metavar="DIR",
                  help="Continue an interrupted run from the checkpoint in its work folder DIR."),
     click.option("--work-dir", type=click.Path(path_type=str), help="Checkpoints and training graphs.  "
@@ -172,8 +177,10 @@ def _check_report_path(report_path: str, model: str, output_path: str) -> None:
 
 def summary_line(result: CompressResult) -> str:
     before, after = result.accuracy_before, result.accuracy_after
+    sizes = ", ".join(f"{name} {human_bytes(size)}" for name, size in result.format_sizes.items())
+    rollbacks = f", {result.rollbacks} rollbacks of a diverging loss" if result.rollbacks else ""
     return (f"params {result.params:,} -> {result.nonzeros:,} ({result.compression:.1f}x; "
-            f"{result.weight_compression:.1f}x weights only), {before.label} {before.score:.2f} -> {after.score:.2f} "
+            f"{result.weight_compression:.1f}x weights only), {before.describe()} -> {after.describe()} "
             f"on {before.samples} samples, file {human_bytes(result.file_size_before)} -> "
-            f"{human_bytes(result.file_size_after)}, {result.seconds:.0f} s (mask updates {result.surgery_ms_per_step:.2f} "
-            f"ms/step) -> {result.output}")
+            f"{human_bytes(result.file_size_after)} ({sizes}){rollbacks}, {result.seconds:.0f} s "
+            f"(mask updates {result.surgery_ms_per_step:.2f} ms/step) -> {result.output}")

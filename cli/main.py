@@ -16,6 +16,7 @@ from onnx_dns import __version__
 
 from .common import EXIT_INTERRUPTED, Context
 from .compress_command import compress
+from .convert_command import convert
 from .evaluate_command import evaluate
 from .inspect_command import inspect
 
@@ -39,5 +40,5 @@ def main(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (inspect, compress, evaluate):
+for command in (inspect, compress, evaluate, convert):
     main.add_command(command)

@@ -23,6 +23,7 @@ from onnx_dns.gate import GateResult, evaluate_model
 from onnx_dns.model_io import PROTOBUF_LIMIT, check_versions, load_model, over_protobuf_limit
 from onnx_dns.options import CompressOptions, TrainConfig, defaults, merge
 from onnx_dns.pipeline import run
+from onnx_dns.repack import FORMATS, repack
 from onnx_dns.report import ModelReport, inspect_model
 from onnx_dns.result import CompressResult, stored_size
 
@@ -54,6 +55,16 @@ def compress(model: ModelLike, data: Any, *, labels: np.ndarray | None = None, v
     with tempfile.TemporaryDirectory(prefix="onnx-dns-") as scratch:
         return run(original, source, settings, Path(scratch) / "work", identity=source, size_before=size,
                    progress=progress)
+
+
+def convert(model: ModelLike, *, format: str = "auto", bits: int | None = None) -> onnx.ModelProto:
+    """`model` (already compressed) with its pruned weights stored as `format` (auto, sparse, dense, packed),
+    shared among 2^bits values per layer when `bits` is given; without it the outputs are unchanged."""
+    if format not in FORMATS:
+        raise OptionError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    if bits is not None and not 2 <= bits <= 8:
+        raise OptionError(f"--bits {bits}: give an integer from 2 to 8")
+    return repack(_open(model)[0], format, bits).model
 
 
 def inspect(model: ModelLike) -> ModelReport:

@@ -19,6 +19,7 @@ from onnx_dns.insert_masks import mask_name
 from onnx_dns.objective import Objective, measure_model
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
+from onnx_dns.repack import repack
 from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.result import CompressResult
 from onnx_dns.selection import within_bound
@@ -43,10 +44,13 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
         values |= _new_statistics(prepared, masked, objective, values, progress, options.train.seed)
     layers_after = layer_stats(masked, prepared.layers, values)
     record = _record(layers_after)
-    fmt = "dense" if options.dense else "sparse"
+    fmt = options.storage
 
     def refold(format: str) -> onnx.ModelProto:
-        return fold_masks(masked, sparse=format == "sparse", record=record, values=values).model
+        folded = fold_masks(masked, sparse=format != "dense", record=record, values=values).model
+        if options.bits or format in ("auto", "packed"):
+            folded = repack(folded, format, options.bits).model
+        return folded
 
     progress({"event": "folding", "model": masked, "values": values})
     folded = refold(fmt)

@@ -7,7 +7,8 @@ masked model computed. Pruning is not undone: the pruned values are gone.
 Storage: with `sparse=True`, each folded weight whose COO form (values plus INT64 indices, 12 bytes a nonzero for
 float32) is smaller than its dense form becomes an ONNX sparse initializer, so the file shrinks; onnxruntime
 densifies it at load. With `sparse=False` the weights stay dense initializers holding exact zeros, which every
-ONNX tool reads and any general compressor (gzip, zstd) shrinks.
+ONNX tool reads and any general compressor (gzip, zstd) shrinks. The packed format and weight sharing are applied
+to the folded model by `onnx_dns/repack.py`.
 """
 
 from __future__ import annotations

@@ -106,6 +106,8 @@ class CompressOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     val_fraction: float = option(0.1, Range(low=0, high=1, low_open=True, high_open=True), settings=False)
     dense: bool = option(False, FLAG, settings=False)
+    format: str = option("auto", ("auto", "sparse", "dense", "packed"))
+    bits: int | None = option(None, Range(True, 2, 8))
     prune: bool = option(True, FLAG, settings=False)
     work_dir: str | None = option(None, settings=False)
     keep_work: bool = option(False, FLAG, settings=False)
@@ -113,6 +115,13 @@ class CompressOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", parse_target(self.target))
         check_values(self, CompressOptions, set())
+        if self.dense and self.format not in ("auto", "dense"):
+            raise OptionError(f"--dense contradicts --format {self.format}; give one of them")
+
+    @property
+    def storage(self) -> str:
+        """How the written model stores pruned weights (--dense is an alias of --format dense)."""
+        return "dense" if self.dense else self.format
 
 
 def parse_target(value: str | float | None) -> float | None:

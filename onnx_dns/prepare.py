@@ -1,6 +1,6 @@
 """Stage 1 of `compress`: the model made ready for training, its prunable layers found and planned.
 
-load -> normalize (lift constants, densify sparse initializers, unlist weights from the inputs) -> check the
+load -> normalize (rebuild packed weights, lift constants, densify sparse initializers, unlist weights from the inputs) -> check the
 weights are finite -> choose the output to train on -> find prunable layers -> leave alone the ones before
 --freeze-before or not feeding that output -> one surgery plan per layer.
 """
@@ -23,6 +23,7 @@ from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initialize
 from onnx_dns.options import CompressOptions
 from onnx_dns.plans import plans_for
 from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.repack import unpack_model
 from onnx_dns.surgery import LayerPlan
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class Prepared:
 
 def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:
     """Normalize `original` (never modified) and plan the surgery of its layers; `source` names it in errors."""
-    model = unlist_initializer_inputs(densify_sparse(lift_constants(original).model).model).model
+    unpacked = unpack_model(original).model
+    model = unlist_initializer_inputs(densify_sparse(lift_constants(unpacked).model).model).model
     check_finite(model, source)
     output = loss_output(model, options.output_name, source)
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)

@@ -16,6 +16,8 @@ from onnx_dns.graph import initializers, to_array
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
 from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.repack import unpack_model
+from onnx_dns.storage import tensor_storage
 from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 
 def training_support(op: str) -> str | None:
@@ -38,6 +40,8 @@ class LayerStats:
     nonzeros: int
     weight_params: int
     weight_nonzeros: int
+    storage: str | None = None
+    stored_bytes: int | None = None
 
     @property
     def sparsity(self) -> float:
@@ -142,31 +146,42 @@ def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None)
         raw = Path(path).read_bytes()
         file_size = len(raw)
         gzip_size = len(gzip.compress(raw, compresslevel=6))
-    prepared = unlist_initializer_inputs(densify_sparse(lift_constants(model).model).model).model
+    plain = unpack_model(model).model
+    prepared = unlist_initializer_inputs(densify_sparse(lift_constants(plain).model).model).model
     layers = find_layers(prepared)
-    ops = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")})
+    stats = layer_stats(prepared, layers)
+    stored = tensor_storage(model, plain)
+    for layer, stat in zip(layers, stats):
+        kinds = [stored[t.name] for t in layer.tensors if t.name in stored]
+        if kinds:
+            stat.storage = "/".join(dict.fromkeys(k.describe() for k in kinds))
+            stat.stored_bytes = sum(k.bytes for k in kinds)
+    ops = sorted({n.op_type for n in plain.graph.node if n.domain in ("", "ai.onnx")})
     return ModelReport(
         path=str(path) if path is not None else None,
         file_size=file_size,
         gzip_size=gzip_size,
         ir_version=model.ir_version,
         opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
-        layers=layer_stats(prepared, layers),
+        layers=stats,
         untrainable={op: training_support(op) for op in ops if training_support(op)},
     )
 
 
 def format_table(stats: list[LayerStats]) -> str:
     """A plain-text per-layer table with a totals row."""
-    rows = [("layer", "op", "shape", "params", "nonzeros", "sparsity")]
+    stored = any(s.storage for s in stats)
+    rows = [("layer", "op", "shape", "params", "nonzeros", "sparsity") + (("storage", "bytes") if stored else ())]
     for s in stats:
-        rows.append((s.name, s.op, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}", f"{s.sparsity:.2f}%"))
+        rows.append((s.name, s.op, "x".join(map(str, s.shape)), f"{s.params:,}", f"{s.nonzeros:,}", f"{s.sparsity:.2f}%")
+                    + ((s.storage or "", f"{s.stored_bytes:,}" if s.stored_bytes is not None else "") if stored else ()))
     params = sum(s.params for s in stats)
     nonzeros = sum(s.nonzeros for s in stats)
     rows.append(("total", "", "", f"{params:,}", f"{nonzeros:,}",
-                 f"{100 * (1 - nonzeros / params) if params else 0:.2f}%"))
+                 f"{100 * (1 - nonzeros / params) if params else 0:.2f}%")
+                + (("", f"{sum(s.stored_bytes or 0 for s in stats):,}") if stored else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {3, 4, 5}
+    right = {3, 4, 5, 7}
     lines = []
     for k, row in enumerate(rows):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

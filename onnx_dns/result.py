@@ -14,7 +14,7 @@ from onnx_dns.evaluate import Metrics
 from onnx_dns.model_io import save_model
 from onnx_dns.report import LayerStats, compression
 
-FORMATS = ("sparse", "dense")
+FORMATS = ("auto", "sparse", "dense", "packed")
 SMALL_MODEL = 64 << 20  # above this, a model file is taken to hold its tensors itself
 
 
@@ -69,8 +69,14 @@ class CompressResult:
     def weight_compression(self) -> float:
         return compression(self.layers_before, self.layers_after, weights_only=True)
 
+    @property
+    def format_sizes(self) -> dict[str, int]:
+        """Bytes of the compressed model in each format (serialized, external data included)."""
+        return {format: self.model_as(format).ByteSize() for format in ("sparse", "dense", "packed")}
+
     def model_as(self, format: str) -> onnx.ModelProto:
-        """The compressed model stored as `format` (sparse initializers, or dense with exact zeros)."""
+        """The compressed model stored as `format`: sparse initializers, dense with exact zeros, packed (rebuilt
+        by standard operators), or auto (the smaller of sparse and packed)."""
         if format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
         if format == self.format or self.refold is None:

@@ -17,7 +17,7 @@ from onnx_dns.errors import OptionError, OutputError
 from onnx_dns.options import CompressOptions
 
 SETTINGS = "settings.json"
-NOT_COMPARED = ("work_dir", "keep_work", "dense")
+NOT_COMPARED = ("work_dir", "keep_work", "dense", "format", "bits")  # how the output is stored, not trained
 
 
 def open_work_dir(work: Path, model: str, options: CompressOptions, resume: bool) -> Path:

@@ -138,9 +138,10 @@ def test_exported_model_compresses_and_keeps_its_graph(case: Fixture, tmp_path):
     np.savez(tmp_path / "train.npz", **inputs, **({"labels": labels} if case.labels else {}))
     work = tmp_path / "work"
     options = CompressOptions(
-        data=str(tmp_path / "train.npz"), target=TARGET, output_name=case.output, task=case.task, work_dir=str(work),
-        keep_work=True, train=TrainConfig(iterations=ITERATIONS, batch_size=batch, lr=0.01, eval_every=ITERATIONS,
-                                          checkpoint_every=ITERATIONS))
+        data=str(tmp_path / "train.npz"), target=TARGET, format="sparse", output_name=case.output, task=case.task,
+        work_dir=str(work), keep_work=True,
+        train=TrainConfig(iterations=ITERATIONS, batch_size=batch, lr=0.01, eval_every=ITERATIONS,
+                          checkpoint_every=ITERATIONS))
     result = compress_file(source, tmp_path / "out.onnx", options)
     folded = onnx.load(str(tmp_path / "out.onnx"))
 

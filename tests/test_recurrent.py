@@ -461,7 +461,7 @@ def test_cnn_bilstm_compresses_2x_counting_the_lstm_and_keeps_its_lstm(tmp_path)
         x[labels == k, :, :, 5 * k:5 * k + 5] += 1.0
     np.savez(tmp_path / "train.npz", x=x, labels=labels)
     work = tmp_path / "work"
-    options = CompressOptions(data=str(tmp_path / "train.npz"), target=2.0, work_dir=str(work), keep_work=True,
+    options = CompressOptions(data=str(tmp_path / "train.npz"), target=2.0, format="sparse", work_dir=str(work), keep_work=True,
                               train=TrainConfig(iterations=60, batch_size=32, lr=0.02, eval_every=60,
                                                 checkpoint_every=60))
     result = compress_file(path, tmp_path / "out.onnx", options)

@@ -82,7 +82,7 @@ def test_target_mode_reaches_the_requested_compression(tmp_path):
     model = trained_classifier(x, y, 3, hidden=64)
     onnx.save(model, str(tmp_path / "model.onnx"))
     np.savez(tmp_path / "train.npz", x=x, labels=y)
-    options = CompressOptions(data=str(tmp_path / "train.npz"), target=4.0,
+    options = CompressOptions(data=str(tmp_path / "train.npz"), target=4.0, format="sparse",
                               train=TrainConfig(iterations=160, batch_size=32, lr=0.02, eval_every=80,
                                                 checkpoint_every=80))
     events: list[dict] = []

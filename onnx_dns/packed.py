@@ -1,0 +1,177 @@
+"""The packed storage format: weights rebuilt from compact initializers by a subgraph of standard operators
+(opset 11 and later), which onnxruntime folds into constants when a session is created.
+
+The tensors of one dtype are laid end to end in one flat address space. Their nonzero positions are stored as
+relative indices at `index_bits` bits with fillers (`onnx_dns/bitpack.py` has the encoding), and their values
+either as they are (lossless) or as `value_bits`-bit codes into per-tensor codebooks laid end to end. The rebuild:
+
+    d = unpack(D)                      Range, Mul, Div, Mod, Cast, Gather, Add (the bit-stream read)
+    pos = CumSum(d == 0 ? F : d) - 1  Equal, Where, CumSum, Sub
+    v = V                              float values, or
+    v = K[unpack(C) + offset]          offset = CumSum(ScatterND(zeros, tensor starts, codebook sizes))
+    e = d == 0 ? 0 : v[CumSum(d != 0) - 1]   Not, Cast, CumSum, Sub, Gather, Where: fillers write a zero
+    flat = ScatterND(ConstantOfShape(total, 0), pos, e)
+    W_1, W_2, ... = Reshape(Split(flat))
+
+Every input of the rebuild is an initializer, so the whole subgraph is constant: onnxruntime's constant folding
+turns it into the weights themselves (it does not fold Compress, which is why fillers write zeros instead of
+being dropped), and the model computes exactly what it computed with plain initializers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_dns.bitpack import best_index_bits, gap_deltas, pack_bits, read_bytes
+from onnx_dns.codebook import Codebook
+from onnx_dns.graph import unique_name
+
+MIN_OPSET = 11  # CumSum, ScatterND, Range
+SPLIT_AS_INPUT_OPSET = 13
+WHOLE = {8: np.dtype(np.uint8), 16: np.dtype("<u2")}  # widths stored as plain integer arrays
+INT = np.int64  # every integer of the rebuild: the reference evaluator's CumSum widens int32 to int64
+
+
+@dataclass
+class _Builder:
+    """Nodes and initializers of one rebuild subgraph, with short unique names and shared constants."""
+
+    taken: set[str]
+    prefix: str
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    _constants: dict = field(default_factory=dict)
+
+    def fresh(self) -> str:
+        return unique_name(self.taken, f"{self.prefix}{np.base_repr(len(self.nodes) + len(self.initializers), 36)}")
+
+    def const(self, value) -> str:
+        array = np.asarray(value)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            name = self.fresh()
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs) -> str | list[str]:
+        names = outputs if isinstance(outputs, list) else [self.fresh() for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if len(names) == 1 else names
+
+
+def _read_stream(b: _Builder, stream: np.ndarray, bits: int, count: int) -> str:
+    """Nodes reading `count` values of `bits` bits from a pack_bits stream (int64); whole bytes are just cast."""
+    if bits in WHOLE:
+        whole = np.frombuffer(stream.tobytes()[: count * bits // 8], WHOLE[bits])
+        return b.op("Cast", b.const(whole), to=TensorProto.INT64)
+    index = b.op("Range", b.const(INT(0)), b.const(INT(count)), b.const(INT(1)))
+    bit = b.op("Mul", index, b.const(INT(bits)))
+    byte = b.op("Div", bit, b.const(INT(8)))
+    shift = b.op("Mod", bit, b.const(INT(8)))
+    data = b.op("Cast", b.const(stream), to=TensorProto.INT64)
+    word = b.op("Gather", data, byte)
+    for k in range(1, read_bytes(bits)):
+        later = b.op("Gather", data, b.op("Add", byte, b.const(INT(k))))
+        word = b.op("Add", word, b.op("Mul", later, b.const(INT(256 ** k))))
+    scale = b.op("Gather", b.const((2 ** np.arange(8)).astype(INT)), shift)
+    return b.op("Mod", b.op("Div", word, scale), b.const(INT(2 ** bits)))
+
+
+def _positions(b: _Builder, positions: np.ndarray, index_bits: int) -> tuple[str, str, str]:
+    """Nodes turning the relative-index stream back into ScatterND indices of every entry ([entries, 1] int64),
+    which filler entries are (bool), and the index of each entry's value among the real ones."""
+    deltas = gap_deltas(positions, index_bits)
+    d = _read_stream(b, pack_bits(deltas, index_bits), index_bits, len(deltas))
+    filler = b.op("Equal", d, b.const(INT(0)))
+    step = b.op("Where", filler, b.const(INT(2 ** index_bits - 1)), d)
+    position = b.op("Sub", b.op("CumSum", step, b.const(INT(0))), b.const(INT(1)))
+    real = b.op("Cast", b.op("Not", filler), to=TensorProto.INT64)
+    ordinal = b.op("Sub", b.op("CumSum", real, b.const(INT(0))), b.const(INT(1)))
+    return b.op("Reshape", position, b.const(np.array([-1, 1], np.int64))), filler, ordinal
+
+
+def _coded_values(b: _Builder, books: list[Codebook], value_bits: int) -> str:
+    """Nodes looking each code up in its tensor's codebook (codebooks laid end to end)."""
+    codes = np.concatenate([book.codes for book in books])
+    lookup = _read_stream(b, pack_bits(codes, value_bits), value_bits, len(codes))
+    counts = np.array([len(book.codes) for book in books])
+    offsets = np.cumsum([0] + [len(book.centroids) for book in books])[:-1]
+    starts = np.cumsum(counts) - counts
+    used = counts > 0
+    increments = np.diff(np.concatenate([[0], offsets[used]]))
+    moved = [(int(s), int(i)) for s, i in zip(starts[used], increments) if i]
+    if moved:
+        zeros = b.op("ConstantOfShape", b.const(np.array([len(codes)], np.int64)),
+                     value=helper.make_tensor("value", TensorProto.INT64, [1], [0]))
+        steps = b.op("ScatterND", zeros, b.const(np.array([[s] for s, _ in moved], np.int64)),
+                     b.const(np.array([i for _, i in moved], INT)))
+        lookup = b.op("Add", lookup, b.op("CumSum", steps, b.const(INT(0))))
+    return b.op("Gather", b.const(np.concatenate([book.centroids for book in books])), lookup)
+
+
+def build_rebuild(tensors: dict[str, np.ndarray], *, books: dict[str, Codebook] | None, value_bits: int | None,
+                  opset: int, taken: set[str], prefix: str) -> tuple[list, list]:
+    """Nodes and initializers of a subgraph computing `tensors` (one dtype) under their names.
+
+    With `books`, each tensor's nonzeros are stored as codes into its Codebook (whose values they must equal).
+    """
+    b = _Builder(taken, prefix)
+    names = list(tensors)
+    dtype = tensors[names[0]].dtype
+    flats = [tensors[n].reshape(-1) for n in names]
+    offsets, positions = _layout(tensors)
+    index_bits = best_index_bits(positions)
+    scatter, filler, ordinal = _positions(b, positions, index_bits)
+    if books is None:
+        values = b.const(np.concatenate([f[f != 0] for f in flats]).astype(dtype))
+    else:
+        values = _coded_values(b, [books[n] for n in names], value_bits)
+    zeros = b.op("ConstantOfShape", b.const(np.array([offsets[-1]], np.int64)),
+                 value=numpy_helper.from_array(np.zeros(1, dtype), "value"))
+    entry_values = b.op("Where", filler, b.const(np.zeros((), dtype)), b.op("Gather", values, ordinal))
+    flat = b.op("ScatterND", zeros, scatter, entry_values)
+    pieces = [flat]
+    if len(names) > 1:
+        sizes = np.diff(offsets).astype(np.int64)
+        if opset >= SPLIT_AS_INPUT_OPSET:
+            pieces = b.op("Split", flat, b.const(sizes), outputs=len(names), axis=0)
+        else:
+            pieces = b.op("Split", flat, outputs=len(names), axis=0, split=[int(s) for s in sizes])
+    for name, piece in zip(names, pieces):
+        b.op("Reshape", piece, b.const(np.array(tensors[name].shape, np.int64)), outputs=[name])
+    return b.nodes, b.initializers
+
+
+def _layout(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets of the tensors laid end to end (and the total), and their nonzero positions in that space."""
+    flats = [t.reshape(-1) for t in tensors.values()]
+    offsets = np.concatenate([[0], np.cumsum([f.size for f in flats])]).astype(np.int64)
+    positions = np.concatenate([np.flatnonzero(f) + o for f, o in zip(flats, offsets)]).astype(np.int64)
+    return offsets, positions
+
+
+def packed_facts(tensors: dict[str, np.ndarray], value_bits: int | None) -> dict[str, dict]:
+    """Each tensor's share of the packed streams of `tensors` (one group, in order): entries, index and value
+    bits, bytes (index entries, values or codes, and its codebook). Computed from the values alone, so
+    `onnx-dns inspect` finds the same figures in a packed model as the writer did."""
+    offsets, positions = _layout(tensors)
+    index_bits = best_index_bits(positions)
+    facts = {}
+    for k, (name, array) in enumerate(tensors.items()):
+        mine = positions[(positions >= offsets[k]) & (positions < offsets[k + 1])] - offsets[k]
+        entries = len(gap_deltas(mine, index_bits))
+        nonzeros = len(mine)
+        if value_bits is None:
+            value_bytes = nonzeros * array.dtype.itemsize
+        else:
+            shared = len(np.unique(array[array != 0]))
+            value_bytes = nonzeros * value_bits / 8 + shared * array.dtype.itemsize
+        facts[name] = {"format": "packed", "nonzeros": nonzeros, "entries": entries, "index_bits": index_bits,
+                       "value_bits": value_bits or array.dtype.itemsize * 8,
+                       "bytes": int(round(entries * index_bits / 8 + value_bytes))}
+    return facts
