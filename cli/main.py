@@ -75,6 +75,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.obj = Context(debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_dns.settings").setLevel(logging.INFO)  # which dns.json settings a run applies
 
 
 from cli import commands  # noqa: E402,F401  (registers the subcommands on `main`)
