@@ -172,8 +172,27 @@ def rename(model: onnx.ModelProto, rng: random.Random) -> None:
             node.output[0] = rng.choice(["", "dup", node.input[0] if node.input else "x"])
 
 
+def attributes(model: onnx.ModelProto, rng: random.Random) -> None:
+    """Odd attribute values and types: huge or negative sizes, NaN, a type that does not match the value."""
+    node = _pick([n for n in model.graph.node if n.attribute], rng)
+    if node is None:
+        return
+    attribute = rng.choice(node.attribute)
+    choice = rng.randrange(4)
+    if choice == 0:
+        del attribute.ints[:]
+        attribute.ints.extend(rng.choice([[2**62], [-(2**62)], [0, 0], [HUGE] * 8]))
+    elif choice == 1:
+        attribute.i = rng.choice([2**62, -1, 0])
+    elif choice == 2:
+        attribute.f = float("nan")
+    else:
+        attribute.type = rng.randrange(15)
+
+
 MUTATIONS: list[Callable[[onnx.ModelProto, random.Random], None]] = [
-    huge_dims, damage_data, external, declared_shape, cycle, shuffle_nodes, nest, sparse, versions, rename]
+    huge_dims, damage_data, external, declared_shape, cycle, shuffle_nodes, nest, sparse, versions, rename,
+    attributes]
 
 
 def flip_bytes(data: bytearray, rng: random.Random) -> bytearray:
