@@ -83,7 +83,7 @@ def _inside(root: Path, location: str, label: str) -> Path:
     if not location or os.path.isabs(location) or "\0" in location:
         raise ModelError(f"{label}: location {location!r} must be a file name relative to the model's folder")
     path = Path(os.path.realpath(root / location))
-    if not path.is_relative_to(root) or path == root:
+    if not path.is_relative_to(root):
         raise ModelError(f"{label}: location {location!r} leads outside the model's folder ({path}); keep the "
                          "data files beside the model")
     return path
