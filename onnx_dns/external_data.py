@@ -94,8 +94,8 @@ def _open_regular(path: Path, label: str) -> tuple[int, int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
-        raise ModelError(f"{label}: cannot open {path} ({exc.strerror}); keep the data files beside the model "
-                         "under the names it records") from exc
+        raise ModelError(f"{label}: the external data could not be read ({path}: {exc.strerror}); keep the data "
+                         "files beside the model under the names it records") from exc
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
