@@ -144,7 +144,7 @@ def compress(ctx: click.Context, model: str, output_path: str, report_path: str 
     given["include"] = given["include"] or None
     given["exclude"] = given["exclude"] or None
     given["freeze_before"] = given["freeze_before"] or None
-    options = compress_options(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir,
+    options = compress_options(given, load_settings(model, given), dense=dense, work_dir=resume_dir or work_dir,
                                keep_work=keep_work)
     if report_path:
         check_output_path(report_path, forbid=model)

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,11 +26,12 @@ PATH_KEYS = ("data", "val")
 log = logging.getLogger(__name__)
 
 
-def load_settings(model_path: str | os.PathLike) -> dict:
-    """The settings beside `model_path`, or {} when there is no `dns.json` there.
+def load_settings(model_path: str | os.PathLike, given: Mapping[str, object] | None = None) -> dict:
+    """The settings beside `model_path` for the options not in `given` (the command line's, None when absent),
+    or {} when there is no `dns.json` there.
 
     A model's folder may come from anyone, so its settings are data only: a `data` or `val` naming Python code
-    (`module:function`, `file.py:function`) is refused before anything is imported, and every setting read is
+    (`module:function`, `file.py:function`) is refused before anything is imported, and every setting taken is
     logged, so that none is applied silently."""
     path = Path(model_path).parent / SETTINGS_FILE
     if not path.is_file():
@@ -41,6 +43,9 @@ def load_settings(model_path: str | os.PathLike) -> dict:
     if not isinstance(settings, dict):
         raise DnsError(f"{path}: the settings must be a JSON object of option names and values")
     settings.pop("comment", None)
+    for key, value in (given or {}).items():
+        if value is not None:
+            settings.pop(key, None)
     for key in PATH_KEYS:
         value = settings.get(key)
         if value is None:

@@ -102,6 +102,19 @@ def test_settings_taken_from_dns_json_are_listed_on_stderr(tmp_path, caplog):
     assert 'lr=0.25' in text and 'target="30x"' in text and str(folder / "train.npz") in text
 
 
+def test_code_in_dns_json_overridden_on_the_command_line_is_neither_refused_nor_run(tmp_path, caplog):
+    folder, marker = tmp_path / "m", tmp_path / "marker"
+    plant(folder, marker)
+    (folder / "dns.json").write_text(json.dumps({"data": "payload:batches", "lr": 0.5}))
+    caplog.set_level(logging.NOTSET)
+    result = CliRunner().invoke(main, ["compress", str(folder / "model.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                       "--data", str(tmp_path / "none.npz")])
+    assert result.exit_code == DataError.exit_code and "none.npz" in result.stderr, result.stderr
+    listed = [r.getMessage() for r in caplog.records if r.name == "onnx_dns.settings"]
+    assert len(listed) == 1 and "lr=0.5" in listed[0] and "payload" not in listed[0]
+    assert not marker.exists()
+
+
 def installed_and_shadow(tmp_path, monkeypatch, name: str) -> tuple[Path, Path]:
     """An installed module `name` (its batches fit X_SPEC) and, in the working directory, a file of the same
     name that leaves a marker if run. sys.path holds no working-directory entry, as for the onnx-dns script."""
@@ -139,8 +152,8 @@ def test_the_cli_imports_the_installed_module_not_the_working_directory_file(tmp
     name = f"dns_sec_{uuid.uuid4().hex[:8]}"
     _, marker = installed_and_shadow(tmp_path, monkeypatch, name)
     result = CliRunner().invoke(main, ["compress", "model.onnx", "-o", str(tmp_path / "o.onnx"), "--data",
-                                       f"{name}:batches", "--val", f"{name}:batches", "--iterations", "2", "--batch-size", "2", "--threads", "1",
-                                       "--eval-every", "1", "-q"])
+                                       f"{name}:batches", "--val", f"{name}:batches", "--iterations", "2",
+                                       "--batch-size", "2", "--threads", "1", "--eval-every", "1", "-q"])
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert sys.modules[name].__file__ == str(tmp_path / "site" / f"{name}.py")
     assert not marker.exists()
