@@ -151,8 +151,8 @@ def nest(model: onnx.ModelProto, rng: random.Random) -> None:
 
 
 def sparse(model: onnx.ModelProto, rng: random.Random) -> None:
-    dims = rng.choice([[HUGE, HUGE], [4, 4], [3], [-1, 2]])
-    indices = rng.choice([[0], [10**9], [-2], [0, 1]])
+    dims = rng.choice([[HUGE, HUGE], [HUGE, HUGE], [4, 4], [3], [-1, 2]])
+    indices = rng.choice([[0], [0], [10**9], [-2], [0, 1]])
     values = helper.make_tensor("sp", TensorProto.FLOAT, [1], [1.0])
     index = helper.make_tensor("sp_i", TensorProto.INT64, [len(indices)], indices)
     model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, index, dims))

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import resource
 import time
 
 from hostile_models import mutants, prepare_folder
@@ -20,6 +22,20 @@ from onnx_dns.report import inspect_model
 
 COUNT = 1000
 SEED = 0
+HEADROOM = 2 << 30  # bytes of address space the mutants may take beyond what the test process holds
+
+
+@contextlib.contextmanager
+def address_space_limit(extra: int):
+    """Cap this process's address space at its current size plus `extra`: an allocation sized by a declared
+    shape then fails with MemoryError (which the test counts as a failure) instead of taking the machine."""
+    size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def read_like_the_cli(source, path=None) -> None:
@@ -42,23 +58,28 @@ def test_a_thousand_mutated_models_load_or_raise_model_error(tmp_path):
     outcomes: collections.Counter[str] = collections.Counter()
     failures = []
     started = time.perf_counter()
-    for description, data in mutants(COUNT, SEED):
-        try:
-            if "external" in description:  # external data needs the model's folder; others load from bytes
-                path.write_bytes(data)
-                read_like_the_cli(path, path)
-            else:
-                read_like_the_cli(data)
-            outcomes["loaded"] += 1
-        except ModelError as exc:
-            message = str(exc)
-            assert "\n" not in message, description
-            outcomes["not readable" if "not a readable ONNX model" in message else "refused"] += 1
-        except Exception as exc:  # noqa: BLE001 - any other exception is what this test looks for
-            failures.append(f"{description}: {type(exc).__name__}: {exc}")
+    with address_space_limit(HEADROOM):
+        for description, data in mutants(COUNT, SEED):
+            _read_one(description, data, path, outcomes, failures)
     seconds = time.perf_counter() - started
     assert not failures, "\n".join(failures[:20])
     assert sum(outcomes.values()) == COUNT
     # the mutants reach past the protobuf parser: most are refused by the checks, and some still load
     assert outcomes["refused"] > COUNT // 3 and outcomes["loaded"] > 0, outcomes
     print(f"{COUNT} mutants in {seconds:.1f} s: {dict(outcomes)}")
+
+
+def _read_one(description: str, data: bytes, path, outcomes: collections.Counter, failures: list[str]) -> None:
+    try:
+        if "external" in description:  # external data needs the model's folder; others load from bytes
+            path.write_bytes(data)
+            read_like_the_cli(path, path)
+        else:
+            read_like_the_cli(data)
+        outcomes["loaded"] += 1
+    except ModelError as exc:
+        message = str(exc)
+        assert "\n" not in message, description
+        outcomes["not readable" if "not a readable ONNX model" in message else "refused"] += 1
+    except Exception as exc:  # noqa: BLE001 - any other exception (MemoryError included) is what this looks for
+        failures.append(f"{description}: {type(exc).__name__}: {exc}")
