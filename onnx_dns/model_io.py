@@ -37,7 +37,7 @@ def load_model(source: str | os.PathLike | bytes, *, check: bool = True) -> onnx
     else:
         path = Path(source)
         name = str(path)
-        model = _parse(_read_file(path), name)
+        model = _parse(_read_file(path), name, path.suffix)
     check_structure(model, name, order=check)
     if uses_external_data(model):
         if isinstance(source, (bytes, bytearray)):
@@ -75,10 +75,12 @@ def _read_file(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read it ({exc.strerror}); check the path and its permissions") from exc
 
 
-def _parse(data: bytes, name: str) -> onnx.ModelProto:
-    model = onnx.ModelProto()
+def _parse(data: bytes, name: str, suffix: str = "") -> onnx.ModelProto:
+    """Decode a model, in the text format its file extension names (`.onnxtxt`, `.textproto`...) as onnx.load
+    does, else binary protobuf."""
+    fmt = onnx.serialization.registry.get_format_from_file_extension(suffix) if suffix else None
     try:
-        model.ParseFromString(data)
+        model = onnx.load_model_from_string(data, format=fmt or "protobuf")
     except Exception as exc:  # noqa: BLE001 - google.protobuf.message.DecodeError, whose import path varies
         raise ModelError(f"{name}: not a readable ONNX model, truncated, corrupted or nested too deeply "
                          f"({_short(exc)}); re-export it") from exc

@@ -208,3 +208,10 @@ def test_pipes_and_devices_are_refused_without_blocking(tmp_path):
         proc = run_limited(["inspect", path], 1 << 30, timeout=60)
         assert proc.returncode == ModelError.exit_code and words in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_text_format_model_is_read_as_onnx_load_reads_it_and_checked_the_same(tmp_path):
+    onnx.save_model(gemm_transb(), str(tmp_path / "fine.textproto"), format="textproto")
+    assert [n.op_type for n in load_model(tmp_path / "fine.textproto").graph.node] == ["Gemm"]
+    onnx.save_model(huge_initializer(), str(tmp_path / "huge.textproto"), format="textproto")
+    refused(["inspect", tmp_path / "huge.textproto"], "'g.w'", "holds 16")
