@@ -148,7 +148,8 @@ def compress(model: str, output_path: str, report_path: str | None, as_json: boo
     given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
     for key in ("include", "exclude", "freeze_before"):
         given[key] = given[key] or None
-    options = merge(given, load_settings(model), dense=dense, work_dir=resume_dir or work_dir, keep_work=keep_work)
+    options = merge(given, load_settings(model, given), dense=dense, work_dir=resume_dir or work_dir,
+                    keep_work=keep_work)
     if report_path:
         _check_report_path(report_path, model, output_path)
     progress = Progress(0 if quiet else (2 if verbose else 1))

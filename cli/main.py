@@ -38,6 +38,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.obj = Context(debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_dns.settings").setLevel(logging.INFO)  # which dns.json settings a run applies
 
 
 for command in (inspect, compress, evaluate, convert):

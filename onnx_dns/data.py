@@ -1,4 +1,5 @@
-"""Training and validation data: `.npz` files, folders of `.npy` or MNIST-style idx files, or `module:function`.
+"""Training and validation data: `.npz` files, folders of `.npy` or MNIST-style idx files, or `module:function`
+(`file.py:function` loads a file by its path).
 
 Arrays are named after the model's inputs, with an optional `labels` array. Everything is checked against the
 model's inputs (names, dtypes, shapes) before training starts. Batches are a pure function of (seed, iteration),
@@ -7,8 +8,6 @@ so a run is reproducible from its seed and a resumed run sees the same batches a
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from onnx_dns.errors import DataError
 from onnx_dns.graph import initializers
 from onnx_dns.idx import find_idx, load_mnist_split
 from onnx_dns.npz import read_npz
+from onnx_dns.user_code import code_source, load_function
 
 LABELS = "labels"
 IDX_SCALE = 1.0 / 256.0
@@ -189,16 +189,16 @@ class CallableData:
 
 
 def load_data(spec: str, inputs: list[InputSpec], split: str = "train") -> Dataset | CallableData:
-    """Open `spec` (file, folder or `module:function`) as data for a model with these inputs.
+    """Open `spec` (file, folder, `module:function` or `file.py:function`) as data for a model with these inputs.
 
     For an MNIST-style idx folder `split` picks `train` or `t10k`; images are scaled by 1/256 as in the paper.
     """
     path = Path(spec)
-    if not path.exists() and ":" in spec and not spec.startswith((".", "/")):
-        return _callable(spec, inputs)
+    if not path.exists() and code_source(spec) is not None:
+        return CallableData(load_function(spec), spec, inputs)
     if not path.exists():
         raise DataError(f"{spec}: no such file or folder; give a .npz file, a folder of .npy or idx files, "
-                        "or module:function")
+                        "module:function or path/to/file.py:function")
     if path.is_file():
         if path.suffix != ".npz":
             raise DataError(f"{spec}: unsupported data file; give a .npz, a folder of .npy or idx files, "
@@ -262,20 +262,6 @@ def _idx_dataset(folder: Path, inputs: list[InputSpec], split: str) -> Dataset:
                         f"{spec.describe()}")
     x = (images.reshape((len(images), *rest)).astype(spec.dtype) * spec.dtype.type(IDX_SCALE))
     return Dataset({spec.name: x}, labels.astype(np.int64), f"{folder} ({split})")
-
-
-def _callable(spec: str, inputs: list[InputSpec]) -> CallableData:
-    module_name, _, attr = spec.partition(":")
-    try:
-        if "" not in sys.path and "." not in sys.path:
-            sys.path.insert(0, "")
-        module = importlib.import_module(module_name)
-        function = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise DataError(f"{spec}: cannot import {attr!r} from module {module_name!r} ({exc})") from exc
-    if not callable(function):
-        raise DataError(f"{spec}: {attr!r} is not callable")
-    return CallableData(function, spec, inputs)
 
 
 def check_arrays(arrays: dict[str, np.ndarray], labels: np.ndarray | None, inputs: list[InputSpec],

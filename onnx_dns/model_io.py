@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import onnx
 
 from onnx_dns.errors import ModelError, OutputError
+from onnx_dns.external_data import load_external_data, uses_external_data
 from onnx_dns.graph import payload_bytes
+from onnx_dns.model_checks import check_structure, check_tensors
 
 MAX_IR_VERSION = 10
 MAX_OPSET = 21
@@ -23,36 +26,24 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def load_model(source: str | os.PathLike | bytes, *, check: bool = True) -> onnx.ModelProto:
-    """Read a model from a path or bytes, with its external data, and refuse what training cannot take."""
+    """Read a model from a path or bytes, with its external data, and refuse what training cannot take.
+
+    The file may come from anyone: declared sizes are checked against the bytes present, external data is read
+    only from regular files inside the model's folder, and nesting and node order are checked in Python before
+    onnx's C++ checker sees the model (model_checks, external_data)."""
     if isinstance(source, (bytes, bytearray)):
         name = "<bytes>"
-        try:
-            model = onnx.load_from_string(bytes(source))
-        except Exception as exc:
-            raise ModelError(f"{name}: not an ONNX model ({_short(exc)})") from exc
+        model = _parse(bytes(source), name)
     else:
         path = Path(source)
         name = str(path)
-        if not path.exists():
-            raise ModelError(f"{name}: no such file; give the path of an .onnx model")
-        if path.is_dir():
-            raise ModelError(f"{name}: is a directory; give the path of an .onnx model file")
-        if path.stat().st_size == 0:
-            raise ModelError(f"{name}: the file is empty; re-export the model")
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise ModelError(
-                f"{name}: not a readable ONNX model, truncated or corrupted ({_short(exc)}); re-export it"
-            ) from exc
-        if _uses_external_data(model):
-            try:
-                onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-            except Exception as exc:
-                raise ModelError(
-                    f"{name}: its external data could not be read ({_short(exc)}); keep the data files "
-                    "beside the model under the names it records"
-                ) from exc
+        model = _parse(_read_file(path), name, path.suffix)
+    check_structure(model, name, order=check)
+    if uses_external_data(model):
+        if isinstance(source, (bytes, bytearray)):
+            raise ModelError(f"{name}: the model keeps tensors in external data files; load it from its file")
+        load_external_data(model, Path(source).parent, name)
+    check_tensors(model, name)
     if not model.graph.node:
         raise ModelError(f"{name}: not an ONNX model (the graph has no nodes); check the file")
     check_versions(model, name)
@@ -61,6 +52,38 @@ def load_model(source: str | os.PathLike | bytes, *, check: bool = True) -> onnx
             onnx.checker.check_model(model)
         except Exception as exc:
             raise ModelError(f"{name}: fails onnx.checker ({_short(exc)}); fix or re-export the model") from exc
+    return model
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of a model file; anything but a non-empty regular file is refused before it is read."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such file; give the path of an .onnx model") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read it ({exc.strerror}); check the path and its permissions") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelError(f"{path}: is a directory; give the path of an .onnx model file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelError(f"{path}: is not a regular file (a device, pipe or socket); give an .onnx model file")
+    if info.st_size == 0:
+        raise ModelError(f"{path}: the file is empty; re-export the model")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read it ({exc.strerror}); check the path and its permissions") from exc
+
+
+def _parse(data: bytes, name: str, suffix: str = "") -> onnx.ModelProto:
+    """Decode a model, in the text format its file extension names (`.onnxtxt`, `.textproto`...) as onnx.load
+    does, else binary protobuf."""
+    fmt = onnx.serialization.registry.get_format_from_file_extension(suffix) if suffix else None
+    try:
+        model = onnx.load_model_from_string(data, format=fmt or "protobuf")
+    except Exception as exc:  # noqa: BLE001 - google.protobuf.message.DecodeError, whose import path varies
+        raise ModelError(f"{name}: not a readable ONNX model, truncated, corrupted or nested too deeply "
+                         f"({_short(exc)}); re-export it") from exc
     return model
 
 
@@ -172,12 +195,6 @@ def check_output_path(path: str | os.PathLike, *, forbid: str | os.PathLike | No
     if not os.access(directory, os.W_OK):
         raise OutputError(f"{path}: the directory {directory} is not writable; choose another output path")
     return directory
-
-
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)
-    )
 
 
 def _short(exc: BaseException) -> str:

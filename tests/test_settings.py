@@ -17,11 +17,11 @@ def test_no_settings_file_gives_nothing(tmp_path):
 def test_relative_data_paths_resolve_against_the_settings_folder(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
-    (folder / "dns.json").write_text(json.dumps({"data": "../data", "val": "pkg.mod:batches", "iterations": 5,
+    (folder / "dns.json").write_text(json.dumps({"data": "../data", "val": "val.npz", "iterations": 5,
                                                   "comment": "ignored"}))
     settings = load_settings(folder / "model.onnx")
     assert settings["data"] == str((tmp_path / "data").resolve())
-    assert settings["val"] == "pkg.mod:batches"
+    assert settings["val"] == str((folder / "val.npz").resolve())
     assert settings["iterations"] == 5
     assert "comment" not in settings
 
