@@ -18,6 +18,23 @@ from .common import emit_json, handle_errors, with_default, write_json
 from .progress import Progress
 
 
+class Bound(click.ParamType):
+    """A number of points, or none (its range is checked with the other options, in `onnx_dns.options`)."""
+
+    name = "bound"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return "none"
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of points nor none", param, ctx)
+
+
+BOUND = Bound()
+
+
 def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
     """NAME=VALUE options into a dict, with an error that names the option at fault."""
     result = {}
@@ -78,7 +95,8 @@ TRAINING_OPTIONS = [
     click.option("--iterations", type=click.IntRange(min=1), help=with_default("iterations", "Training iterations.")),
     click.option("--batch-size", type=click.IntRange(min=1), help=with_default(
         "batch_size", "A model exported with a fixed batch size trains at that size.")),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=with_default("lr", "Base learning rate.")),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.  [default: chosen by "
+                 "a short probe on the first batches, with the gradient norm bounded; see the README]"),
     click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=with_default(
         "optimizer", "sgd: momentum 0.9, weight decay 5e-4 (the paper's); adamw.")),
     click.option("--weight-decay", type=click.FloatRange(min=0), help="[default: 5e-4 sgd, 1e-4 adamw]"),
@@ -93,9 +111,10 @@ TRAINING_OPTIONS = [
     click.option("--eval-batch-size", type=click.IntRange(min=1), help=with_default("eval_batch_size", "")),
     click.option("--threads", type=click.IntRange(min=0), help=with_default("threads", "onnxruntime threads; 0 lets "
                                                                             "it choose.")),
-    click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
-                 help="Fail (exit 6) when validation accuracy drops more than this many points; the best state "
-                 "within the bound is kept, and a model that misses it is written as NAME.below-bound.onnx."),
+    click.option("--max-accuracy-drop", type=BOUND, metavar="POINTS|none", help=with_default(
+        "max_accuracy_drop", "Fail (exit 6) when validation accuracy or agreement drops more than this many points "
+        "(for regression: the relative error grows by more than this many percent); the best state within the "
+        "bound is kept, and a model that misses it is written as NAME.below-bound.onnx. none: no bound.")),
 ]
 OUTPUT_OPTIONS = [
     click.option("--format", type=click.Choice(["auto", "sparse", "dense", "packed"]), help=with_default(
@@ -180,8 +199,9 @@ def summary_line(result: CompressResult) -> str:
     before, after = result.accuracy_before, result.accuracy_after
     sizes = ", ".join(f"{name} {human_bytes(size)}" for name, size in result.format_sizes.items())
     rollbacks = f", {result.rollbacks} rollbacks of a diverging loss" if result.rollbacks else ""
+    probed = " (probed)" if result.lr_probe else ""
     return (f"params {result.params:,} -> {result.nonzeros:,} ({result.compression:.1f}x; "
             f"{result.weight_compression:.1f}x weights only), {before.describe()} -> {after.describe()} "
             f"on {before.samples} samples, file {human_bytes(result.file_size_before)} -> "
-            f"{human_bytes(result.file_size_after)} ({sizes}){rollbacks}, {result.seconds:.0f} s "
-            f"(mask updates {result.surgery_ms_per_step:.2f} ms/step) -> {result.output}")
+            f"{human_bytes(result.file_size_after)} ({sizes}), lr {result.learning_rate:.3g}{probed}{rollbacks}, "
+            f"{result.seconds:.0f} s (mask updates {result.surgery_ms_per_step:.2f} ms/step) -> {result.output}")

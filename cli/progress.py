@@ -42,6 +42,11 @@ class Progress:
             self._clear()
             total = f"/{event['total']}" if event.get("total") else ""
             self._echo(f"  {event['what']}: {event['done']}{total} samples ({_duration(event['seconds'])})")
+        elif kind == "lr-probe":
+            self._echo("choosing the learning rate with a short probe (give --lr to skip it) ...")
+        elif kind == "lr-chosen":
+            self._echo(f"learning rate {event['lr']:.3g}" + (f", gradient norm bounded at {event['clip']:.3g}"
+                                                             if event["clip"] is not None else ""))
         elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":

@@ -65,7 +65,7 @@ class TrainConfig:
 
     iterations: int = option(10000, Range(True, 1))
     batch_size: int = option(64, Range(True, 1))
-    lr: float = option(0.01, Range(low=0, low_open=True))
+    lr: float | None = option(None, Range(low=0, low_open=True))
     schedule: str = option("inv", SCHEDULES)
     warmup: int = option(0, Range(True, 0))
     optimizer: str = option("sgd", ("sgd", "adamw"))
@@ -74,7 +74,8 @@ class TrainConfig:
     eval_every: int = option(1000, Range(True, 1))
     checkpoint_every: int = option(1000, Range(True, 1))
     eval_batch_size: int = option(1000, Range(True, 1))
-    max_accuracy_drop: float | None = option(None, Range(low=0))
+    max_accuracy_drop: float | None = option(5.0, Range(low=0))
+    clip_grad_norm: float | None = option(None, Range(low=0, low_open=True))
     threads: int = option(0, Range(True, 0))
 
     def __post_init__(self) -> None:
@@ -185,7 +186,8 @@ def _check_one(key: str, value: Any, check: Any, from_settings: bool) -> None:
 
 def merge(given: dict[str, Any], settings: dict[str, Any], **extra: Any) -> CompressOptions:
     """Options for `compress`: each from `given` (the command line or API; None when absent), else the model's
-    settings, else the default. Per-layer c given means paper mode over a target in the settings."""
+    settings, else the default. Per-layer c given means paper mode over a target in the settings; a
+    max_accuracy_drop of "none" turns the accuracy bound off."""
     unknown = set(settings) - settings_keys()
     if unknown:
         raise OptionError(f"dns.json: unknown setting {sorted(unknown)[0]!r}; keys are the option names of "
@@ -196,6 +198,8 @@ def merge(given: dict[str, Any], settings: dict[str, Any], **extra: Any) -> Comp
     values = {key: given[key] if given.get(key) is not None else settings.get(key, default)
               for key, default in base.items() if key != "train"}
     from_settings = {k for k in settings if given.get(k) is None}
+    if isinstance(values["max_accuracy_drop"], str) and values["max_accuracy_drop"].strip().lower() == "none":
+        values["max_accuracy_drop"] = None  # the bound turned off
     check_values(values, TrainConfig, from_settings)
     check_values(values, CompressOptions, from_settings)
     if values["target"] is not None and "target" in from_settings:

@@ -42,6 +42,9 @@ class CompressResult:
     val_source: str
     artifact_seconds: float
     rollbacks: int = 0
+    learning_rate: float | None = None
+    grad_clip: float | None = None
+    lr_probe: list[dict] | None = None
     output: str | None = None
     refold: Callable[[str], onnx.ModelProto] | None = field(default=None, repr=False, compare=False)
 

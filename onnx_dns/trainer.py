@@ -57,13 +57,28 @@ class Trainer:
         self.runner = ChunkedRunner(config.threads or available_cpus())
         self.surgeon.runner = self.runner
         self.optimizer = make_optimizer(config.optimizer, self.params, config.weight_decay, self.runner)
-        self.schedule = LearningRate(config.lr, config.schedule, total=config.iterations, warmup=config.warmup)
+        self.schedule = None if config.lr is None else self._schedule(config.lr)
+        self.clip = config.clip_grad_norm
+        self.grad_norm = 0.0
         self.host_seconds = 0.0
         self.surgery_seconds = 0.0
 
-    def step(self, iteration: int, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
-             lr_scale: float = 1.0) -> float:
-        """Forward and backward on one batch; when the loss is finite, update the weights and the masks."""
+    def _schedule(self, lr: float) -> LearningRate:
+        cfg = self.config
+        return LearningRate(lr, cfg.schedule, total=cfg.iterations, warmup=cfg.warmup)
+
+    def set_learning_rate(self, lr: float, clip: float | None) -> None:
+        """The base learning rate of the schedule and the gradient-norm bound (when chosen by a probe)."""
+        self.schedule = self._schedule(lr)
+        self.clip = clip
+
+    def learning_rate(self, iteration: int, scale: float = 1.0) -> float:
+        return self.schedule(iteration) * scale
+
+    def step(self, iteration: int, inputs: dict[str, np.ndarray], labels: np.ndarray | None, lr: float,
+             surgery: bool = True) -> float:
+        """Forward and backward on one batch; when the loss is finite, update the weights (gradients clipped to
+        norm `clip` when set) and, with `surgery`, the masks."""
         feeds = [inputs[n] for n in self.art.inputs] + self.targets.for_batch(inputs, labels)
         self.module.train()
         loss = float(self.module(*feeds)[0])
@@ -71,14 +86,29 @@ class Trainer:
             self.module.lazy_reset_grad()
             return loss
         t0 = time.perf_counter()
-        self.optimizer.step(self.params, self.grads, self.schedule(iteration) * lr_scale)
+        if self.clip is not None:
+            self._clip_gradients()
+        self.optimizer.step(self.params, self.grads, lr)
         self.module.lazy_reset_grad()
         t1 = time.perf_counter()
-        self.surgeon.step(iteration, np.random.default_rng([self.config.seed, iteration, 1]), self.params, self.masks)
+        if surgery:
+            self.surgeon.step(iteration, np.random.default_rng([self.config.seed, iteration, 1]), self.params,
+                              self.masks)
         t2 = time.perf_counter()
         self.host_seconds += t2 - t0
         self.surgery_seconds += t2 - t1
         return loss
+
+    def gradient_norm(self) -> float:
+        """The global L2 norm of the current gradients (all trained tensors together)."""
+        return float(np.sqrt(sum(float(np.vdot(g, g)) for g in self.grads.values())))
+
+    def _clip_gradients(self) -> None:
+        self.grad_norm = self.gradient_norm()
+        if self.grad_norm > self.clip:
+            scale = np.float32(self.clip / self.grad_norm)
+            for g in self.grads.values():
+                g *= scale
 
     def compression(self) -> float:
         total = sum(m.size for m in self.masks.values())

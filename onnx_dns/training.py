@@ -22,6 +22,7 @@ from onnx_dns.data import CallableData, Dataset
 from onnx_dns.errors import Interrupted, TrainingError
 from onnx_dns.evaluate import Metrics
 from onnx_dns.interrupt import StopRequest
+from onnx_dns.lr_probe import ProbeResult, probe_learning_rate
 from onnx_dns.selection import Selection, Snapshot, within_bound
 from onnx_dns.trainer import Trainer
 
@@ -46,6 +47,9 @@ class TrainResult:
     surgery_seconds: float
     meets_bound: bool
     rollbacks: int
+    lr: float
+    clip: float | None
+    probe: list[dict] | None
 
 
 class TrainingLoop:
@@ -60,6 +64,7 @@ class TrainingLoop:
         self.work_dir = Path(work_dir)
         self.progress = progress or (lambda event: None)
         self.selection = Selection(self.config.max_accuracy_drop)
+        self.probe: ProbeResult | None = None
 
     def run(self, resume: bool = False) -> TrainResult:
         started = time.perf_counter()
@@ -81,13 +86,27 @@ class TrainingLoop:
                            time.perf_counter() - started, state.iteration - start, self.trainer.host_seconds,
                            self.trainer.surgery_seconds,
                            within_bound(chosen.metrics, state.baseline, self.config.max_accuracy_drop),
-                           state.rollbacks)
+                           state.rollbacks, self.trainer.schedule.base, self.trainer.clip,
+                           None if self.probe is None else self.probe.tried)
 
     def _start(self) -> TrainState:
         self.trainer.surgeon.initialize(self.trainer.params)
         state = TrainState(0, self.trainer.evaluate(self.val_data, self.progress))
+        if self.trainer.schedule is None:
+            self._probe()
         self._checkpoint(state)
         return state
+
+    def _probe(self) -> None:
+        """No --lr: choose it (and a gradient-norm bound) with a short probe (`lr_probe`)."""
+        self.progress({"event": "lr-probe"})
+        found = probe_learning_rate(self.trainer, self.train_data, self.config.batch_size, self.config.seed)
+        self.trainer.set_learning_rate(found.lr, found.clip)
+        self.probe = found
+        log.info("learning rate %.3g chosen by a probe (%s); gradient norm bounded at %s", found.lr,
+                 ", ".join(f"{t['lr']:.3g} {t['verdict']}" for t in found.tried),
+                 "none" if found.clip is None else f"{found.clip:.3g}")
+        self.progress({"event": "lr-chosen", "lr": found.lr, "clip": found.clip, "tried": found.tried})
 
     def _loop(self, state: TrainState, stop: StopRequest) -> None:
         cfg, trainer = self.config, self.trainer
@@ -95,7 +114,7 @@ class TrainingLoop:
         compression = trainer.compression()
         while state.iteration < cfg.iterations:
             inputs, labels = self.train_data.batch(state.iteration, cfg.batch_size, cfg.seed)
-            loss = trainer.step(state.iteration, inputs, labels, state.lr_scale)
+            loss = trainer.step(state.iteration, inputs, labels, trainer.learning_rate(state.iteration, state.lr_scale))
             if not math.isfinite(loss):
                 self._roll_back(state, loss)
                 continue
@@ -139,7 +158,8 @@ class TrainingLoop:
         self.progress({"event": "rollback", "iteration": state.iteration, "lr_scale": state.lr_scale})
 
     def _checkpoint(self, state: TrainState) -> None:
-        extra = {"surgeon": self.trainer.surgeon.state_dict(), "config": asdict(self.config)}
+        extra = {"surgeon": self.trainer.surgeon.state_dict(), "config": asdict(self.config),
+                 "learning_rate": {"base": self.trainer.schedule.base, "clip": self.trainer.clip}}
         save_checkpoint(self.work_dir, self.trainer.tensors(), state, extra)
 
     def _resume(self) -> TrainState | None:
@@ -150,5 +170,6 @@ class TrainingLoop:
         state, extra = loaded
         self.trainer.load_optimizer(tensors.optimizer)
         self.trainer.surgeon.load_state_dict(extra["surgeon"])
+        self.trainer.set_learning_rate(extra["learning_rate"]["base"], extra["learning_rate"]["clip"])
         self.selection.best = state.best
         return state

@@ -141,7 +141,7 @@ def test_exported_model_compresses_and_keeps_its_graph(case: Fixture, tmp_path):
         data=str(tmp_path / "train.npz"), target=TARGET, format="sparse", output_name=case.output, task=case.task,
         work_dir=str(work), keep_work=True,
         train=TrainConfig(iterations=ITERATIONS, batch_size=batch, lr=0.01, eval_every=ITERATIONS,
-                          checkpoint_every=ITERATIONS))
+                          checkpoint_every=ITERATIONS, max_accuracy_drop=None))
     result = compress_file(source, tmp_path / "out.onnx", options)
     folded = onnx.load(str(tmp_path / "out.onnx"))
 
@@ -219,7 +219,8 @@ def test_external_data_is_read_from_beside_the_model(tmp_path):
         shutil.copy(FIXTURES / name, tmp_path / name)
     inputs, labels = synthetic(onnx.load(str(FIXTURES / "resnet_dynamo.onnx")), 64)
     np.savez(tmp_path / "train.npz", **inputs, labels=labels)
-    options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
+    options = CompressOptions(data=str(tmp_path / "train.npz"),
+                              train=TrainConfig(iterations=2, batch_size=8, max_accuracy_drop=None))
     result = compress_file(tmp_path / "resnet_dynamo.onnx", tmp_path / "out.onnx", options)
     assert len(result.layers_before) == len(RESNET)
     assert not onnx.load(str(tmp_path / "out.onnx"), load_external_data=False).graph.initializer[0].external_data
@@ -258,7 +259,8 @@ def test_layers_that_do_not_feed_the_trained_output_are_left_alone(tmp_path):
     inputs, _ = synthetic(original, 64)
     np.savez(tmp_path / "train.npz", **inputs)
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=TARGET, output_name="features",
-                              train=TrainConfig(iterations=8, batch_size=16, lr=0.01, eval_every=8))
+                              train=TrainConfig(iterations=8, batch_size=16, lr=0.01, eval_every=8,
+                                                max_accuracy_drop=None))
     result = compress_file(source, tmp_path / "out.onnx", options)
     assert Counter((s.op, tuple(s.shape)) for s in result.layers_before) == Counter(RESNET[:-1])
     before = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}

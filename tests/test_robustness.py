@@ -356,7 +356,7 @@ BAD_OPTIONS = [  # (arguments, what the error line names)
     (["--batch-size", "0"], "'--batch-size'"), (["--lr", "0"], "'--lr'"), (["--lr", "-0.1"], "'--lr'"),
     (["--lr", "nan"], "--lr nan"), (["--lr", "inf"], "--lr inf"), (["--warmup", "-1"], "'--warmup'"),
     (["--temperature", "0"], "'--temperature'"), (["--distill-weight", "1.5"], "'--distill-weight'"),
-    (["--max-accuracy-drop", "-1"], "'--max-accuracy-drop'"), (["--max-accuracy-drop", "nan"], "--max-accuracy-drop nan"),
+    (["--max-accuracy-drop", "-1"], "--max-accuracy-drop -1"), (["--max-accuracy-drop", "nan"], "--max-accuracy-drop nan"),
     (["--optimizer", "adam"], "'--optimizer'"), (["--default-c", "inf"], "--default-c inf"),
     (["--target", "0.5x"], "--target '0.5x'"), (["--target", "inf"], "--target 'inf'"),
     (["--target", "lots"], "--target 'lots'"),

@@ -198,7 +198,7 @@ def test_label_free_distillation(tmp_path):
     # without labels the task is guessed from a final Softmax; this model ends in Gemm, so say it
     options = CompressOptions(data=str(tmp_path / "inputs.npz"), default_c=1.5, task="classify",
                               train=TrainConfig(iterations=300, batch_size=32, lr=0.02, eval_every=100,
-                                                checkpoint_every=100))
+                                                checkpoint_every=100, max_accuracy_drop=None))
     result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
     assert result.accuracy_before.fidelity == 100.0 and result.accuracy_before.top1 is None
     assert result.compression > 3

@@ -27,6 +27,11 @@ class Criterion(ABC):
         """A magnitude that sets the mask exactly (kept: |w| >= t) at this iteration whatever the draw, or None."""
         return None
 
+    def probe_threshold(self, stop: int, arrays: Sequence[np.ndarray]) -> float:
+        """A magnitude below which the layer will have been pruned by its stop iteration (kept: |w| >= t), for
+        the learning-rate probe; by default the prune threshold of the first iteration."""
+        return self.thresholds(0, stop, arrays)[0]
+
     def state_dict(self) -> dict:
         return {}
 

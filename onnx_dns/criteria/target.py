@@ -96,6 +96,9 @@ class Target(Criterion):
             return None
         return magnitude_for_keep(arrays, min(self.keep, self.keep_0))
 
+    def probe_threshold(self, stop: int, arrays: Sequence[np.ndarray]) -> float:
+        return magnitude_for_keep(arrays, min(self.keep, self.keep_0))
+
     def state_dict(self) -> dict:
         return {"keep_0": self.keep_0, "cached": self._cached}
 

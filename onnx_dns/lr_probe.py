@@ -1,0 +1,102 @@
+"""Choose the learning rate when none is given: a short probe on the first batches, from the largest rate down.
+
+The probe starts from the weights as pruned at the end of the surgery (each layer keeps what its criterion would
+keep at its stop iteration), so the loss has something to recover. For each candidate rate, from 1 down to 1e-5
+in steps of sqrt(10), it trains STEPS iterations from the same starting point (weights, masks and optimizer state
+restored before each), and a rate passes when the loss falls steadily: finite, never above 1.5 times its first
+value, and the mean of the last three below 0.98 times the mean of the first two. The largest passing rate times
+SAFETY is chosen (if none falls, the largest whose loss stays flat; else the smallest candidate). The gradient norm
+is then bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot throw the weights
+away. Everything the probe changed is restored before training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnx_dns.data import CallableData, Dataset
+from onnx_dns.trainer import Trainer
+
+CANDIDATES = tuple(float(10 ** (-k / 2)) for k in range(11))  # 1, 0.316, 0.1, ..., 1e-5
+STEPS = 8
+SAFETY = 1 / 3
+CLIP = 5.0
+RISE = 1.5
+
+
+@dataclass
+class ProbeResult:
+    lr: float
+    clip: float | None
+    tried: list[dict] = field(default_factory=list)
+
+
+def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_size: int, seed: int) -> ProbeResult:
+    """The learning rate (and gradient-norm bound) to train with; `trainer` is left as it was."""
+    saved = _save(trainer)
+    batches = [data.batch(i, batch_size, seed) for i in range(STEPS)]
+    tried = []
+    try:
+        for lr in CANDIDATES:
+            _restore(trainer, saved)
+            _prune_for_probe(trainer)
+            losses, norms = _run(trainer, batches, lr)
+            tried.append({"lr": lr, "losses": losses, "verdict": _verdict(losses), "norms": norms})
+            if tried[-1]["verdict"] == "falls":
+                break
+    finally:
+        _restore(trainer, saved)
+    return _choose(tried)
+
+
+def _run(trainer: Trainer, batches: list, lr: float) -> tuple[list[float], list[float]]:
+    trainer.clip, losses, norms = float("inf"), [], []  # an infinite bound measures the norm and clips nothing
+    for i, (inputs, labels) in enumerate(batches):
+        loss = trainer.step(i, inputs, labels, lr, surgery=False)
+        losses.append(loss)
+        norms.append(trainer.grad_norm)
+        if not np.isfinite(loss) or loss > RISE * losses[0] + 1e-12:
+            break
+    return losses, norms
+
+
+def _verdict(losses: list[float]) -> str:
+    if len(losses) < STEPS or not all(np.isfinite(losses)) or max(losses) > RISE * losses[0] + 1e-12:
+        return "diverges"
+    if np.mean(losses[-3:]) < 0.98 * np.mean(losses[:2]):
+        return "falls"
+    return "flat" if max(losses) <= 1.02 * losses[0] + 1e-9 else "rises"
+
+
+def _choose(tried: list[dict]) -> ProbeResult:
+    chosen = next((t for t in tried if t["verdict"] == "falls"), None)
+    chosen = chosen or next((t for t in tried if t["verdict"] == "flat"), None) or tried[-1]
+    norms = [n for n in chosen["norms"] if n > 0]
+    clip = CLIP * float(np.median(norms)) if norms else None
+    history = [{"lr": t["lr"], "verdict": t["verdict"], "losses": [round(x, 6) for x in t["losses"]]} for t in tried]
+    return ProbeResult(chosen["lr"] * SAFETY, clip, history)
+
+
+def _prune_for_probe(trainer: Trainer) -> None:
+    for plan in trainer.surgeon.plans.values():
+        arrays = [trainer.params[t] for t in plan.tensors]
+        t = plan.criterion.probe_threshold(plan.stop, arrays)
+        for name, weight in zip(plan.tensors, arrays):
+            trainer.masks[name][...] = np.abs(weight) >= t
+
+
+def _save(trainer: Trainer) -> dict:
+    return {"params": {k: v.copy() for k, v in trainer.params.items()},
+            "masks": {k: v.copy() for k, v in trainer.masks.items()},
+            "optimizer": {k: v.copy() for k, v in trainer.optimizer.state_dict().items()},
+            "clip": trainer.clip, "host": trainer.host_seconds, "surgery": trainer.surgery_seconds}
+
+
+def _restore(trainer: Trainer, saved: dict) -> None:
+    for group in ("params", "masks"):
+        for name, value in saved[group].items():
+            getattr(trainer, group)[name][...] = value
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.clip, trainer.host_seconds, trainer.surgery_seconds = saved["clip"], saved["host"], saved["surgery"]

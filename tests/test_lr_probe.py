@@ -1,0 +1,76 @@
+"""Defaults that never silently ruin a model: the learning-rate probe, gradient clipping, the default bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engine_fixtures import blobs, make_trainer, paper_plans, setup_training, trained_classifier
+
+import onnx_dns
+from onnx_dns.lr_probe import CANDIDATES, SAFETY, _choose, _verdict, probe_learning_rate
+from onnx_dns.options import TrainConfig
+
+
+def test_verdicts_tell_falling_flat_rising_and_diverging_losses():
+    assert _verdict([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4]) == "falls"
+    assert _verdict([1.0, 1.0, 1.001, 1.0, 0.999, 1.0, 1.0, 1.0]) == "flat"
+    assert _verdict([1.0, 1.1, 1.2, 1.3, 1.3, 1.4, 1.4, 1.45]) == "rises"
+    assert _verdict([1.0, 1.2, 1.6]) == "diverges"  # stopped early above 1.5x
+    assert _verdict([1.0, 0.5, float("nan")]) == "diverges"
+
+
+def test_the_largest_falling_rate_is_chosen_with_the_safety_factor():
+    tried = [{"lr": 1.0, "losses": [1, 9], "verdict": "diverges", "norms": [3.0]},
+             {"lr": 0.3, "losses": [1.0] * 8, "verdict": "flat", "norms": [2.0]},
+             {"lr": 0.1, "losses": [1.0] * 8, "verdict": "falls", "norms": [1.0, 2.0, 3.0]}]
+    chosen = _choose(tried)
+    assert chosen.lr == pytest.approx(0.1 * SAFETY) and chosen.clip == pytest.approx(5 * 2.0)
+    assert _choose(tried[:2]).lr == pytest.approx(0.3 * SAFETY)  # none falls: the largest flat one
+    assert _choose(tried[:1]).lr == pytest.approx(1.0 * SAFETY)  # nothing better: the last tried
+
+
+def pretrained(tmp_path):
+    x, y = blobs(600, 8, 4, seed=3)
+    return trained_classifier(x, y, 4, hidden=32), x, y
+
+
+def test_the_probe_leaves_weights_masks_and_optimizer_as_they_were(tmp_path):
+    model, x, y = pretrained(tmp_path)
+    setup = setup_training(model, tmp_path, x, y)
+    loop = make_trainer(setup, paper_plans(setup, 1.0), TrainConfig(iterations=10, batch_size=32), tmp_path / "w")
+    trainer = loop.trainer
+    trainer.surgeon.initialize(trainer.params)
+    before = {k: v.copy() for k, v in {**trainer.params, **{f"m/{k}": m for k, m in trainer.masks.items()}}.items()}
+    found = probe_learning_rate(trainer, setup.train, 32, 0)
+    after = {**trainer.params, **{f"m/{k}": m for k, m in trainer.masks.items()}}
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value)
+    assert all(np.all(v == 0) for v in trainer.optimizer.state_dict().values())
+    assert found.lr in [c * SAFETY for c in CANDIDATES] and found.tried[-1]["verdict"] in ("falls", "flat")
+    assert found.tried[0]["lr"] == CANDIDATES[0]
+
+
+def test_gradients_are_clipped_to_the_bound(tmp_path):
+    model, x, y = pretrained(tmp_path)
+    setup = setup_training(model, tmp_path, x, y)
+    config = TrainConfig(iterations=1, batch_size=64, lr=0.1, schedule="constant", weight_decay=0.0)
+    trainer = make_trainer(setup, paper_plans(setup, -100.0), config, tmp_path / "w").trainer  # c=-100: no pruning
+    start = {k: v.copy() for k, v in trainer.params.items()}
+    trainer.set_learning_rate(0.1, 1e-3)
+    inputs, labels = setup.train.batch(0, 64, 0)
+    trainer.step(0, inputs, labels, 0.1, surgery=False)
+    assert trainer.grad_norm > 1e-3  # the bound was active
+    moved = np.sqrt(sum(float(np.sum((trainer.params[k] - start[k]) ** 2)) for k in start))
+    assert moved == pytest.approx(0.1 * 1e-3, rel=1e-3)  # SGD's first step is lr * clipped gradient
+
+
+def test_without_lr_a_label_free_run_keeps_the_model_and_a_huge_lr_is_caught_by_the_default_bound(tmp_path):
+    model, x, y = pretrained(tmp_path)
+    common = {"target": "3x", "iterations": 150, "batch_size": 32, "eval_every": 50}
+    probed = onnx_dns.compress(model, {"x": x}, **common)
+    assert probed.lr_probe and probed.learning_rate < 1.0
+    assert probed.met_bound and probed.metrics["after"].fidelity >= 95
+    ruined = onnx_dns.compress(model, {"x": x}, lr=30.0, **common)
+    assert ruined.metrics["after"].fidelity < 90 and not ruined.met_bound  # default bound: 5 points
+    unbounded = onnx_dns.compress(model, {"x": x}, lr=30.0, max_accuracy_drop="none", **common)
+    assert unbounded.met_bound
