@@ -329,7 +329,7 @@ def summarize_profile(work: Path, steps: int) -> list:
 
 def worker_trainer(work: Path, args) -> dict:
     """The library's own loop, TrainingLoop.run, timed from its per-step progress events (evaluations excluded)."""
-    from onnx_dns.data import Dataset
+    from onnx_dns.dataset import Dataset
     from onnx_dns.losses import LossSpec
     from onnx_dns.prunable import find_layers
     from onnx_dns.criteria.paper import Paper

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_dns.data import CallableData, Dataset
+from onnx_dns.data import CallableData
+from onnx_dns.dataset import Dataset
 from onnx_dns.ort_training import onnxruntime, session_options
 from onnx_dns.targets import TEACHER, Targets, batch_first
 

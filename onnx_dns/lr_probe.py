@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnx_dns.data import CallableData, Dataset
+from onnx_dns.data import CallableData
+from onnx_dns.dataset import Dataset
 from onnx_dns.trainer import Trainer
 
 CANDIDATES = tuple(float(10 ** (-k / 2)) for k in range(11))  # 1, 0.316, 0.1, ..., 1e-5

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_dns.data import CallableData, Dataset, as_data
+from onnx_dns.data import CallableData, as_data
+from onnx_dns.dataset import Dataset
 from onnx_dns.errors import DataError, ModelError, OptionError
 from onnx_dns.evaluate import Metrics, measure, session_runner
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name

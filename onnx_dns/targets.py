@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_dns.data import Dataset
+from onnx_dns.dataset import Dataset
 from onnx_dns.losses import HARD_TARGET, SOFT_TARGET, LossSpec
 
 TEACHER = "__dns_teacher__"

@@ -19,7 +19,8 @@ import numpy as np
 from onnx_dns.artifacts import TrainingArtifacts
 from onnx_dns.checkpoint import Tensors
 from onnx_dns.chunked import ChunkedRunner
-from onnx_dns.data import CallableData, Dataset
+from onnx_dns.data import CallableData
+from onnx_dns.dataset import Dataset
 from onnx_dns.evaluate import Metrics, evaluate_module
 from onnx_dns.optimizers import make_optimizer
 from onnx_dns.options import TrainConfig

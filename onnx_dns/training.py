@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from onnx_dns.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from onnx_dns.data import CallableData, Dataset
+from onnx_dns.data import CallableData
+from onnx_dns.dataset import Dataset
 from onnx_dns.errors import Interrupted, TrainingError
 from onnx_dns.evaluate import Metrics
 from onnx_dns.interrupt import StopRequest

@@ -178,7 +178,7 @@ def setup_training(model: onnx.ModelProto, directory: Path, x: np.ndarray, label
     """Insert masks on the model's prunable layers and build training artifacts (validation data defaults to
     a copy of the training data)."""
     from onnx_dns.artifacts import build_artifacts
-    from onnx_dns.data import Dataset
+    from onnx_dns.dataset import Dataset
     from onnx_dns.evaluate import session_runner
     from onnx_dns.targets import Targets, with_teacher
     from onnx_dns.insert_masks import insert_masks

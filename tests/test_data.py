@@ -12,7 +12,8 @@ import pytest
 from graphs import make_model, tensor, value
 from onnx import TensorProto, helper
 
-from onnx_dns.data import CallableData, Dataset, InputSpec, load_data, model_inputs
+from onnx_dns.data import CallableData, InputSpec, load_data, model_inputs
+from onnx_dns.dataset import Dataset
 from onnx_dns.errors import DataError
 
 X_SPEC = [InputSpec("x", np.dtype(np.float32), (None, 6))]

@@ -139,7 +139,7 @@ def test_the_loss_reads_the_first_float_output_unless_one_is_named():
 
 def test_the_teacher_runs_on_full_batches_only():
     """A model exported with a fixed batch size refuses a short last batch: it is padded, the padding dropped."""
-    from onnx_dns.data import Dataset
+    from onnx_dns.dataset import Dataset
     from onnx_dns.targets import TEACHER, with_teacher
 
     def teacher(inputs):

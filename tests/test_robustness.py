@@ -25,7 +25,7 @@ from engine_fixtures import blobs, dense_initializers, trained_classifier
 from graphs import BAD_MODEL_FILES, set_initializer, write_bad_model
 
 from cli.main import EXIT_INTERRUPTED, main
-from onnx_dns.data import Dataset
+from onnx_dns.dataset import Dataset
 from onnx_dns.errors import DataError, ModelError, OptionError, OutputError
 
 USAGE = 2

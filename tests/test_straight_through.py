@@ -14,7 +14,7 @@ from graphs import set_initializer
 
 import onnx_dns.artifacts
 from onnx_dns.artifacts import build_artifacts
-from onnx_dns.data import Dataset
+from onnx_dns.dataset import Dataset
 from onnx_dns.targets import Targets
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec, attach_loss

@@ -1,0 +1,88 @@
+"""Data held in arrays (in memory or memory-mapped): batches as a pure function of (seed, iteration), subsets
+that keep an index instead of copying, and arrays aligned with the samples (the original model's outputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from onnx_dns.errors import DataError
+
+Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
+
+
+class Dataset:
+    """Arrays, in memory or memory-mapped: one per model input, plus optional labels, all with the same first
+    dimension. A subset keeps the arrays and an index of its rows, so holding out a validation set copies nothing;
+    `aligned` arrays (the original model's outputs) have one row per sample of this dataset, in its order."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str,
+                 index: np.ndarray | None = None, aligned: dict[str, np.ndarray] | None = None) -> None:
+        self._inputs = inputs
+        self._labels = labels
+        self.source = source
+        self.index = index
+        self.aligned = dict(aligned or {})
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The input arrays of this dataset's samples (a copy of the rows when it is a subset)."""
+        return {**self._take(slice(None))[0]}
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self._labels is None else np.asarray(self._labels[self._rows(slice(None))])
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else len(next(iter(self._inputs.values())))
+
+    def _rows(self, positions: np.ndarray | slice) -> np.ndarray | slice:
+        return positions if self.index is None else self.index[positions]
+
+    def subset(self, positions: np.ndarray, source: str) -> Dataset:
+        return Dataset(self._inputs, self._labels, source, np.asarray(self._rows(positions)),
+                       {k: v[positions] for k, v in self.aligned.items()})
+
+    def with_aligned(self, name: str, values: np.ndarray) -> Dataset:
+        """A copy that also yields `values` (one row per sample, in this dataset's order) under `name`."""
+        return Dataset(self._inputs, self._labels, self.source, self.index, {**self.aligned, name: values})
+
+    def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        """Hold out `fraction` of the samples (at least one), chosen with `seed`, as a validation set."""
+        order = np.random.default_rng([seed, 7]).permutation(len(self))
+        n_val = max(1, int(round(fraction * len(self))))
+        if n_val >= len(self):
+            raise DataError(f"{self.source}: {len(self)} samples are too few to hold out a validation set; "
+                            "give --val")
+        return (self.subset(np.sort(order[n_val:]), self.source),
+                self.subset(np.sort(order[:n_val]), f"{self.source} (held-out {fraction:.0%})"))
+
+    def _take(self, positions: np.ndarray | slice) -> Batch:
+        rows = self._rows(positions)
+        arrays = {n: np.asarray(a[rows]) for n, a in self._inputs.items()}
+        arrays |= {n: np.asarray(a[positions]) for n, a in self.aligned.items()}
+        return arrays, None if self._labels is None else np.asarray(self._labels[rows])
+
+    def batch(self, iteration: int, batch_size: int, seed: int) -> Batch:
+        """Batch number `iteration` of an endless shuffled stream: epoch e uses permutation (seed, e)."""
+        per_epoch = max(len(self) // batch_size, 1)
+        epoch, k = divmod(iteration, per_epoch)
+        order = _permutation(seed, epoch, len(self))
+        return self._take(np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order)
+
+    def iterate(self, batch_size: int) -> Iterator[Batch]:
+        """One ordered pass over all samples."""
+        for start in range(0, len(self), batch_size):
+            yield self._take(slice(start, start + batch_size))
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    key = (seed, epoch, n)
+    if key not in _PERMUTATIONS:
+        _PERMUTATIONS.clear()
+        _PERMUTATIONS[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERMUTATIONS[key]
