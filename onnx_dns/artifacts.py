@@ -22,6 +22,7 @@ from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
 from onnx_dns.model_io import over_protobuf_limit, save_model
 from onnx_dns.ort_training import artifacts, captured_stderr
+from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
@@ -89,7 +90,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
         checkpoint=directory / "checkpoint",
         inputs=user_inputs,
         targets=loss.targets,
-        outputs=(LOSS_OUTPUT, *[o.name for o in masked_model.graph.output]),
+        outputs=_outputs(masked_model, loss.output),
         trainable=tuple(trainable),
         masks=masks,
         batch=_fixed_batch(masked_model, user_inputs),
@@ -103,7 +104,7 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
     rewritten = enable_dropout(masked_model).model
     if not update_bn_stats:
         rewritten = freeze_batchnorm(rewritten).model
-    rewritten = rewrite_for_training(rewritten).model
+    rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten).model).model)
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
         label = blocked[0][0]
@@ -141,6 +142,25 @@ def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], 
     del base
     if failure is not None:
         raise TrainingError(_explain(failure, log[0] if log else "")) from failure
+
+
+def _tensor_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its outputs that are not tensors (ZipMap's sequence of maps): the training API returns
+    every output as an array."""
+    kept = [o for o in model.graph.output if o.type.HasField("tensor_type")]
+    if len(kept) == len(model.graph.output):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    out.graph.output.extend(kept)
+    return out
+
+
+def _outputs(model: onnx.ModelProto, trained: str) -> tuple[str, ...]:
+    """The training graphs' outputs: the loss, the model's tensor outputs, and the trained tensor if not one."""
+    names = [o.name for o in model.graph.output if o.type.HasField("tensor_type")]
+    return (LOSS_OUTPUT, *names, *([] if trained in names else [trained]))
 
 
 def _fixed_batch(model: onnx.ModelProto, inputs: tuple[str, ...]) -> int | None:

@@ -14,6 +14,7 @@ Regression (any output shape): loss = mean((y - target)^2), the target being lab
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_dns.errors import ModelError
-from onnx_dns.graph import FLOAT_TYPES, attribute, default_opset, producers
+from onnx_dns.graph import FLOAT_TYPES, attribute, default_opset, inferred_values, producers
+
+log = logging.getLogger(__name__)
 
 LOSS_OUTPUT = "dns_loss"
 HARD_TARGET = "dns_target_hard"
@@ -76,26 +79,61 @@ def ends_in_softmax(model: onnx.ModelProto, output: str, rank: int) -> bool:
 
 
 def loss_output(model: onnx.ModelProto, requested: str | None = None, name: str = "model") -> str:
-    """The graph output the loss reads: `requested`, else the first output that is a float tensor.
-
-    Refuses an output that is missing or not a float tensor (an int64 label, ZipMap's sequence of maps).
+    """The tensor the loss reads: `requested` (a graph output or any float tensor a node makes), else the first
+    graph output that is a float tensor, else, when every output is something else (ArgMax or TopK indices, NMS
+    boxes, ZipMap's sequence of maps), the last float tensor the first such output is computed from.
     """
     outputs = {o.name: o for o in model.graph.output}
     if requested is not None:
-        if requested not in outputs:
-            raise ModelError(f"{name}: no output named {requested!r}; outputs: {_describe(outputs.values())}")
+        return _requested(model, requested, name, outputs)
+    for value in model.graph.output:
+        if _is_float_tensor(value):
+            return value.name
+    found = _float_source(model, [o.name for o in model.graph.output])
+    if found is None:
+        zipmap = any(n.op_type == "ZipMap" for n in model.graph.node)
+        hint = (" (skl2onnx: convert with options={id(model): {'zipmap': False}} to get probabilities as a tensor)"
+                if zipmap else "")
+        raise ModelError(f"{name}: no output is a float tensor the loss can read, nor computed from one; outputs: "
+                         f"{_describe(outputs.values())}{hint}")
+    log.info("%s: no output is a float tensor (%s): training on %r, the last float tensor they are computed from; "
+             "choose another with --output-name", name, _describe(outputs.values()), found)
+    return found
+
+
+def _requested(model: onnx.ModelProto, requested: str, name: str, outputs: dict) -> str:
+    if requested in outputs:
         if not _is_float_tensor(outputs[requested]):
             raise ModelError(f"{name}: output {requested!r} is of type {_kind(outputs[requested])}, not a float "
                              f"tensor the loss can read; outputs: {_describe(outputs.values())}")
         return requested
-    for value in model.graph.output:
-        if _is_float_tensor(value):
-            return value.name
-    zipmap = any(n.op_type == "ZipMap" for n in model.graph.node)
-    hint = (" (skl2onnx: convert with options={id(model): {'zipmap': False}} to get probabilities as a tensor)"
-            if zipmap else "")
-    raise ModelError(f"{name}: no output is a float tensor the loss can read; outputs: "
-                     f"{_describe(outputs.values())}{hint}")
+    if requested not in producers(model.graph):
+        raise ModelError(f"{name}: no output or tensor named {requested!r}; outputs: {_describe(outputs.values())} "
+                         "(any float tensor a node computes can be named)")
+    value = inferred_values(model).get(requested)
+    if value is not None and value.type.HasField("tensor_type") and not _is_float_tensor(value):
+        raise ModelError(f"{name}: tensor {requested!r} is of type {_kind(value)}, not a float tensor the loss can "
+                         "read")
+    return requested
+
+
+def _float_source(model: onnx.ModelProto, names: list[str]) -> str | None:
+    """The first float tensor met walking back from `names` through the nodes that make them (breadth first)."""
+    made_by = producers(model.graph)
+    types = inferred_values(model)
+    inits = {t.name for t in model.graph.initializer}
+    queue, seen = list(names), set(names)
+    while queue:
+        current = queue.pop(0)
+        value = types.get(current)
+        if current not in names and value is not None and _is_float_tensor(value) and current in made_by:
+            return current
+        node = made_by.get(current)
+        for source in node.input if node is not None else ():
+            if source and source not in seen and source not in inits:
+                seen.add(source)
+                queue.append(source)
+    return None
 
 
 def _is_float_tensor(value: onnx.ValueInfoProto) -> bool:
@@ -119,8 +157,12 @@ def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     value = next((o for o in out.graph.output if o.name == spec.output), None)
-    if value is None:
-        raise ValueError(f"attach_loss: the model has no output named {spec.output!r}")
+    if value is None:  # an intermediate tensor: made an output of the training graph
+        value = inferred_values(model).get(spec.output)
+        if value is None or not _is_float_tensor(value):
+            raise ValueError(f"attach_loss: {spec.output!r} is neither an output nor a float tensor of the model")
+        out.graph.output.add().CopyFrom(value)
+        value = out.graph.output[-1]
     builder = _LossBuilder(out.graph, value.type.tensor_type.elem_type)
     if spec.task == "classify":
         terms = builder.classify(spec, logits_name(model, spec.output))

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_dns.graph import FLOAT_TYPES, sparse_to_array
+from onnx_dns.graph import FLOAT_TYPES, inferred_values, sparse_to_array
 from onnx_dns.passes import PassResult
 
 
@@ -102,3 +102,38 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int | None,
                 dim.dim_value = size
                 modified = True
     return PassResult(out if modified else model, modified)
+
+
+def infer_output_shapes(model: onnx.ModelProto) -> PassResult:
+    """Graph outputs whose declared shape contradicts what the graph computes get the inferred shape instead
+    (some exporters declare [1, seqlen] for a [T, 1, classes] output; onnxruntime-training refuses the graph).
+    Outputs declared right, or that inference cannot size, are left as they are."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    for value in stripped.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    inferred = inferred_values(stripped)
+    fixed = None
+    for index, value in enumerate(model.graph.output):
+        found = inferred.get(value.name)
+        if found is None or not found.type.tensor_type.HasField("shape"):
+            continue
+        if _contradicts(value.type.tensor_type.shape, found.type.tensor_type.shape):
+            fixed = fixed or _copy(model)
+            fixed.graph.output[index].type.CopyFrom(found.type)
+    return PassResult(fixed or model, fixed is not None)
+
+
+def _contradicts(declared: onnx.TensorShapeProto, inferred: onnx.TensorShapeProto) -> bool:
+    if len(declared.dim) == 0:
+        return False
+    if len(declared.dim) != len(inferred.dim):
+        return True
+    return any(d.HasField("dim_value") and i.HasField("dim_value") and d.dim_value != i.dim_value
+               for d, i in zip(declared.dim, inferred.dim))
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out

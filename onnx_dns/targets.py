@@ -76,8 +76,12 @@ class Targets:
         return feeds
 
     def dummy(self, batch: int) -> list[np.ndarray]:
-        """Zero targets for the eval graph, which computes the loss too (broadcast when the batch is not first)."""
-        shape = (batch, *self.sample_shape) if self.axis == 0 else (1,) * (len(self.sample_shape) + 1)
+        """Zero targets for the eval graph, which computes the loss too (of batch 1, broadcast, when the batch is
+        not the output's first axis)."""
+        if self.axis == 0:
+            return [np.zeros((batch, *self.sample_shape), dtype=self.dtype) for _ in self.spec.targets]
+        shape = list(self.sample_shape)
+        shape.insert(self.axis, 1)
         return [np.zeros(shape, dtype=self.dtype) for _ in self.spec.targets]
 
 

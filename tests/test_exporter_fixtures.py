@@ -229,13 +229,18 @@ def test_external_data_is_read_from_beside_the_model(tmp_path):
         compress_file(tmp_path / "resnet_dynamo.onnx", tmp_path / "out2.onnx", options)
 
 
-def test_skl2onnx_zipmap_output_is_refused_with_the_conversion_option_to_use(tmp_path):
+def test_skl2onnx_zipmap_model_trains_on_the_probabilities_behind_its_outputs(tmp_path, caplog):
     source = FIXTURES / "mlp_sklearn_zipmap.onnx"
     inputs, labels = synthetic(onnx.load(str(source)), 64)
     np.savez(tmp_path / "train.npz", **inputs, labels=labels)
-    options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
-    with pytest.raises(ModelError, match=r"output_probability \(sequence of maps\).*'zipmap': False"):
-        compress_file(source, tmp_path / "out.onnx", options)
+    options = CompressOptions(data=str(tmp_path / "train.npz"), format="sparse",
+                              train=TrainConfig(iterations=2, batch_size=8, max_accuracy_drop=None))
+    with caplog.at_level("INFO"):
+        result = compress_file(source, tmp_path / "out.onnx", options)
+    assert "no output is a float tensor" in caplog.text and "output_probability (sequence of maps)" in caplog.text
+    written = onnx.load(str(tmp_path / "out.onnx"))
+    assert [o.name for o in written.graph.output] == ["output_label", "output_probability"]
+    assert "ZipMap" in {n.op_type for n in written.graph.node} and result.compression > 1
     options = replace(options, output_name="output_label")
     with pytest.raises(ModelError, match=r"'output_label' is of type int64 tensor"):
         compress_file(source, tmp_path / "out.onnx", options)
