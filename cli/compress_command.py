@@ -97,6 +97,8 @@ TRAINING_OPTIONS = [
         "batch_size", "A model exported with a fixed batch size trains at that size.")),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.  [default: chosen by "
                  "a short probe on the first batches, with the gradient norm bounded; see the README]"),
+    click.option("--clip-grad-norm", type=float, metavar="X", help="Bound the gradient norm at X.  [default: chosen "
+                 "with the learning rate when --lr is not given, else none]"),
     click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=with_default(
         "optimizer", "sgd: momentum 0.9, weight decay 5e-4 (the paper's); adamw.")),
     click.option("--weight-decay", type=click.FloatRange(min=0), help="[default: 5e-4 sgd, 1e-4 adamw]"),

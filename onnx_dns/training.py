@@ -102,6 +102,8 @@ class TrainingLoop:
         """No --lr: choose it (and a gradient-norm bound) with a short probe (`lr_probe`)."""
         self.progress({"event": "lr-probe"})
         found = probe_learning_rate(self.trainer, self.train_data, self.config.batch_size, self.config.seed)
+        if self.config.clip_grad_norm is not None:  # a bound given by hand stays
+            found.clip = self.config.clip_grad_norm
         self.trainer.set_learning_rate(found.lr, found.clip)
         self.probe = found
         log.info("learning rate %.3g chosen by a probe (%s); gradient norm bounded at %s", found.lr,
