@@ -1,7 +1,7 @@
 """Stage 1 of `compress`: the model made ready for training, its prunable layers found and planned.
 
-load -> normalize (rebuild packed weights, lift constants, densify sparse initializers, unlist weights from the inputs) -> check the
-weights are finite -> choose the output to train on -> find prunable layers -> leave alone the ones before
+load -> normalize (`normalized`: rebuild packed weights, lift constants, densify sparse initializers, unlist
+weights from the inputs) -> check the weights are finite -> choose the output to train on -> find prunable layers -> leave alone the ones before
 --freeze-before or not feeding that output -> one surgery plan per layer.
 """
 
@@ -21,6 +21,7 @@ from onnx_dns.graph import FLOAT_TYPES
 from onnx_dns.losses import loss_output
 from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
 from onnx_dns.options import CompressOptions
+from onnx_dns.passes import sequence
 from onnx_dns.plans import plans_for
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.repack import unpack_model
@@ -55,8 +56,7 @@ class Prepared:
 
 def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:
     """Normalize `original` (never modified) and plan the surgery of its layers; `source` names it in errors."""
-    unpacked = unpack_model(original).model
-    model = unlist_initializer_inputs(densify_sparse(lift_constants(unpacked).model).model).model
+    model = normalized(original)
     check_finite(model, source)
     output = loss_output(model, options.output_name, source)
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
@@ -73,6 +73,12 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
                             if left_alone else ""))
     return Prepared(source, original, model, output, layers, plans_for(layers, options), frozen, feeding,
                     model_inputs(model))
+
+
+def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as every stage reads it: packed weights rebuilt, Constant nodes lifted to initializers, sparse
+    initializers densified, weights unlisted from the graph inputs (`model` itself is never modified)."""
+    return sequence(model, [unpack_model, lift_constants, densify_sparse, unlist_initializer_inputs]).model
 
 
 def check_finite(model: onnx.ModelProto, source: str) -> None:

@@ -14,9 +14,9 @@ import onnx
 
 from onnx_dns.graph import initializers, to_array
 from onnx_dns.insert_masks import mask_pairs
-from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
-from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.prepare import normalized
 from onnx_dns.repack import unpack_model
+from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.storage import tensor_storage
 from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 
@@ -147,7 +147,7 @@ def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None)
         file_size = len(raw)
         gzip_size = len(gzip.compress(raw, compresslevel=6))
     plain = unpack_model(model).model
-    prepared = unlist_initializer_inputs(densify_sparse(lift_constants(plain).model).model).model
+    prepared = normalized(plain)
     layers = find_layers(prepared)
     stats = layer_stats(prepared, layers)
     stored = tensor_storage(model, plain)
