@@ -47,6 +47,10 @@ class Progress:
         elif kind == "lr-chosen":
             self._echo(f"learning rate {event['lr']:.3g}" + (f", gradient norm bounded at {event['clip']:.3g}"
                                                              if event["clip"] is not None else ""))
+        elif kind == "sharing":
+            self._clear()
+            self._echo(f"iteration {event['iteration']}: masks fixed; kept weights now train as {2 ** event['bits']} "
+                       "shared values per tensor")
         elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":

@@ -5,8 +5,9 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events teacher, building, built, start, step, rollback, pass,
-bn-statistics, folding, measuring, writing, written), which is also how benchmarks time the stages.
+Each stage announces itself through `progress` (events teacher, building, built, lr-probe, lr-chosen, start,
+step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is also how
+benchmarks time the stages.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from onnx_dns.result import CompressResult, stored_size
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
 from onnx_dns.training import TrainingLoop
+from onnx_dns.weight_sharing import WeightSharing
 from onnx_dns.workdir import open_work_dir
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,11 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     timings = Timings(started, time.perf_counter() - t_art)
     progress({"event": "built", "artifacts": art, "seconds": timings.artifact_seconds})
     trainer = Trainer(art, Surgeon(prepared.plans), options.train, objective.targets)
-    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress).run(resume=resume)
+    share_from = None
+    if options.bits is not None:
+        trainer.sharing = WeightSharing(options.bits)
+        share_from = max((plan.stop for plan in prepared.plans.values()), default=0)
+    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from).run(resume=resume)
     return finalize(prepared, masked, objective, trained, options, timings, size_before, progress)
 
 

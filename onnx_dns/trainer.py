@@ -4,6 +4,7 @@ optimizer and surgery on zero-copy parameter views.
 One iteration:  loss, grads <- module(batch)   (forward uses W * T, backward is straight-through)
                 W <- optimizer(W, grads, lr(i)) on every entry, pruned or not
                 T <- surgeon(i, W, T)           (prune |w| < a, splice |w| > b, per the layer's criterion)
+With weight sharing (--bits) the kept weights move as shared values once the masks are fixed (`weight_sharing`).
 The loop around it (evaluation, checkpoints, rollback, Ctrl-C) is `onnx_dns.training`.
 """
 
@@ -29,6 +30,7 @@ from onnx_dns.schedules import LearningRate
 from onnx_dns.selection import Snapshot
 from onnx_dns.surgery import Surgeon
 from onnx_dns.targets import Targets
+from onnx_dns.weight_sharing import WeightSharing
 
 
 def available_cpus() -> int:
@@ -60,6 +62,7 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.params, config.weight_decay, self.runner)
         self.schedule = None if config.lr is None else self._schedule(config.lr)
         self.clip = config.clip_grad_norm
+        self.sharing: WeightSharing | None = None
         self.grad_norm = 0.0
         self.host_seconds = 0.0
         self.surgery_seconds = 0.0
@@ -89,7 +92,12 @@ class Trainer:
         t0 = time.perf_counter()
         if self.clip is not None:
             self._clip_gradients()
+        sharing = self.sharing is not None and self.sharing.active
+        if sharing:
+            self.sharing.update(self.grads, lr)
         self.optimizer.step(self.params, self.grads, lr)
+        if sharing:
+            self.sharing.write(self.params)
         self.module.lazy_reset_grad()
         t1 = time.perf_counter()
         if surgery:

@@ -57,7 +57,8 @@ class TrainingLoop:
     """Runs `trainer` from iteration 0 (or a checkpoint) to `config.iterations`."""
 
     def __init__(self, trainer: Trainer, train: Dataset | CallableData, val: Dataset | CallableData,
-                 work_dir: str | Path, progress: Progress | None = None) -> None:
+                 work_dir: str | Path, progress: Progress | None = None, share_from: int | None = None) -> None:
+        """`share_from`: the iteration from which the trainer's weight sharing (if any) fine-tunes codebooks."""
         self.trainer = trainer
         self.config = trainer.config
         self.train_data = train
@@ -66,6 +67,7 @@ class TrainingLoop:
         self.progress = progress or (lambda event: None)
         self.selection = Selection(self.config.max_accuracy_drop)
         self.probe: ProbeResult | None = None
+        self.share_from = share_from
 
     def run(self, resume: bool = False) -> TrainResult:
         started = time.perf_counter()
@@ -116,6 +118,7 @@ class TrainingLoop:
         last = state.history[-1]["metrics"] if state.history else state.baseline
         compression = trainer.compression()
         while state.iteration < cfg.iterations:
+            self._share_weights(state.iteration)
             inputs, labels = self.train_data.batch(state.iteration, cfg.batch_size, cfg.seed)
             loss = trainer.step(state.iteration, inputs, labels, trainer.learning_rate(state.iteration, state.lr_scale))
             if not math.isfinite(loss):
@@ -134,6 +137,14 @@ class TrainingLoop:
             if stop.requested:
                 raise Interrupted(f"interrupted at iteration {state.iteration}; the checkpoint is in "
                                   f"{self.work_dir}: continue with --resume {self.work_dir} and the same options")
+
+    def _share_weights(self, iteration: int) -> None:
+        """From `share_from` on (the masks are fixed), the kept weights train as shared values; a resumed run
+        rebuilds the codebooks from the weights, which hold only the shared values."""
+        sharing = self.trainer.sharing
+        if sharing is not None and not sharing.active and self.share_from is not None and iteration >= self.share_from:
+            sharing.begin(self.trainer.params, self.trainer.masks)
+            self.progress({"event": "sharing", "iteration": iteration, "bits": sharing.bits})
 
     def _evaluate(self, state: TrainState, loss: float) -> Metrics:
         metrics = self.trainer.evaluate(self.val_data, self.progress)
