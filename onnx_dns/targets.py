@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from onnx_dns.dataset import Dataset
-from onnx_dns.losses import HARD_TARGET, SOFT_TARGET, LossSpec
+from onnx_dns.losses import HARD_TARGET, LossSpec
 
 TEACHER = "__dns_teacher__"
 IN_MEMORY_BYTES = 256 << 20  # larger sets of original outputs go to a memory-mapped file

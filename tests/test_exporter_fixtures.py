@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from onnx_dns.options import CompressOptions
 
 from onnx_dns.pipeline import compress_file
-from onnx_dns.errors import DataError, ModelError
+from onnx_dns.errors import ModelError
 from onnx_dns.insert_masks import mask_name
 from onnx_dns.normalize import densify_sparse
 from onnx_dns.ort_training import api, captured_stderr

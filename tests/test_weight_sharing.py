@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from engine_fixtures import blobs, trained_classifier
 from onnx import numpy_helper
 
