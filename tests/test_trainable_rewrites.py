@@ -20,7 +20,7 @@ from graphs import cnn, conv_transpose, make_model, mlp, run, untrainable_ops, v
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_dns.ort_training import api, artifacts, captured_stderr
-from onnx_dns.trainable_rewrites import (
+from onnx_dns.rewrites import (
     CUDA_ONLY_GRADIENT,
     NO_GRADIENT,
     rewrite_for_training,
