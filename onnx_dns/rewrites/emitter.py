@@ -29,6 +29,7 @@ class Facts:
     types: dict[str, int]
     shapes: dict[str, Shape]
     constants: dict[str, onnx.TensorProto]
+    read: frozenset[str] = frozenset()  # names some node or the graph's outputs read
 
 
 def model_facts(model: onnx.ModelProto) -> Facts:
@@ -50,7 +51,8 @@ def model_facts(model: onnx.ModelProto) -> Facts:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 constants[node.output[0]] = value
-    return Facts(types, shapes, constants)
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    return Facts(types, shapes, constants, frozenset(read))
 
 
 class Emitter:

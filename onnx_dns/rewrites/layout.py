@@ -2,7 +2,8 @@
 
 Split: ORT 1.19's gradient of a Split is wrong when an output does not reach the loss (the missing output
 gradient is read uninitialized: values up to 1e35, measured), so every Split whose part sizes are known becomes
-one Slice per output: output i = Slice(X, start_i, start_i + size_i, axis). Sizes come from the `split`
+one Slice per output that something reads: output i = Slice(X, start_i, start_i + size_i, axis). (With Slices
+for the unread outputs too the gradient is still wrong, shifted onto other channels: measured.) Sizes come from the `split`
 attribute (opsets 11-12) or constant input (13+), else equal parts of the axis's static size (opset 18
 num_outputs: ceil(d / n) each, the last one smaller).
 
@@ -35,7 +36,7 @@ def split(e: Emitter, node: onnx.NodeProto) -> None:
         raise Skip(f"it has {len(node.output)} outputs but {len(sizes)} split sizes")
     start = 0
     for i, (size, output) in enumerate(zip(sizes, node.output)):
-        if output:
+        if output in e.facts.read:
             e.slice(x, [start], [start + size], [axis], f"part{i}", output=output)
         start += size
 

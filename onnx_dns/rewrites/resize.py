@@ -11,6 +11,12 @@ of M holds a single 1, and the axis becomes a Gather of constant indices instead
 term, only for tf_crop_and_resize with a nonzero extrapolation_value, is a constant added where any coordinate
 falls outside the region of interest (the rows of M are empty there).
 
+Two places where onnxruntime's kernel (which the written model runs on) and the ONNX reference implementation
+disagree, and this rewrite follows onnxruntime: an axis given a scale of 1 is left as it is even in
+tf_crop_and_resize (the reference crops it to its roi); and nearest rounding at an exact tie (x_original an
+integer or half-integer in exact arithmetic) can fall either way in float32 (measured: half_pixel_symmetric,
+floor, 5 -> 3), where onnxruntime and the reference differ too.
+
 Sizes: with `scales`, an axis of length n becomes floor(n * s) long (the inferred output size when known) and s
 enters the coordinate transform; with `sizes`, s = n_out / n, and with keep_aspect_ratio_policy not_larger /
 not_smaller one s = min / max over the axes, n_out = round(s * n). `axes` (opset 18) restricts scales, sizes
@@ -65,7 +71,7 @@ def _axis_sizes(e: Emitter, node: onnx.NodeProto, x: str, rank: int, crop: bool)
         raise Skip("tf_crop_and_resize has no roi")
     rois = [(0.0, 1.0)] * len(axes) if roi is None else list(zip(roi[:len(axes)], roi[len(axes):]))
     if scales is not None:
-        moving = [i for i, a in enumerate(axes) if scales[i] != 1 or crop]
+        moving = [i for i in range(len(axes)) if scales[i] != 1]
         n_in = dict(zip(moving, e.static_shape(x, [axes[i] for i in moving])))
         inferred = e.facts.shapes.get(node.output[0])
         n_out = {i: inferred[axes[i]] if inferred and inferred[axes[i]] else
