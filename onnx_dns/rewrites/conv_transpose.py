@@ -14,8 +14,9 @@ Per spatial axis with input length n, stride s, dilation d, kernel size k, pads 
   (the flip; a Slice with step -1 fails in ORT 1.19's SliceGrad, measured). W and B stay direct inputs under
   their own names, so they train and are written back.
 - auto_pad SAME_UPPER / SAME_LOWER (n_out = n s) and output_shape: total padding
-  t = s (n - 1) + a + d (k - 1) + 1 - n_out split as the ONNX spec and onnxruntime do: SAME_LOWER puts
-  t - t // 2 in front, otherwise t // 2 (checked against onnxruntime's kernel with odd t); VALID: no padding.
+  t = s (n - 1) + a + d (k - 1) + 1 - n_out split as the ONNX spec and onnxruntime do: SAME_UPPER puts
+  t // 2 in front, SAME_LOWER and output_shape without auto_pad t - t // 2 (checked against onnxruntime's kernel
+  with odd t); VALID: no padding.
 The input's channel and spatial sizes and W's shape must be known numbers (the batch may be symbolic).
 """
 
@@ -41,7 +42,7 @@ def _pads(node: onnx.NodeProto, n: list[int], k: list[int], s: list[int], d: lis
         wanted = list(output_shape)[-rank:] if output_shape is not None else [ni * si for ni, si in zip(n, s)]
         total = [max(0, si * (ni - 1) + ai + di * (ki - 1) + 1 - oi)
                  for ni, ki, si, di, ai, oi in zip(n, k, s, d, a, wanted)]
-        front = [t - t // 2 if auto_pad == "SAME_LOWER" else t // 2 for t in total]
+        front = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
         return front, [t - f for t, f in zip(total, front)]
     pads = list(attribute(node, "pads", [0] * 2 * rank))
     return pads[:rank], pads[rank:]
