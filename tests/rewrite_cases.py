@@ -136,6 +136,24 @@ def split_case(opset, which, **attrs):
     return nodes
 
 
+def np_pad(c, pads, mode):
+    rank = c.ndim
+    widths = [(max(b, 0), max(e, 0)) for b, e in zip(pads[:rank], pads[rank:])]
+    out = np.pad(c, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+    crop = tuple(slice(max(-b, 0), out.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(zip(pads[:rank],
+                                                                                            pads[rank:])))
+    return out[crop]
+
+
+def pad_case(mode, pads, opset=17, axes=None):
+    inputs = ["c", "pads"] + (["", "axes"] if axes is not None else [])
+    nodes = [constant("pads", pads)] + ([constant("axes", axes)] if axes is not None else [])
+    full = pads if axes is None else [0, 0, *pads[:2], 0, 0, *pads[2:]]
+    return Case(f"Pad-{mode}-{'_'.join(map(str, pads))}-opset{opset}",
+                (*nodes, H("Pad", inputs, ["y"], name="op", mode=mode)),
+                lambda c, p: np_pad(c, full, mode), opset, static_only=True)
+
+
 def np_max_pool_2x2(c):
     n, ch, h, w = c.shape
     return c[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, ch, h // 2, 2, w // 2, 2).max(axis=(3, 5))
@@ -183,6 +201,9 @@ CASES = [
     depth_to_space_case("DCR"), depth_to_space_case("CRD", opset=13), depth_to_space_case("DCR", opset=11),
     Case("SpaceToDepth-opset17", (H("SpaceToDepth", ["c"], ["y"], name="op", blocksize=2),),
          lambda c, p: np_space_to_depth(c, 2), 17, (4, 6), static_only=True),
+    pad_case("reflect", [0, 0, 1, 2, 0, 0, 2, 1], 13), pad_case("edge", [0, 0, 2, 0, 0, 0, 1, 3], 11),
+    pad_case("wrap", [0, 0, 1, 1, 0, 0, 3, 2], 19), pad_case("reflect", [1, 2, 3, 1], 18, axes=[2, 3]),
+    pad_case("reflect", [0, 0, 2, -1, 0, 0, -1, 2], 17),
     Case("Split-opset13-input", split_case(13, 0, axis=1, split=[2, 1, 3]), lambda c, p: c[:, :2], 13),
     Case("Split-opset11-attribute", split_case(11, 2, axis=1, split=[2, 1, 3]), lambda c, p: c[:, 3:], 11),
     Case("Split-opset18-num_outputs", split_case(18, 1, axis=3, num_outputs=3), lambda c, p: c[..., 3:6], 18,

@@ -73,14 +73,15 @@ REWRITES: dict[str, Rewrite] = {
     "LayerNormalization": fixups.layer_norm,
     "Dropout": fixups.dropout,
     "Split": layout.split,
+    "Pad": layout.pad,
     "DepthToSpace": layout.depth_to_space,
     "SpaceToDepth": layout.space_to_depth,
     "Resize": resize.resize,
     "ConvTranspose": conv_transpose.conv_transpose,
 }
-# operators without a right CPU gradient of their own that the table replaces (Dropout and Split are fixed in
-# some forms only)
-REWRITTEN_OPS = frozenset(REWRITES) - {"Dropout", "Split"}
+# operators without a right CPU gradient of their own that the table replaces (Dropout, Split and Pad are fixed
+# in some forms only)
+REWRITTEN_OPS = frozenset(REWRITES) - {"Dropout", "Split", "Pad"}
 
 
 def rewrite_for_training(model: onnx.ModelProto) -> PassResult:

@@ -17,10 +17,17 @@ SpaceToDepth (blocksize b)::
     Reshape(X, [N, C, H/b, b, W/b, b]) -> Transpose(0, 3, 5, 1, 2, 4) -> Reshape([N, C*b*b, H/b, W/b])
 
   (the ONNX definitions, word for word). C, H and W must be known numbers; N may be symbolic (Reshape's 0).
+
+Pad in reflect, edge or wrap mode (ORT 1.19's Pad gradient supports constant mode only): per padded axis of
+length n with pads (b, e), output j reads input p = j - b mapped into [0, n): edge clamp(p, 0, n - 1); reflect
+|p| folded with period 2 (n - 1) (the edge is not repeated); wrap p mod n. So Y = Gather(X, indices, axis) on
+each padded axis, with constant indices. Pads (and axes, opset 18+) must be constants, the padded axes' lengths
+known numbers.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from onnx_dns.graph import attribute
@@ -85,3 +92,44 @@ def space_to_depth(e: Emitter, node: onnx.NodeProto) -> None:
     blocks = e.reshape(node.input[0], [0, c, h // b, b, w // b, b], "blocks")
     moved = e.transpose(blocks, [0, 3, 5, 1, 2, 4], "moved")
     e.reshape(moved, [0, c * b * b, h // b, w // b], "reshape", output=node.output[0])
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pad_sources(mode: str, n: int, before: int, after: int) -> np.ndarray:
+    """The input index each output entry of one padded axis reads (see the module docstring)."""
+    p = np.arange(-before, n + after)
+    if mode == "edge":
+        return np.clip(p, 0, n - 1)
+    if mode == "wrap":
+        return p % n
+    if n == 1:
+        return np.zeros_like(p)
+    folded = np.abs(p) % (2 * (n - 1))
+    return np.where(folded > n - 1, 2 * (n - 1) - folded, folded)
+
+
+def pad(e: Emitter, node: onnx.NodeProto) -> None:
+    mode = _text(attribute(node, "mode", "constant"))
+    if mode == "constant":
+        raise Skip("constant mode has a gradient of its own")
+    if mode not in ("reflect", "edge", "wrap"):
+        raise Skip(f"its mode {mode} is unknown")
+    x = node.input[0]
+    rank = e.rank(x)
+    pads = e.constant(node.input[1]) if len(node.input) > 1 else None
+    if pads is None:
+        raise Skip("it has no pads input")
+    given = e.constant(node.input[3]) if len(node.input) > 3 else None
+    axes = list(range(rank)) if given is None else [int(a) % rank for a in given.reshape(-1)]
+    pads = [int(v) for v in pads.reshape(-1)]
+    moves = [(a, b, f) for a, b, f in zip(axes, pads[:len(axes)], pads[len(axes):]) if b or f]
+    lengths = e.static_shape(x, [a for a, _, _ in moves])
+    current = x
+    for i, ((axis, before, after), n) in enumerate(zip(moves, lengths)):
+        output = node.output[0] if i == len(moves) - 1 else None
+        current = e.gather(current, pad_sources(mode, n, before, after), axis, f"axis{axis}", output)
+    if not moves:
+        e.op("Identity", [x], "identity", output=node.output[0])
