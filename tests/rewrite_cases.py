@@ -154,6 +154,14 @@ def pad_case(mode, pads, opset=17, axes=None):
                 lambda c, p: np_pad(c, full, mode), opset, static_only=True)
 
 
+def einsum_case(equation, opset=17, weight_shape=None):
+    inputs = ["c", "ew" if weight_shape else "c"] if "," in equation else ["c"]
+    params = {"ew": np.random.default_rng(9).standard_normal(weight_shape)} if weight_shape else {}
+    return Case(f"Einsum-{equation}-opset{opset}", (H("Einsum", inputs, ["y"], name="op", equation=equation),),
+                lambda c, p: np.einsum(equation, *[c if i == "c" else p[i] for i in inputs]), opset, params=params,
+                trainable=tuple(params), static_only="," in equation)
+
+
 def np_max_pool_2x2(c):
     n, ch, h, w = c.shape
     return c[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, ch, h // 2, 2, w // 2, 2).max(axis=(3, 5))
@@ -204,6 +212,8 @@ CASES = [
     pad_case("reflect", [0, 0, 1, 2, 0, 0, 2, 1], 13), pad_case("edge", [0, 0, 2, 0, 0, 0, 1, 3], 11),
     pad_case("wrap", [0, 0, 1, 1, 0, 0, 3, 2], 19), pad_case("reflect", [1, 2, 3, 1], 18, axes=[2, 3]),
     pad_case("reflect", [0, 0, 2, -1, 0, 0, -1, 2], 17),
+    einsum_case("nchw,nchv->ncwv"), einsum_case("bhid,bhjd->bhij", 12), einsum_case("nchw,oc->nohw", 21, (3, C)),
+    einsum_case("nchw->nhwc", 13), einsum_case("nchw->nc", 12), einsum_case("nchw,nchw->nc", 17),
     Case("Split-opset13-input", split_case(13, 0, axis=1, split=[2, 1, 3]), lambda c, p: c[:, :2], 13),
     Case("Split-opset11-attribute", split_case(11, 2, axis=1, split=[2, 1, 3]), lambda c, p: c[:, 3:], 11),
     Case("Split-opset18-num_outputs", split_case(18, 1, axis=3, num_outputs=3), lambda c, p: c[..., 3:6], 18,

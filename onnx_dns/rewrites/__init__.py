@@ -35,7 +35,8 @@ import onnx
 
 from onnx_dns.graph import DEFAULT_DOMAINS, all_names, attribute, default_opset, node_label
 from onnx_dns.passes import PassResult
-from onnx_dns.rewrites import activations, conv_transpose, fixups, layout, normalization, reductions, resize
+from onnx_dns.rewrites import (activations, conv_transpose, einsum, fixups, layout, normalization, reductions,
+                               resize)
 from onnx_dns.rewrites.emitter import Emitter, Skip, model_facts
 
 # No gradient builder registered in onnxruntime-training 1.19.2 (each measured: generate_artifacts fails with
@@ -78,6 +79,7 @@ REWRITES: dict[str, Rewrite] = {
     "SpaceToDepth": layout.space_to_depth,
     "Resize": resize.resize,
     "ConvTranspose": conv_transpose.conv_transpose,
+    "Einsum": einsum.einsum,
 }
 # operators without a right CPU gradient of their own that the table replaces (Dropout, Split and Pad are fixed
 # in some forms only)
