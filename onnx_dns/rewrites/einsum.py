@@ -9,8 +9,9 @@ two operands A and B, each remaining letter is a batch letter (in A, B and the o
     Y = Transpose(Reshape(MatMul(A', B'), [batch sizes, free_A sizes, free_B sizes]), to the output's order)
 
   where b, f_A, k, f_B are products of the letters' sizes; one letter may have a symbolic size (a batch), its
-  groups are then -1 in the Reshapes. One operand: ReduceSum then Transpose. Equations with an ellipsis, a letter repeated in one operand (a diagonal), a letter that
-  broadcasts (size 1 against n) or more than two operands are refused.
+  groups are then -1 in the Reshapes. One operand: ReduceSum then Transpose. Equations with an ellipsis, a
+  letter repeated in one operand (a diagonal), a letter that broadcasts (size 1 against n) or more than two
+  operands are refused.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Split: ORT 1.19's gradient of a Split is wrong when an output does not reach the loss (the missing output
 gradient is read uninitialized: values up to 1e35, measured), so every Split whose part sizes are known becomes
 one Slice per output that something reads: output i = Slice(X, start_i, start_i + size_i, axis). (With Slices
-for the unread outputs too the gradient is still wrong, shifted onto other channels: measured.) Sizes come from the `split`
-attribute (opsets 11-12) or constant input (13+), else equal parts of the axis's static size (opset 18
-num_outputs: ceil(d / n) each, the last one smaller).
+for the unread outputs too the gradient is still wrong, shifted onto other channels: measured.) Sizes come from
+the `split` attribute (opsets 11-12) or constant input (13+), else equal parts of the axis's static size
+(opset 18 num_outputs: ceil(d / n) each, the last one smaller).
 
 DepthToSpace (blocksize b; X of shape (N, C, H, W))::
 
