@@ -180,3 +180,6 @@ def test_what_cannot_be_rewritten_is_refused_with_the_reason():
     computed.graph.node.insert(1, H("Identity", ["scales"], ["scales_computed"], name="copy"))
     assert not rewrite_for_training(computed).modified
     assert "scales_computed is computed in the graph" in untrainable_message(computed, untrainable_nodes(computed))
+    negative = resize_model(dict(LINEAR[8].values[0], attrs={"mode": "linear", "axes": [-1]}))
+    assert not rewrite_for_training(negative).modified
+    assert "count from the end" in untrainable_message(negative, untrainable_nodes(negative))

@@ -15,7 +15,8 @@ Two places where onnxruntime's kernel (which the written model runs on) and the 
 disagree, and this rewrite follows onnxruntime: an axis given a scale of 1 is left as it is even in
 tf_crop_and_resize (the reference crops it to its roi); and nearest rounding at an exact tie (x_original an
 integer or half-integer in exact arithmetic) can fall either way in float32 (measured: half_pixel_symmetric,
-floor, 5 -> 3), where onnxruntime and the reference differ too.
+floor, 5 -> 3), where onnxruntime and the reference differ too. Negative `axes` are refused: onnxruntime 1.19
+leaves such a Resize's input unresized (measured), the spec counts them from the end.
 
 Sizes: with `scales`, an axis of length n becomes floor(n * s) long (the inferred output size when known) and s
 enters the coordinate transform; with `sizes`, s = n_out / n, and with keep_aspect_ratio_policy not_larger /
@@ -64,7 +65,10 @@ def _given(e: Emitter, node: onnx.NodeProto, index: int) -> np.ndarray | None:
 
 def _axis_sizes(e: Emitter, node: onnx.NodeProto, x: str, rank: int, crop: bool):
     """[(axis, n_in, n_out, scale, roi)] of the axes that may change."""
-    axes = [a % rank for a in attribute(node, "axes", list(range(rank)))]
+    axes = list(attribute(node, "axes", range(rank)))
+    if any(a < 0 for a in axes):
+        raise Skip(f"its axes {axes} count from the end, which onnxruntime 1.19 ignores (it leaves the input as it "
+                   "is) and the ONNX spec does not; write them as non-negative axes")
     scales, sizes = _given(e, node, 2), _given(e, node, 3)
     roi = _given(e, node, 1) if crop else None
     if crop and roi is None:
