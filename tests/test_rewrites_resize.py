@@ -183,3 +183,28 @@ def test_what_cannot_be_rewritten_is_refused_with_the_reason():
     negative = resize_model(dict(LINEAR[8].values[0], attrs={"mode": "linear", "axes": [-1]}))
     assert not rewrite_for_training(negative).modified
     assert "count from the end" in untrainable_message(negative, untrainable_nodes(negative))
+
+
+def test_sizes_computed_from_the_input_shape_as_older_torch_exports_write_them(tmp_path):
+    """sizes = Concat(Shape(c)[:2], Shape(c)[2:] * 2): shape inference with value propagation gives the sizes.
+    (When the Resize writes a graph output, its declared sizes are what inference reports: then it is refused.)"""
+    c = dict(LINEAR[0].values[0], scales=None, sizes=[N, C, 8, 10], opset=17)  # onnx propagates Shape from 15
+    model = resize_model(c)
+    del model.graph.initializer[-1]  # the constant sizes, replaced by computed ones
+    ints = {"two": [2], "zero": [0], "mid": [2], "end": [4]}
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items())
+    shape_nodes = [H("Shape", ["c"], ["shape"], name="shape"), H("Slice", ["shape", "zero", "mid"], ["nc"], name="nc"),
+                   H("Slice", ["shape", "mid", "end"], ["hw"], name="hw"), H("Mul", ["hw", "two"], ["hw2"], name="x2"),
+                   H("Concat", ["nc", "hw2"], ["sizes_computed"], name="sizes", axis=0)]
+    for i, node in enumerate(shape_nodes):
+        model.graph.node.insert(1 + i, node)
+    model.graph.node[-1].input[3] = "sizes_computed"
+    model.graph.node[-1].output[0] = "resized"  # an intermediate value, as in a real model
+    model.graph.node.append(H("Neg", ["resized"], ["y"], name="neg"))  # linear: exact finite differences
+    result = rewrite_for_training(model)
+    assert result.modified and "Resize" not in {n.op_type for n in result.model.graph.node}
+    x = inputs(c)
+    expected = run(model, x)
+    assert expected.shape == (N, C, 8, 10)
+    np.testing.assert_allclose(run(result.model, x), expected, rtol=1e-5, atol=1e-5)
+    check_gradients(model, result.model, x, ["W"], tmp_path)

@@ -33,14 +33,21 @@ class Facts:
 
 
 def model_facts(model: onnx.ModelProto) -> Facts:
+    """The facts of a model; when a Resize's sizes are computed in the graph, shape inference also propagates
+    the values of shape computations (Shape -> Slice -> Concat), which gives that Resize's output sizes."""
     types: dict[str, int] = {}
     shapes: dict[str, Shape] = {}
-    for value in inferred_values(model).values():
-        tt = value.type.tensor_type
-        if value.type.HasField("tensor_type") and tt.elem_type:
-            types[value.name] = tt.elem_type
-            if tt.HasField("shape"):
-                shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    computed_sizes = any(n.op_type == "Resize" and len(n.input) > 3 and n.input[3] for n in model.graph.node)
+    passes = (False, True) if computed_sizes else (False,)
+    for data_prop in passes:  # the second pass only adds what the first could not tell
+        for value in inferred_values(model, data_prop).values():
+            tt = value.type.tensor_type
+            if value.type.HasField("tensor_type") and tt.elem_type:
+                types[value.name] = tt.elem_type
+                if tt.HasField("shape"):
+                    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+                    if value.name not in shapes or None in shapes[value.name]:
+                        shapes[value.name] = shape
     constants = {}
     for init in model.graph.initializer:
         types[init.name] = init.data_type

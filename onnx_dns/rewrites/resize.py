@@ -21,8 +21,10 @@ leaves such a Resize's input unresized (measured), the spec counts them from the
 Sizes: with `scales`, an axis of length n becomes floor(n * s) long (the inferred output size when known) and s
 enters the coordinate transform; with `sizes`, s = n_out / n, and with keep_aspect_ratio_policy not_larger /
 not_smaller one s = min / max over the axes, n_out = round(s * n). `axes` (opset 18) restricts scales, sizes
-and roi to the listed axes. scales, sizes and roi (tf_crop_and_resize) must be constants, and the input's
-sizes on the resized axes known numbers (training pins the input sizes); otherwise the node is refused.
+and roi to the listed axes. scales and roi (tf_crop_and_resize) must be constants; sizes too, or computed from
+shapes in the graph so that shape inference (with value propagation, opset 15+) knows the output sizes; the
+input's sizes on the resized axes must be known numbers (training pins the input sizes); otherwise the node is
+refused.
 """
 
 from __future__ import annotations
@@ -63,13 +65,25 @@ def _given(e: Emitter, node: onnx.NodeProto, index: int) -> np.ndarray | None:
     return None if value is None or value.size == 0 else value.reshape(-1)
 
 
+def _sizes(e: Emitter, node: onnx.NodeProto, axes: list[int]) -> np.ndarray | None:
+    """The constant sizes input, or, when it is computed in the graph (Shape -> ... -> Concat, as older torch
+    exports write it), the output sizes shape inference finds on `axes` (stretch policy only)."""
+    if len(node.input) < 4 or not node.input[3] or node.input[3] in e.facts.constants:
+        return _given(e, node, 3)
+    inferred = e.facts.shapes.get(node.output[0])
+    policy = _text(attribute(node, "keep_aspect_ratio_policy", "stretch"))
+    if policy != "stretch" or inferred is None or any(inferred[a] is None for a in axes):
+        raise Skip(f"its input {node.input[3]} is computed in the graph and its output sizes are unknown")
+    return np.array([inferred[a] for a in axes], np.int64)
+
+
 def _axis_sizes(e: Emitter, node: onnx.NodeProto, x: str, rank: int, crop: bool):
     """[(axis, n_in, n_out, scale, roi)] of the axes that may change."""
     axes = list(attribute(node, "axes", range(rank)))
     if any(a < 0 for a in axes):
         raise Skip(f"its axes {axes} count from the end, which onnxruntime 1.19 ignores (it leaves the input as it "
                    "is) and the ONNX spec does not; write them as non-negative axes")
-    scales, sizes = _given(e, node, 2), _given(e, node, 3)
+    scales, sizes = _given(e, node, 2), _sizes(e, node, axes)
     roi = _given(e, node, 1) if crop else None
     if crop and roi is None:
         raise Skip("tf_crop_and_resize has no roi")
