@@ -112,6 +112,10 @@ def test_a_split_with_an_unread_output_trains_with_a_wrong_gradient_unless_rewri
     generate(with_loss(op_model(case), r), ["W"], tmp_path)
     original = train_step_gradients(tmp_path, x, ["W"])["W"]
     assert np.abs(original - expected).max() > 0.1 * np.abs(expected).max()  # ORT 1.19's SplitGrad
+    assert untrainable_nodes(op_model(case)) == [("op", "Split")]
+    equal = op_model(next(c for c in CASES if c.id == "Split-opset18-num_outputs"), symbolic_spatial=True)
+    assert not rewrite_for_training(equal).modified  # its part sizes are unknown: the node is reported
+    assert "read by nobody; it could not be rewritten because" in untrainable_message(equal, untrainable_nodes(equal))
 
 
 def test_layer_norm_keeps_its_node_and_gets_the_two_statistics_outputs():

@@ -142,8 +142,9 @@ def untrainable_nodes(model: onnx.ModelProto, trainable: Iterable[str] | None = 
             if any(name in downstream for name in node.input):
                 downstream.update(n for n in node.output if n)
     found = []
+    read = _read_names(graph)
     for index, node in enumerate(graph.node):
-        if not _is_default(node) or _gradient_problem(node) is None:
+        if not _is_default(node) or _gradient_problem(node, read) is None:
             continue
         if downstream is not None and not any(name in downstream for name in node.input):
             continue
@@ -158,7 +159,7 @@ def untrainable_message(model: onnx.ModelProto, nodes: list[tuple[str, str]]) ->
     lines = []
     for label, op in nodes:
         index, node = by_label.get(label, (None, None))
-        why = _gradient_problem(node) if node is not None else None
+        why = _gradient_problem(node, _read_names(model.graph)) if node is not None else None
         if node is not None and op in REWRITES:
             why = f"{why}; it could not be rewritten because {_refusal(model, node, index)}"
         lines.append(f"node {label} ({op}) has no gradient in onnxruntime-training; {why or 'it cannot be trained'}")
@@ -178,7 +179,11 @@ def _refusal(model: onnx.ModelProto, node: onnx.NodeProto, index: int) -> str:
     return "of an unknown reason"
 
 
-def _gradient_problem(node: onnx.NodeProto) -> str | None:
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    return {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+
+
+def _gradient_problem(node: onnx.NodeProto, read: set[str]) -> str | None:
     op = node.op_type
     if op in NO_GRADIENT:
         how = "" if op in REWRITES else " and has no equivalent rewrite here"
@@ -192,6 +197,8 @@ def _gradient_problem(node: onnx.NodeProto) -> str | None:
                 "passes X unchanged) or fails (run rewrite_for_training)")
     if op == "Dropout" and fixups.dropout_problem(node) == "no mask":
         return "its gradient reads the mask output, which this node does not have (run rewrite_for_training)"
+    if op == "Split" and any(o not in read for o in node.output):
+        return "its gradient is wrong (read uninitialized) when one of its outputs is read by nobody"
     if op == "Pad":
         mode = attribute(node, "mode", b"constant")
         if mode not in (b"constant", "constant"):
