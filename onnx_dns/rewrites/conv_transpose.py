@@ -26,15 +26,14 @@ import numpy as np
 import onnx
 
 from onnx_dns.graph import attribute
-from onnx_dns.rewrites.emitter import Emitter, Skip
+from onnx_dns.rewrites.emitter import Emitter, Skip, text_attribute
 
 
 def _pads(node: onnx.NodeProto, n: list[int], k: list[int], s: list[int], d: list[int],
           a: list[int]) -> tuple[list[int], list[int]]:
     """(begin, end) paddings of the spatial axes, as onnxruntime derives them."""
     rank = len(n)
-    auto_pad = attribute(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = text_attribute(node, "auto_pad", "NOTSET")
     output_shape = attribute(node, "output_shape", None)
     if auto_pad == "VALID":
         return [0] * rank, [0] * rank

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnx_dns.graph import attribute
-from onnx_dns.rewrites.emitter import Emitter, Skip
+from onnx_dns.rewrites.emitter import Emitter, Skip, text_attribute
 
 
 def _parse(equation: str, count: int) -> tuple[list[str], str]:
@@ -49,8 +48,7 @@ def _summed(e: Emitter, x: str, term: str, keep: set[str], what: str) -> tuple[s
 
 
 def einsum(e: Emitter, node: onnx.NodeProto) -> None:
-    equation = attribute(node, "equation", b"")
-    equation = equation.decode() if isinstance(equation, bytes) else equation
+    equation = text_attribute(node, "equation", "")
     terms, output = _parse(equation, len(node.input))
     sizes: dict[str, int | None] = {}
     for name, term in zip(node.input, terms):

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import FLOAT_TYPES, inferred_values, unique_name
+from onnx_dns.graph import FLOAT_TYPES, attribute, inferred_values, unique_name
 
 Shape = tuple  # of int (a known size) or None (symbolic or unknown)
 
@@ -60,6 +60,12 @@ def model_facts(model: onnx.ModelProto) -> Facts:
                 constants[node.output[0]] = value
     read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     return Facts(types, shapes, constants, frozenset(read))
+
+
+def text_attribute(node: onnx.NodeProto, name: str, default: str) -> str:
+    """A string attribute as str (onnx gives bytes)."""
+    value = attribute(node, name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Emitter:

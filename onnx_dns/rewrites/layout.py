@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from onnx_dns.graph import attribute
-from onnx_dns.rewrites.emitter import Emitter, Skip
+from onnx_dns.rewrites.emitter import Emitter, Skip, text_attribute
 
 
 def split(e: Emitter, node: onnx.NodeProto) -> None:
@@ -74,9 +74,7 @@ def depth_to_space(e: Emitter, node: onnx.NodeProto) -> None:
     b, c, h, w = _block(e, node)
     if b < 1 or c % (b * b):
         raise Skip(f"its channel count {c} is not a multiple of blocksize^2 = {b * b}")
-    mode = attribute(node, "mode", b"DCR")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "DCR":
+    if text_attribute(node, "mode", "DCR") == "DCR":
         split_shape, perm = [0, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
     else:
         split_shape, perm = [0, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
@@ -94,10 +92,6 @@ def space_to_depth(e: Emitter, node: onnx.NodeProto) -> None:
     e.reshape(moved, [0, c * b * b, h // b, w // b], "reshape", output=node.output[0])
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def pad_sources(mode: str, n: int, before: int, after: int) -> np.ndarray:
     """The input index each output entry of one padded axis reads (see the module docstring)."""
     p = np.arange(-before, n + after)
@@ -112,7 +106,7 @@ def pad_sources(mode: str, n: int, before: int, after: int) -> np.ndarray:
 
 
 def pad(e: Emitter, node: onnx.NodeProto) -> None:
-    mode = _text(attribute(node, "mode", "constant"))
+    mode = text_attribute(node, "mode", "constant")
     if mode == "constant":
         raise Skip("constant mode has a gradient of its own")
     if mode not in ("reflect", "edge", "wrap"):

@@ -33,19 +33,15 @@ import numpy as np
 import onnx
 
 from onnx_dns.graph import attribute
-from onnx_dns.rewrites.emitter import Emitter, Skip
+from onnx_dns.rewrites.emitter import Emitter, Skip, text_attribute
 from onnx_dns.rewrites.resize_tables import COORDINATE_MODES, NEAREST_MODES, axis_matrix
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _options(node: onnx.NodeProto) -> dict:
     options = {
-        "mode": _text(attribute(node, "mode", "nearest")),
-        "coordinates": _text(attribute(node, "coordinate_transformation_mode", "half_pixel")),
-        "nearest_mode": _text(attribute(node, "nearest_mode", "round_prefer_floor")),
+        "mode": text_attribute(node, "mode", "nearest"),
+        "coordinates": text_attribute(node, "coordinate_transformation_mode", "half_pixel"),
+        "nearest_mode": text_attribute(node, "nearest_mode", "round_prefer_floor"),
         "cubic_a": float(attribute(node, "cubic_coeff_a", -0.75)),
         "exclude_outside": bool(attribute(node, "exclude_outside", 0)),
         "antialias": bool(attribute(node, "antialias", 0)),
@@ -71,7 +67,7 @@ def _sizes(e: Emitter, node: onnx.NodeProto, axes: list[int]) -> np.ndarray | No
     if len(node.input) < 4 or not node.input[3] or node.input[3] in e.facts.constants:
         return _given(e, node, 3)
     inferred = e.facts.shapes.get(node.output[0])
-    policy = _text(attribute(node, "keep_aspect_ratio_policy", "stretch"))
+    policy = text_attribute(node, "keep_aspect_ratio_policy", "stretch")
     if policy != "stretch" or inferred is None or any(inferred[a] is None for a in axes):
         raise Skip(f"its input {node.input[3]} is computed in the graph and its output sizes are unknown")
     return np.array([inferred[a] for a in axes], np.int64)
@@ -99,7 +95,7 @@ def _axis_sizes(e: Emitter, node: onnx.NodeProto, x: str, rank: int, crop: bool)
         raise Skip("it has neither scales nor sizes")
     n_in = e.static_shape(x, axes)
     ratios = [float(np.float32(o) / np.float32(n)) for o, n in zip(sizes, n_in)]
-    policy = _text(attribute(node, "keep_aspect_ratio_policy", "stretch"))
+    policy = text_attribute(node, "keep_aspect_ratio_policy", "stretch")
     if policy in ("not_larger", "not_smaller"):
         common = min(ratios) if policy == "not_larger" else max(ratios)
         ratios = [common] * len(axes)
