@@ -88,7 +88,7 @@ def test_rewritten_model_trains_with_the_gradients_of_the_original_op(case, symb
 @pytest.mark.parametrize("op", ["LRN", "PRelu", "Elu", "HardSigmoid", "HardSwish", "GlobalMaxPool", "Sum",
                                 "InstanceNormalization", "LayerNormalization", "Dropout", "Softplus", "Mish", "Selu",
                                 "Mean", "ReduceMax", "ReduceMin", "ReduceSumSquare", "DepthToSpace",
-                                "SpaceToDepth", "Pad", "Einsum"])
+                                "SpaceToDepth", "Pad", "Einsum", "LpNormalization"])
 def test_the_original_op_cannot_be_trained(op, tmp_path):
     case = next(c for c in CASES if c.op == op)
     model = with_loss(op_model(case), loss_weights(case))

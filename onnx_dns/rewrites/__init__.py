@@ -58,6 +58,7 @@ Rewrite = Callable[[Emitter, onnx.NodeProto], None]
 REWRITES: dict[str, Rewrite] = {
     "LRN": normalization.lrn,
     "InstanceNormalization": normalization.instance_norm,
+    "LpNormalization": normalization.lp_norm,
     "PRelu": activations.prelu,
     "Elu": activations.elu,
     "Selu": activations.selu,

@@ -29,6 +29,12 @@ InstanceNormalization (epsilon = 1e-5; scale and B of shape (C,))::
   V = ReduceMean(D * D, axis 2, keepdims); Y3 = D / Sqrt(V + epsilon) * Reshape(scale, [-1, 1])
   + Reshape(B, [-1, 1]); Y = Reshape(Y3, Shape(X)). scale and B stay direct inputs under their own names.
   ReduceMean takes `axes` as an attribute up to opset 17 and as an input from opset 18; both are written.
+
+LpNormalization (axis = -1, p = 2 or 1; no epsilon, as onnxruntime's kernel)::
+
+    y = x / sqrt(sum_axis x^2)   (p = 2)        y = x / sum_axis |x|   (p = 1)
+
+  with ReduceSum keeping the axis (its axes an attribute before opset 13, an input from 13).
 """
 
 from __future__ import annotations
@@ -77,3 +83,19 @@ def instance_norm(e: Emitter, node: onnx.NodeProto) -> None:
     scaled = e.op("Mul", [normalized, e.reshape(scale, [-1, 1], "scale_column")], "scaled")
     shifted = e.op("Add", [scaled, e.reshape(bias, [-1, 1], "bias_column")], "shifted")
     e.reshape(shifted, e.op("Shape", [x], "shape"), "reshape", output=node.output[0])
+
+
+def lp_norm(e: Emitter, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    e.float_dtype(x)
+    p = int(attribute(node, "p", 2))
+    if p not in (1, 2):
+        raise Skip(f"its p = {p} is neither 1 nor 2")
+    axis = int(attribute(node, "axis", -1))
+    terms = e.op("Mul", [x, x], "square") if p == 2 else e.op("Abs", [x], "abs")
+    if e.opset >= 13:
+        total = e.op("ReduceSum", [terms, e.ints([axis], "axes")], "sum", keepdims=1)
+    else:
+        total = e.op("ReduceSum", [terms], "sum", axes=[axis], keepdims=1)
+    norm = e.op("Sqrt", [total], "norm") if p == 2 else total
+    e.op("Div", [x, norm], "normalized", output=node.output[0])
