@@ -118,6 +118,17 @@ def test_a_split_with_an_unread_output_trains_with_a_wrong_gradient_unless_rewri
     assert "read by nobody; it could not be rewritten because" in untrainable_message(equal, untrainable_nodes(equal))
 
 
+def test_lp_normalization_of_a_zero_row_is_zero_as_in_onnxruntime():
+    for case in (c for c in CASES if c.op == "LpNormalization"):
+        x = inputs(case)
+        x[0] = 0  # every row of the first image has norm 0
+        original = op_model(case)
+        expected = run(original, {"x": x})[0]
+        assert np.isfinite(expected).all() and (expected[0] == 0).all()
+        np.testing.assert_allclose(run(rewrite_for_training(original).model, {"x": x})[0], expected, rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_layer_norm_keeps_its_node_and_gets_the_two_statistics_outputs():
     case = layer_norm_case(18, axis=1)
     rewritten = rewrite_for_training(op_model(case)).model

@@ -34,7 +34,9 @@ LpNormalization (axis = -1, p = 2 or 1; no epsilon, as onnxruntime's kernel)::
 
     y = x / sqrt(sum_axis x^2)   (p = 2)        y = x / sum_axis |x|   (p = 1)
 
-  with ReduceSum keeping the axis (its axes an attribute before opset 13, an input from 13).
+  with ReduceSum keeping the axis (its axes an attribute before opset 13, an input from 13). onnxruntime gives 0
+  where the norm is 0 (measured), so the divisor is Where(norm == 0, 1, norm): x / 1 there, which is 0 (or, for
+  p = 2, entries below 1e-19 whose squares underflow).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def instance_norm(e: Emitter, node: onnx.NodeProto) -> None:
 
 def lp_norm(e: Emitter, node: onnx.NodeProto) -> None:
     x = node.input[0]
-    e.float_dtype(x)
+    dtype = e.float_dtype(x)
     p = int(attribute(node, "p", 2))
     if p not in (1, 2):
         raise Skip(f"its p = {p} is neither 1 nor 2")
@@ -98,4 +100,6 @@ def lp_norm(e: Emitter, node: onnx.NodeProto) -> None:
     else:
         total = e.op("ReduceSum", [terms], "sum", axes=[axis], keepdims=1)
     norm = e.op("Sqrt", [total], "norm") if p == 2 else total
-    e.op("Div", [x, norm], "normalized", output=node.output[0])
+    zero, one = e.const(np.array(0, dtype), "zero"), e.const(np.array(1, dtype), "one")
+    safe = e.op("Where", [e.op("Equal", [norm, zero], "is_zero"), one, norm], "divisor")
+    e.op("Div", [x, safe], "normalized", output=node.output[0])
