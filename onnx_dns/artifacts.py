@@ -1,6 +1,6 @@
 """Build onnxruntime-training artifacts (training graph, eval graph, checkpoint) from a masked model.
 
-Operators without a CPU gradient are first rewritten into equivalent ones that have one (trainable_rewrites.py;
+Operators without a CPU gradient are first rewritten into equivalent ones that have one (the rewrites package;
 initializer names are kept, so trained values go back into the user's original graph). The loss is attached as
 ONNX nodes (losses.py); weights and biases require gradients, masks are frozen parameters the host rewrites
 between steps, and the mask gradient is rewired straight-through.
@@ -25,7 +25,7 @@ from onnx_dns.ort_training import artifacts, captured_stderr
 from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
-from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
+from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
 BASE_MODEL = "base_model.onnx"  # the model with its loss, written only when it is too large to pass in memory

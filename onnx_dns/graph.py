@@ -134,7 +134,7 @@ def tensor_like(value: np.ndarray, tensor: onnx.TensorProto) -> onnx.TensorProto
 SKELETON_MIN_BYTES = 1 << 16
 
 
-def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def inferred_values(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, onnx.ValueInfoProto]:
     """Graph inputs, outputs and intermediate values with the types onnx shape inference gives them (as declared
     where it fails). It runs on a skeleton: float initializers of 64 KB or more become graph inputs of the same
     type, since inference needs only their types, so a model of hundreds of MB is not serialized for it."""
@@ -150,7 +150,7 @@ def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         else:
             skeleton.graph.initializer.add().CopyFrom(tensor)
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=data_prop)
     except Exception:  # noqa: BLE001 - a model inference rejects keeps the types it declares
         inferred = skeleton
     graph = inferred.graph

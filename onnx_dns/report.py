@@ -17,8 +17,8 @@ from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.prepare import normalized
 from onnx_dns.repack import unpack_model
 from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 from onnx_dns.storage import tensor_storage
-from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 
 def training_support(op: str) -> str | None:
     """How onnxruntime-training 1.19 on CPU copes with an operator without a gradient of its own, or None."""

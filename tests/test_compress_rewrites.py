@@ -41,12 +41,12 @@ def cnn_with_untrainable_ops(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def with_lp_normalization() -> onnx.ModelProto:
-    """The same CNN with LpNormalization, which has no gradient and no rewrite, in place of LRN."""
+def with_softsign() -> onnx.ModelProto:
+    """The same CNN with Softsign, which has no gradient and no rewrite, in place of LRN."""
     model = cnn_with_untrainable_ops()
     for node in model.graph.node:
         if node.op_type == "LRN":
-            node.op_type = "LpNormalization"
+            node.op_type = "Softsign"
             del node.attribute[:]
     return model
 
@@ -77,12 +77,12 @@ def test_untrainable_operators_are_trained_through_and_kept(tmp_path):
 
 
 def test_an_operator_that_cannot_be_trained_is_named(tmp_path):
-    model = with_lp_normalization()
+    model = with_softsign()
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
     np.savez(tmp_path / "train.npz", x=np.zeros((64, 1, 8, 8), np.float32), labels=np.zeros(64, np.int64))
     options = CompressOptions(data=str(tmp_path / "train.npz"), train=TrainConfig(iterations=2, batch_size=8))
-    with pytest.raises(ModelError, match=r"node lrn \(LpNormalization\) has no gradient"):
+    with pytest.raises(ModelError, match=r"node lrn \(Softsign\) has no gradient"):
         compress_file(path, tmp_path / "out.onnx", options)
     assert not (tmp_path / "out.onnx").exists()
 
@@ -104,7 +104,7 @@ def test_non_finite_weights_are_refused_before_training(tmp_path):
 
 
 def test_freeze_before_trains_only_the_layers_after_an_untrainable_node(tmp_path):
-    model = with_lp_normalization()
+    model = with_softsign()
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
     rng = np.random.default_rng(1)

@@ -24,7 +24,7 @@ from onnx_dns.normalize import densify_sparse
 from onnx_dns.ort_training import api, artifacts, captured_stderr
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
-from onnx_dns.trainable_rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
+from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 from onnx_dns.options import CompressOptions, TrainConfig
 from onnx_dns.pipeline import compress_file
 

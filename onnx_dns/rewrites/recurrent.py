@@ -37,16 +37,13 @@ sequence length or input type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 
 from onnx_dns.graph import attribute
-
-if TYPE_CHECKING:
-    from onnx_dns.trainable_rewrites import _Emitter
+from onnx_dns.rewrites.emitter import Emitter, Skip
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
@@ -77,15 +74,15 @@ def gradient_problem(node: onnx.NodeProto) -> str:
                                  "inference (give the model's inputs fixed sizes)")
 
 
-def lstm(e: _Emitter, node: onnx.NodeProto) -> None:
+def lstm(e: Emitter, node: onnx.NodeProto) -> None:
     _unroll(e, node, _lstm_step)
 
 
-def gru(e: _Emitter, node: onnx.NodeProto) -> None:
+def gru(e: Emitter, node: onnx.NodeProto) -> None:
     _unroll(e, node, _gru_step)
 
 
-def rnn(e: _Emitter, node: onnx.NodeProto) -> None:
+def rnn(e: Emitter, node: onnx.NodeProto) -> None:
     _unroll(e, node, _rnn_step)
 
 
@@ -93,7 +90,7 @@ def rnn(e: _Emitter, node: onnx.NodeProto) -> None:
 class _Direction:
     """What the steps of one direction read: per-gate input terms (T, N, H) and recurrence weights (H, H)."""
 
-    e: _Emitter
+    e: Emitter
     prefix: str
     dtype: np.dtype
     activations: tuple[str, ...]
@@ -116,14 +113,15 @@ class _Direction:
         return self.op("Add", [x_t[gate], self.op("MatMul", [h, self.r[gate]], what + "_rec")], what + "_pre")
 
 
-def _unroll(e: _Emitter, node: onnx.NodeProto, step) -> None:
-    if unsupported(node) is not None:
-        _skip()
+def _unroll(e: Emitter, node: onnx.NodeProto, step) -> None:
+    problem = unsupported(node)
+    if problem is not None:
+        raise Skip(problem)
     x = node.input[_X]
     dtype = e.float_dtype(x)
     layout = int(attribute(node, "layout", 0))
-    steps = e.dim(x, 1 if layout else 0)
-    hidden = int(attribute(node, "hidden_size", 0)) or e.dim(node.input[_R], 2)
+    steps = _dim(e, x, 1 if layout else 0)
+    hidden = int(attribute(node, "hidden_size", 0)) or _dim(e, node.input[_R], 2)
     sequence = e.op("Transpose", [x], "x_time_major", perm=[1, 0, 2]) if layout else x
     reverse_flags = _reverse_flags(node)
     per_direction = {i: _per_direction(e, node.input[i], len(reverse_flags), layout if i in _STATES else 0, what)
@@ -142,7 +140,7 @@ def _unroll(e: _Emitter, node: onnx.NodeProto, step) -> None:
     _write_outputs(e, node, results, steps, layout)
 
 
-def _prepare_direction(e: _Emitter, node, sequence: str, tensors: dict[int, str], d: int, hidden: int,
+def _prepare_direction(e: Emitter, node, sequence: str, tensors: dict[int, str], d: int, hidden: int,
                        dtype: np.dtype) -> _Direction:
     """Direction d's gate inputs X W_k^T + Wb_k + Rb_k over all steps, and its recurrence blocks R_k^T."""
     gates = GATES[node.op_type]
@@ -204,7 +202,7 @@ def _rnn_step(s: _Direction, x_t: list[str], h: str, c: None, t: str) -> tuple[s
     return s.act(0, s.pre(0, x_t, h, f"{t}_i"), f"{t}_h"), None
 
 
-def _write_outputs(e: _Emitter, node: onnx.NodeProto, results, steps: int, layout: int) -> None:
+def _write_outputs(e: Emitter, node: onnx.NodeProto, results, steps: int, layout: int) -> None:
     """Y (T, D, N, H), Y_h and Y_c (D, N, H) from each direction's states; batch-first when layout is 1."""
     outputs = list(node.output) + [""] * 3
     if outputs[0]:
@@ -238,31 +236,25 @@ def _activation_names(node: onnx.NodeProto) -> list[str]:
     return names or list(_DEFAULT_ACTIVATIONS[node.op_type]) * len(_reverse_flags(node))
 
 
-def _skip() -> NoReturn:
-    from onnx_dns.trainable_rewrites import _Skip  # imported here: trainable_rewrites imports this module
-
-    raise _Skip
-
-
-def _time_steps(e: _Emitter, sequence: str, steps: int, what: str) -> list[str]:
+def _time_steps(e: Emitter, sequence: str, steps: int, what: str) -> list[str]:
     """The (N, H) steps of a (T, N, H) tensor."""
     return [_squeeze(e, part, 0, f"{what}_t{t}") for t, part in enumerate(_split(e, sequence, [1] * steps, 0, what))]
 
 
-def _per_direction(e: _Emitter, tensor: str, directions: int, axis: int, what: str) -> list[str]:
+def _per_direction(e: Emitter, tensor: str, directions: int, axis: int, what: str) -> list[str]:
     """The parts of a tensor stacked by direction on `axis`, that axis removed."""
     return [_squeeze(e, part, axis, f"{what}_d{d}") for d, part in enumerate(_split(e, tensor, [1] * directions,
                                                                                    axis, what))]
 
 
-def _zeros_like(e: _Emitter, tensor: str, dtype: np.dtype, what: str) -> str:
+def _zeros_like(e: Emitter, tensor: str, dtype: np.dtype, what: str) -> str:
     """An absent initial state: zeros, not left-out terms, since a step input without a gradient would break the
     gradient of the Split that made it (onnxruntime-training 1.19 concatenates only the gradients it has)."""
     zero = onnx.numpy_helper.from_array(np.zeros(1, dtype), "")
     return e.op("ConstantOfShape", [e.op("Shape", [tensor], what + "_shape")], what, value=zero)
 
 
-def _split(e: _Emitter, tensor: str, sizes: list[int], axis: int, what: str) -> list[str]:
+def _split(e: Emitter, tensor: str, sizes: list[int], axis: int, what: str) -> list[str]:
     """Consecutive parts of `tensor` along `axis`. Always a Split, never several Gathers or Slices of one tensor:
     onnxruntime-training fuses those into a Split (GatherSliceToSplitFusion) whose gradient then fails shape
     inference ("Can't merge shape info", measured)."""
@@ -277,17 +269,22 @@ def _split(e: _Emitter, tensor: str, sizes: list[int], axis: int, what: str) -> 
     return names
 
 
-def _squeeze(e: _Emitter, tensor: str, axis: int, what: str) -> str:
+def _squeeze(e: Emitter, tensor: str, axis: int, what: str) -> str:
     if e.opset >= 13:
         return e.op("Squeeze", [tensor, e.const(np.array([axis], np.int64), what + "_axes")], what)
     return e.op("Squeeze", [tensor], what, axes=[axis])
 
 
-def _unsqueeze(e: _Emitter, tensor: str, axes: list[int], what: str) -> str:
+def _unsqueeze(e: Emitter, tensor: str, axes: list[int], what: str) -> str:
     if e.opset >= 13:
         return e.op("Unsqueeze", [tensor, e.const(np.array(axes, np.int64), what + "_axes")], what)
     return e.op("Unsqueeze", [tensor], what, axes=axes)
 
 
-def _concat(e: _Emitter, parts: list[str], axis: int, what: str, output: str | None = None) -> str:
+def _concat(e: Emitter, parts: list[str], axis: int, what: str, output: str | None = None) -> str:
     return e.op("Concat", parts, what, output=output, axis=axis)
+
+
+def _dim(e: Emitter, tensor: str, axis: int) -> int:
+    """A size of `tensor` that shape inference knows as a number (the unrolled length, the hidden size)."""
+    return e.static_shape(tensor, [axis])[0]
