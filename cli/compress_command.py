@@ -12,7 +12,7 @@ from onnx_dns.options import merge
 from onnx_dns.pipeline import below_bound_path, compress_file
 from onnx_dns.report import format_table, human_bytes
 from onnx_dns.result import CompressResult
-from onnx_dns.settings import load_settings
+from onnx_dns.settings import announce_settings, load_settings
 
 from .common import emit_json, handle_errors, with_default, write_json
 from .progress import Progress
@@ -169,8 +169,9 @@ def compress(model: str, output_path: str, report_path: str | None, as_json: boo
     given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
     for key in ("include", "exclude", "freeze_before"):
         given[key] = given[key] or None
-    options = merge(given, load_settings(model, given), dense=dense, work_dir=resume_dir or work_dir,
-                    keep_work=keep_work)
+    settings = load_settings(model, given)
+    options = merge(given, settings, dense=dense, work_dir=resume_dir or work_dir, keep_work=keep_work)
+    announce_settings(model, settings)
     if report_path:
         _check_report_path(report_path, model, output_path)
     progress = Progress(0 if quiet else (2 if verbose else 1))

@@ -21,7 +21,7 @@ from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
 from onnx_dns.model_io import over_protobuf_limit, save_model
-from onnx_dns.ort_training import artifacts, captured_stderr
+from onnx_dns.ort_training import captured_stderr, training_artifacts
 from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
@@ -128,7 +128,7 @@ def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], 
             base = str(save_model(base, directory / BASE_MODEL))
         with captured_stderr() as log:
             try:
-                artifacts.generate_artifacts(
+                training_artifacts().generate_artifacts(
                     base, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
                     artifact_directory=str(directory),
                 )

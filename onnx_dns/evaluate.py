@@ -18,7 +18,7 @@ import onnx
 
 from onnx_dns.data import CallableData
 from onnx_dns.dataset import Dataset
-from onnx_dns.ort_training import onnxruntime, session_options
+from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.targets import TEACHER, Targets, batch_first
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -130,7 +130,7 @@ def session_runner(model: onnx.ModelProto, output: str) -> Run:
         probe.CopyFrom(model)
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(output))
         model = probe
-    session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
+    session = runtime().InferenceSession(model.SerializeToString(), session_options(),
                                            providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
 

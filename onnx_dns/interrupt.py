@@ -33,4 +33,4 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("interrupt: finishing this iteration and writing a checkpoint (Ctrl-C again to abort now)")
+        log.info("interrupt: finishing this iteration and writing a checkpoint (Ctrl-C again to abort now)")

@@ -2,9 +2,11 @@
 
 `import onnxruntime.training` imports torch through `optim` (onnxruntime issue 22070). The training API itself
 (`artifacts`, `api`) needs no torch, so a bare package module is registered under the name
-`onnxruntime.training`, pointing at the installed folder, before its submodules are imported. That happens on
-first use of `api` or `artifacts` (module attributes resolved lazily), not when this module is imported.
-Sessions are made quiet one by one (`session_options`); the process-wide logger is left alone.
+`onnxruntime.training`, pointing at the installed folder, before onnxruntime itself is imported: the training
+build's `import onnxruntime` imports `onnxruntime.training` to validate itself, which would import its artifacts
+module and, through onnxruntime.tools, call `logging.basicConfig` on the user's root logger. All of this happens on
+first use (`runtime()`, `training_api()`, the module attributes `onnxruntime`, `api`, `artifacts`), not when this
+module is imported. Sessions are made quiet one by one (`session_options`); the process-wide logger is left alone.
 """
 
 from __future__ import annotations
@@ -17,36 +19,48 @@ import tempfile
 import types
 from collections.abc import Iterator
 
-import onnxruntime
-
-__all__ = ["api", "artifacts", "onnxruntime", "captured_stderr", "session_options", "training_api"]
+__all__ = ["captured_stderr", "runtime", "session_options", "training_api", "training_artifacts"]
 
 QUIET = 3  # onnxruntime's severity "error": its warnings about unused initializers and the like are not for users
 
 
-def _import_training(name: str) -> types.ModuleType:
+def runtime() -> types.ModuleType:
+    """The onnxruntime module, imported with the bare `onnxruntime.training` package in place."""
     if "onnxruntime.training" not in sys.modules:
         spec = importlib.util.find_spec("onnxruntime")
         package = types.ModuleType("onnxruntime.training")
         package.__path__ = [os.path.join(os.path.dirname(spec.origin), "training")]
         sys.modules["onnxruntime.training"] = package
+    return importlib.import_module("onnxruntime")
+
+
+def _import_training(name: str) -> types.ModuleType:
+    runtime()
     return importlib.import_module(f"onnxruntime.training.{name}")
 
 
 def __getattr__(name: str) -> types.ModuleType:
     if name in ("api", "artifacts"):
         return _import_training(name)
+    if name == "onnxruntime":
+        return runtime()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def training_api() -> tuple[types.ModuleType, types.ModuleType]:
     """(onnxruntime, onnxruntime.training.api)."""
-    return onnxruntime, _import_training("api")
+    return runtime(), _import_training("api")
 
 
-def session_options(threads: int = 0) -> onnxruntime.SessionOptions:
-    """Session options that log only errors, with `threads` intra-op threads (0: onnxruntime chooses)."""
-    options = onnxruntime.SessionOptions()
+def training_artifacts() -> types.ModuleType:
+    """onnxruntime.training.artifacts. Importing it configures the root logger (a `logging.basicConfig` at INFO in
+    onnxruntime.quantization, which it imports), so it is imported only when artifacts are built."""
+    return _import_training("artifacts")
+
+
+def session_options(threads: int = 0):
+    """onnxruntime.SessionOptions that log only errors, with `threads` intra-op threads (0: onnxruntime chooses)."""
+    options = runtime().SessionOptions()
     options.log_severity_level = QUIET
     if threads:
         options.intra_op_num_threads = threads

@@ -53,10 +53,15 @@ def load_settings(model_path: str | os.PathLike, given: Mapping[str, object] | N
                               f"would run code from the model's folder; if you trust the code, give it on the "
                               f"command line: {_code_hint(key, code, path.parent)}")
         settings[key] = str((path.parent / value).resolve())
+    return settings
+
+
+def announce_settings(model_path: str | os.PathLike, settings: Mapping[str, object]) -> None:
+    """Log every setting a run takes from the `dns.json` beside the model (once the options are known good)."""
     if settings:
         shown = ", ".join(f"{key}={json.dumps(value)}" for key, value in settings.items())
-        log.info("%s: options not given on the command line are taken from it: %s", path, shown)
-    return settings
+        log.info("%s: options not given on the command line are taken from it: %s",
+                 Path(model_path).parent / SETTINGS_FILE, shown)
 
 
 def _code_hint(key: str, code: tuple[str, str], folder: Path) -> str:

@@ -133,7 +133,7 @@ def estimate_statistics(model: onnx.ModelProto, batches: Iterable[dict[str, np.n
     The model runs with those layers normalizing by batch statistics, as they trained, so a layer after another
     sees inputs normalized as in training rather than by stale statistics; each layer's per-channel mean and
     (population) variance are pooled over `batches`."""
-    from onnx_dns.ort_training import onnxruntime, session_options
+    from onnx_dns.ort_training import runtime, session_options
 
     inits = initializers(model.graph)
     chosen = [n for n in model.graph.node if _has_statistics(n, inits) and (layers is None or n.input[3] in layers)]
@@ -159,7 +159,7 @@ def estimate_statistics(model: onnx.ModelProto, batches: Iterable[dict[str, np.n
     probe.graph.node.extend(nodes)
     for mean, var in moments.values():
         probe.graph.output.extend([onnx.ValueInfoProto(name=mean), onnx.ValueInfoProto(name=var)])
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), session_options(),
+    session = runtime().InferenceSession(probe.SerializeToString(), session_options(),
                                            providers=["CPUExecutionProvider"])
     fetch = [name for pair in moments.values() for name in pair]
     sums = {key: [0.0, 0.0] for key in moments}
