@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnx_dns.evaluate import Metrics
 from onnx_dns.finalize import Timings, finalize
-from onnx_dns.latency import sample_feed, median_latency
+from onnx_dns.latency import median_latency, sample_feed
 from onnx_dns.objective import build_objective, with_teacher_outputs
 from onnx_dns.options import CompressOptions, parse_target
 from onnx_dns.pipeline import build_stage

@@ -129,3 +129,24 @@ def test_axis_maps_log_and_linear_values_and_keeps_the_ends():
     assert linear(5.0) == pytest.approx(50.0)
     svg = line_chart("t", [Series("a", [(1, 2), (2, 3), (3, 1)])], "x", "y")
     assert parse(svg).svgs[0]["lines"] == {"a": 3}
+
+
+def test_cli_compress_writes_the_html_report_and_refuses_the_model_path(case, tmp_path):
+    import numpy as np
+    import onnx
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    model, train, val = case
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "t.npz", **train)
+    np.savez(tmp_path / "v.npz", **val)
+    args = ["compress", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "t.npz", "--val",
+            tmp_path / "v.npz", "--iterations", "40", "--eval-every", "20", "--target", "3x", "-q"]
+    ok = CliRunner().invoke(main, [str(a) for a in [*args, "--report-html", tmp_path / "r.html"]])
+    assert ok.exit_code == 0, (ok.stdout, ok.stderr)
+    html = (tmp_path / "r.html").read_text()
+    assert self_contained(html) and parse(html).svgs[1]["lines"]["training"] == 2
+    clash = CliRunner().invoke(main, [str(a) for a in [*args, "--report-html", tmp_path / "out.onnx"]])
+    assert clash.exit_code == 7 and "--report-html" in clash.stderr

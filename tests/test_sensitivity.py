@@ -4,7 +4,6 @@ sparsities from the curves. Expected values are computed here with numpy."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from engine_fixtures import blobs, dense_initializers, trained_classifier
 
