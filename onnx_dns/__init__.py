@@ -13,5 +13,6 @@ from onnx_dns.errors import (  # noqa: E402
 )
 from onnx_dns.result import CompressResult  # noqa: E402
 
-__all__ = ["compress", "convert", "inspect", "evaluate", "sweep", "sensitivity", "CompressResult", "DnsError", "ModelError", "DataError", "OptionError",
-           "OutputError", "TrainingError", "AccuracyBoundError", "Interrupted", "__version__"]
+__all__ = ["compress", "convert", "inspect", "evaluate", "sweep", "sensitivity", "CompressResult", "DnsError",
+           "ModelError", "DataError", "OptionError", "OutputError", "TrainingError", "AccuracyBoundError",
+           "Interrupted", "__version__"]

@@ -76,7 +76,8 @@ def _frame(title: str, x_label: str, y_label: str) -> list[str]:
             'font-size="11">',
             f'<text x="{WIDTH / 2:.0f}" y="18" text-anchor="middle" font-size="13" font-weight="bold">'
             f'{escape(title)}</text>',
-            f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{HEIGHT - 8}" text-anchor="middle">{escape(x_label)}</text>',
+            f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{HEIGHT - 8}" text-anchor="middle">'
+            f'{escape(x_label)}</text>',
             f'<text transform="translate(14,{(TOP + HEIGHT - BOTTOM) / 2:.0f}) rotate(-90)" text-anchor="middle">'
             f'{escape(y_label)}</text>']
 
