@@ -74,3 +74,25 @@ def test_allocation_prunes_the_robust_layer_harder_and_meets_the_budget():
     assert sparsities["robust"] > 0.95 > sparsities["fragile"]
     with pytest.raises(OptionError, match="beyond the measured"):
         allocate_sparsities(result, 1000.0)
+
+
+def test_cli_reads_percents_and_writes_the_table(case, tmp_path):
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    model, train, val = case
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "t.npz", **train)
+    np.savez(tmp_path / "v.npz", **val)
+    base = ["sensitivity", tmp_path / "m.onnx", "--data", tmp_path / "t.npz", "--val", tmp_path / "v.npz"]
+    ok = CliRunner().invoke(main, [str(a) for a in [*base, "--sparsities", "50%,0.9", "--report", tmp_path / "s.json"]])
+    assert ok.exit_code == 0, (ok.stdout, ok.stderr)
+    assert "| fc1 | 140 |" in ok.stdout and "| 50% | 90% |" in ok.stdout
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert [c["sparsities"] for c in saved["layers"]] == [[0.5, 0.9], [0.5, 0.9]]
+    bad = CliRunner().invoke(main, [str(a) for a in [*base, "--sparsities", "half"]])
+    assert bad.exit_code == 2
