@@ -78,7 +78,7 @@ def sweep(model: str, targets: str, out_dir: str, warm_start: bool, with_sensiti
     given = layer_options(given)
     if given.get("target") is not None or given.get("c"):
         raise click.UsageError("sweep takes --targets (target mode); --target and --c belong to compress")
-    settings = {k: v for k, v in load_settings(model, given).items() if k != "target"}
+    settings = load_settings(model, {**given, "target": "per --targets"})  # a dns.json target is not taken
     options = {**settings, **{k: v for k, v in given.items() if v is not None}}
     data, val = options.pop("data", None), options.pop("val", None)
     name = Path(model).stem
