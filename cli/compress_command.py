@@ -7,12 +7,14 @@ from pathlib import Path
 import click
 
 from onnx_dns.errors import AccuracyBoundError, OutputError
+from onnx_dns.html_report import compress_report, write_html
 from onnx_dns.model_io import check_output_path
 from onnx_dns.options import merge
 from onnx_dns.pipeline import below_bound_path, compress_file
 from onnx_dns.report import format_table, human_bytes
 from onnx_dns.result import CompressResult
 from onnx_dns.settings import announce_settings, load_settings
+from onnx_dns.trace import LossTrace
 
 from .common import emit_json, handle_errors, with_default, write_json
 from .progress import Progress
@@ -118,7 +120,7 @@ TRAINING_OPTIONS = [
         "(for regression: the relative error grows by more than this many percent); the best state within the "
         "bound is kept, and a model that misses it is written as NAME.below-bound.onnx. none: no bound.")),
 ]
-OUTPUT_OPTIONS = [
+STORAGE_OPTIONS = [
     click.option("--format", type=click.Choice(["auto", "sparse", "dense", "packed"]), help=with_default(
         "format", "How pruned weights are stored: sparse initializers, dense (exact zeros, for tools that cannot "
         "read sparse initializers), packed (relative indices rebuilt by standard operators, opset 11+), auto: the "
@@ -126,12 +128,17 @@ OUTPUT_OPTIONS = [
     click.option("--bits", type=click.IntRange(2, 8), help="Share each layer's kept weights among 2^BITS values "
                  "(k-means); packed stores them as BITS-bit codes.  [default: exact float values]"),
     click.option("--dense", is_flag=True, help="Same as --format dense."),
+]
+OUTPUT_OPTIONS = STORAGE_OPTIONS + [
     click.option("--resume", "resume_dir", type=click.Path(path_type=str), metavar="DIR",
                  help="Continue an interrupted run from the checkpoint in its work folder DIR."),
     click.option("--work-dir", type=click.Path(path_type=str), help="Checkpoints and training graphs.  "
                  "[default: OUTPUT.dns-work, removed after success]"),
     click.option("--keep-work", is_flag=True, help="Keep the work folder after success."),
     click.option("--report", "report_path", type=click.Path(path_type=str), help="Write the results as JSON here."),
+    click.option("--report-html", "html_path", type=click.Path(path_type=str),
+                 help="Write a self-contained HTML report here: loss, accuracy and compression against iteration, "
+                 "kept fraction per layer."),
     click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout."),
     click.option("-q", "--quiet", is_flag=True, help="No progress; only the summary line and errors."),
     click.option("-v", "--verbose", is_flag=True, help="Log every evaluation on its own line."),
@@ -150,8 +157,9 @@ def _options(func):
               help="Where to write the compressed model.")
 @_options
 @handle_errors
-def compress(model: str, output_path: str, report_path: str | None, as_json: bool, quiet: bool, verbose: bool,
-             dense: bool, resume_dir: str | None, work_dir: str | None, keep_work: bool, **given) -> None:
+def compress(model: str, output_path: str, report_path: str | None, html_path: str | None, as_json: bool,
+             quiet: bool, verbose: bool, dense: bool, resume_dir: str | None, work_dir: str | None, keep_work: bool,
+             **given) -> None:
     """Compress MODEL with Dynamic Network Surgery and write it to OUTPUT.
 
     Fine-tunes MODEL in onnxruntime-training while pruning small weights and splicing back the ones that
@@ -164,21 +172,20 @@ def compress(model: str, output_path: str, report_path: str | None, as_json: boo
       onnx-dns compress model.onnx --data train.npz --target 50x --max-accuracy-drop 0.5 -o model.dns.onnx
       onnx-dns compress model.onnx --data inputs.npz --distill -o model.dns.onnx   # no labels needed
     """
-    given["c"] = _pairs(given.pop("c_values"), "--c", float) or None
-    given["sparsity"] = _pairs(given.pop("sparsities"), "--sparsity", float) or None
-    given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
-    for key in ("include", "exclude", "freeze_before"):
-        given[key] = given[key] or None
+    given = layer_options(given)
     settings = load_settings(model, given)
     options = merge(given, settings, dense=dense, work_dir=resume_dir or work_dir, keep_work=keep_work)
     announce_settings(model, settings)
-    if report_path:
-        _check_report_path(report_path, model, output_path)
-    progress = Progress(0 if quiet else (2 if verbose else 1))
+    for path, option in ((report_path, "--report"), (html_path, "--report-html")):
+        if path:
+            _check_report_path(path, model, output_path, option)
+    progress = LossTrace(Progress(0 if quiet else (2 if verbose else 1)))
     result = compress_file(model, output_path, options, progress=progress, resume=resume_dir is not None)
     data = result.to_dict()
     if report_path:
         write_json(report_path, data)
+    if html_path:
+        write_html(html_path, compress_report(result, progress), forbid=model)
     if as_json:
         emit_json(data)
     elif not quiet:
@@ -190,11 +197,22 @@ def compress(model: str, output_path: str, report_path: str | None, as_json: boo
             f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
 
 
-def _check_report_path(report_path: str, model: str, output_path: str) -> None:
+def layer_options(given: dict) -> dict:
+    """The NAME=VALUE and repeated options of the command line as the options' dicts and tuples (None: absent)."""
+    given = dict(given)
+    given["c"] = _pairs(given.pop("c_values"), "--c", float) or None
+    given["sparsity"] = _pairs(given.pop("sparsities"), "--sparsity", float) or None
+    given["stop"] = _pairs(given.pop("stops"), "--stop", int) or None
+    for key in ("include", "exclude", "freeze_before"):
+        given[key] = given[key] or None
+    return given
+
+
+def _check_report_path(report_path: str, model: str, output_path: str, option: str = "--report") -> None:
     check_output_path(report_path, forbid=model)
     models = {Path(output_path).resolve(), Path(below_bound_path(output_path)).resolve()}
     if Path(report_path).resolve() in models:
-        raise OutputError(f"{report_path}: the report path is where the output model goes; give --report "
+        raise OutputError(f"{report_path}: the report path is where the output model goes; give {option} "
                           "another path")
 
 

@@ -19,6 +19,8 @@ from .compress_command import compress
 from .convert_command import convert
 from .evaluate_command import evaluate
 from .inspect_command import inspect
+from .sensitivity_command import sensitivity
+from .sweep_command import sweep
 
 __all__ = ["main", "EXIT_INTERRUPTED"]
 
@@ -35,11 +37,13 @@ def main(ctx: click.Context, debug: bool) -> None:
       onnx-dns inspect model.onnx
       onnx-dns compress models/lenet5/model.onnx -o lenet5.dns.onnx
       onnx-dns evaluate lenet5.dns.onnx --data models/data/mnist --min-accuracy 99
+      onnx-dns sweep models/lenet300/model.onnx --targets 10x,30x,60x --iterations 3000 -o sweep/
+      onnx-dns sensitivity models/lenet5/model.onnx
     """
     ctx.obj = Context(debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnx_dns.settings").setLevel(logging.INFO)  # which dns.json settings a run applies
 
 
-for command in (inspect, compress, evaluate, convert):
+for command in (inspect, compress, evaluate, convert, sweep, sensitivity):
     main.add_command(command)

@@ -7,11 +7,12 @@
 
 __version__ = "0.1.0"
 
-from onnx_dns.api import compress, convert, evaluate, inspect  # noqa: E402
+from onnx_dns.api import compress, convert, evaluate, inspect, sensitivity, sweep  # noqa: E402
 from onnx_dns.errors import (  # noqa: E402
     AccuracyBoundError, DataError, DnsError, Interrupted, ModelError, OptionError, OutputError, TrainingError,
 )
 from onnx_dns.result import CompressResult  # noqa: E402
 
-__all__ = ["compress", "convert", "inspect", "evaluate", "CompressResult", "DnsError", "ModelError", "DataError", "OptionError",
-           "OutputError", "TrainingError", "AccuracyBoundError", "Interrupted", "__version__"]
+__all__ = ["compress", "convert", "inspect", "evaluate", "sweep", "sensitivity", "CompressResult", "DnsError",
+           "ModelError", "DataError", "OptionError", "OutputError", "TrainingError", "AccuracyBoundError",
+           "Interrupted", "__version__"]

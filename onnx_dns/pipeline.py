@@ -22,15 +22,15 @@ from pathlib import Path
 
 import onnx
 
-from onnx_dns.artifacts import build_artifacts
+from onnx_dns.artifacts import TrainingArtifacts, build_artifacts
 from onnx_dns.errors import Interrupted, OutputError
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
-from onnx_dns.objective import build_objective, with_teacher_outputs
+from onnx_dns.objective import Objective, build_objective, with_teacher_outputs
 from onnx_dns.options import CompressOptions
-from onnx_dns.prepare import prepare, training_batch_size
+from onnx_dns.prepare import Prepared, prepare, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
@@ -57,24 +57,37 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     open_work_dir(work, identity, options, resume)
     objective = with_teacher_outputs(objective, prepared.fixed_batch or options.train.eval_batch_size, work,
                                      progress)
+    masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
+    timings = Timings(started, artifact_seconds)
+    trainer = Trainer(art, Surgeon(prepared.plans), options.train, objective.targets)
+    share_from = share_weights(trainer, prepared, options)
+    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from).run(resume=resume)
+    return finalize(prepared, masked, objective, trained, options, timings, size_before, progress)
+
+
+def build_stage(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,
+                progress: Progress) -> tuple[onnx.ModelProto, TrainingArtifacts, float]:
+    """The masked model and its training artifacts under `work`, and the seconds building them took."""
     masked = insert_masks(prepared.model, prepared.pruned).model
     progress({"event": "building", "layers": len(prepared.layers)})
-    t_art = time.perf_counter()
+    started = time.perf_counter()
     # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
     pooled = any(n.op_type == "AveragePool" for n in prepared.model.graph.node)
     sizes = {s.name: (objective.batch_size if pooled else None, *objective.sample[s.name].shape[1:])
              for s in prepared.specs}
     art = build_artifacts(pin_input_shapes(masked, sizes).model, objective.spec, work / "artifacts",
                           update_bn_stats=options.update_bn_stats, frozen=prepared.frozen)
-    timings = Timings(started, time.perf_counter() - t_art)
-    progress({"event": "built", "artifacts": art, "seconds": timings.artifact_seconds})
-    trainer = Trainer(art, Surgeon(prepared.plans), options.train, objective.targets)
-    share_from = None
-    if options.bits is not None:
-        trainer.sharing = WeightSharing(options.bits)
-        share_from = max((plan.stop for plan in prepared.plans.values()), default=0)
-    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from).run(resume=resume)
-    return finalize(prepared, masked, objective, trained, options, timings, size_before, progress)
+    seconds = time.perf_counter() - started
+    progress({"event": "built", "artifacts": art, "seconds": seconds})
+    return masked, art, seconds
+
+
+def share_weights(trainer: Trainer, prepared: Prepared, options: CompressOptions) -> int | None:
+    """With --bits, the iteration from which the kept weights train as shared values (the last stop)."""
+    if options.bits is None:
+        return None
+    trainer.sharing = WeightSharing(options.bits)
+    return max((plan.stop for plan in prepared.plans.values()), default=0)
 
 
 def compress_file(model_path: str | os.PathLike, output_path: str | os.PathLike, options: CompressOptions,
