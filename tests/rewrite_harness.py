@@ -110,7 +110,11 @@ def finite_difference(case: Case, x: np.ndarray, r: np.ndarray, name: str, eps: 
         params = {k: v for k, v in tensors.items() if k != "W"}
         return float(np.mean(reference(case, x, tensors["W"], params) * r))
 
-    target = tensors[name]
+    return central_difference(loss, tensors[name], eps)
+
+
+def central_difference(loss, target: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """d loss / d target by central differences, one entry at a time (`target` is changed and restored)."""
     grad = np.zeros_like(target)
     for index in np.ndindex(target.shape):
         saved = target[index]
@@ -121,6 +125,12 @@ def finite_difference(case: Case, x: np.ndarray, r: np.ndarray, name: str, eps: 
         target[index] = saved
         grad[index] = (up - down) / (2 * eps)
     return grad
+
+
+def run_on_x(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The first output of `model` fed `x` as its input "x", in onnxruntime."""
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
 
 
 def op_types(model: onnx.ModelProto) -> set[str]:

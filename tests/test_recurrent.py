@@ -16,6 +16,7 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from rewrite_harness import central_difference
 from test_exporter_fixtures import eval_graph_outputs
 
 from onnx_dns.checkpoint import CHECKPOINT
@@ -278,16 +279,7 @@ def finite_difference(case: Case, p: dict, name: str, inputs: dict, r: dict, eps
     def loss() -> float:
         return sum(float(np.mean(o * w)) for o, w in zip(reference(case, p, inputs), r))
 
-    target, grad = p[name], np.zeros_like(p[name])
-    for index in np.ndindex(target.shape):
-        saved = target[index]
-        target[index] = saved + eps
-        up = loss()
-        target[index] = saved - eps
-        down = loss()
-        target[index] = saved
-        grad[index] = (up - down) / (2 * eps)
-    return grad
+    return central_difference(loss, p[name], eps)
 
 
 def training_gradients(model: onnx.ModelProto, trainable, masks: dict[str, str], inputs: dict, directory):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
-from rewrite_harness import C, N, H, chain_model, check_gradients, generate, train_step_gradients, with_loss
+from rewrite_harness import (C, H, N, chain_model, check_gradients, generate, run_on_x, train_step_gradients,
+                             with_loss)
 
 from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 
@@ -51,11 +51,6 @@ def conv_transpose_model(c: dict, batch=N, spatial=None) -> onnx.ModelProto:
     return chain_model([node], params, spatial or c["spatial"], c["opset"], batch=batch)
 
 
-def run(model, x):
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
-
-
 def inputs(c: dict, seed: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((N, C, *c["spatial"])).astype(np.float32)
 
@@ -71,8 +66,8 @@ def test_rewrite_computes_what_onnxruntime_computes(c):
     assert conv.input[2:] == (["ct.b"] if c["bias"] else [])  # the bias stays a direct input
     for seed in (2, 5):
         x = inputs(c, seed)
-        expected = run(original, x)
-        got = run(rewritten, x)
+        expected = run_on_x(original, x)
+        got = run_on_x(rewritten, x)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -95,7 +90,7 @@ def test_the_kernel_is_read_under_its_own_name_by_ops_with_gradients():
 def test_the_original_conv_transpose_does_not_train_on_cpu(tmp_path):
     c = CASES[1].values[0]
     original = conv_transpose_model(c)
-    y = run(original, inputs(c))
+    y = run_on_x(original, inputs(c))
     generate(with_loss(original, np.ones(y.shape)), ["W", "ct.w"], tmp_path)
     with pytest.raises(Exception, match="ConvTransposeGrad"):
         train_step_gradients(tmp_path, inputs(c), ["W"])

@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
-from rewrite_harness import C, N, H, chain_model, check_gradients, generate, train_step_gradients, with_loss
+from rewrite_harness import (C, H, N, chain_model, check_gradients, generate, run_on_x, train_step_gradients,
+                             with_loss)
 
 from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 from onnx_dns.rewrites.resize_tables import axis_matrix
@@ -92,12 +93,6 @@ def resize_model(c: dict, batch=N, spatial=None) -> onnx.ModelProto:
     return chain_model([node], params, spatial or c["spatial"], c["opset"], batch=batch)
 
 
-def run(model, x):
-    import onnxruntime
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
-
-
 def inputs(c: dict, seed: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((N, C, *c["spatial"])).astype(np.float32)
 
@@ -110,8 +105,8 @@ def test_rewrite_computes_what_onnxruntime_and_the_onnx_reference_compute(c):
     assert "Resize" not in {n.op_type for n in rewritten.graph.node} and untrainable_nodes(rewritten) == []
     assert rewritten.graph.initializer == original.graph.initializer
     x = inputs(c)
-    expected = run(original, x)
-    got = run(rewritten, x)
+    expected = run_on_x(original, x)
+    got = run_on_x(rewritten, x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     if c["reference"]:  # on one image of one channel: the reference implementation is slow
@@ -122,7 +117,7 @@ def test_rewrite_computes_what_onnxruntime_and_the_onnx_reference_compute(c):
         single.graph.node[0].CopyFrom(H("Identity", ["x"], ["c"], name="conv"))
         single.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
         image = x[:1, :1]
-        np.testing.assert_allclose(ReferenceEvaluator(single).run(None, {"x": image})[0], run(single, image),
+        np.testing.assert_allclose(ReferenceEvaluator(single).run(None, {"x": image})[0], run_on_x(single, image),
                                    rtol=1e-4, atol=1e-4)
 
 
@@ -163,7 +158,7 @@ def test_a_symbolic_batch_is_fine_with_scales(tmp_path):
 def test_the_original_resize_does_not_train_on_cpu(tmp_path):
     c = LINEAR[0].values[0]
     original = resize_model(c)
-    y = run(original, inputs(c))
+    y = run_on_x(original, inputs(c))
     generate(with_loss(original, np.ones(y.shape)), ["W"], tmp_path)
     with pytest.raises(Exception, match="ResizeGrad"):
         train_step_gradients(tmp_path, inputs(c), ["W"])
@@ -204,7 +199,7 @@ def test_sizes_computed_from_the_input_shape_as_older_torch_exports_write_them(t
     result = rewrite_for_training(model)
     assert result.modified and "Resize" not in {n.op_type for n in result.model.graph.node}
     x = inputs(c)
-    expected = run(model, x)
+    expected = run_on_x(model, x)
     assert expected.shape == (N, C, 8, 10)
-    np.testing.assert_allclose(run(result.model, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_on_x(result.model, x), expected, rtol=1e-5, atol=1e-5)
     check_gradients(model, result.model, x, ["W"], tmp_path)
