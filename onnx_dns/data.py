@@ -47,7 +47,8 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         if value.name in inits:
             continue
         tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        # some exporters write -1 (or 0) for a dynamic size where ONNX has a symbolic dimension
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
         specs.append(InputSpec(value.name, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
     return specs
 

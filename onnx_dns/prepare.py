@@ -57,9 +57,9 @@ class Prepared:
 def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:
     """Normalize `original` (never modified) and plan the surgery of its layers; `source` names it in errors."""
     model = normalized(original)
-    check_finite(model, source)
     output = loss_output(model, options.output_name, source)
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
+    check_finite(model, source, {t.name for layer in layers for t in layer.tensors})
     frozen = upstream_initializers(model, options.freeze_before) if options.freeze_before else set()
     feeding = initializers_feeding(model, output)
     left_alone = _left_alone(layers, options, frozen, feeding, output)
@@ -81,10 +81,11 @@ def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     return sequence(model, [unpack_model, lift_constants, densify_sparse, unlist_initializer_inputs]).model
 
 
-def check_finite(model: onnx.ModelProto, source: str) -> None:
-    """Refuse weights holding NaN or infinity: training would only spread them."""
+def check_finite(model: onnx.ModelProto, source: str, weights: set[str]) -> None:
+    """Refuse layer weights holding NaN or infinity: training would only spread them. Other constants may hold
+    them on purpose (-inf in an attention mask, a ReduceMax's start value)."""
     for tensor in model.graph.initializer:
-        if tensor.data_type in FLOAT_TYPES:
+        if tensor.name in weights and tensor.data_type in FLOAT_TYPES:
             values = numpy_helper.to_array(tensor)
             bad = int(np.count_nonzero(~np.isfinite(values)))
             if bad:

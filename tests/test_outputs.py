@@ -90,3 +90,33 @@ def test_a_softmax_over_classes_per_position_distills_and_scores_per_position(ba
     after = result.metrics["after"]
     assert after.positions == 10 and after.label == "per-position agreement"
     assert after.fidelity > 80 and result.compression == pytest.approx(2.0, rel=0.05)
+
+
+def test_infinite_constants_that_are_not_weights_are_accepted(classifier):
+    model, x = classifier
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)  # y = Max(y, -inf): a start value as reductions and attention masks use
+    masked.graph.initializer.append(tensor("floor", np.array([-np.inf], np.float32)))
+    out = masked.graph.output[0].name
+    masked.graph.node[-1].output[0] = "pre"
+    masked.graph.node.append(helper.make_node("Max", ["pre", "floor"], [out]))
+    result = onnx_dns.compress(masked, {"x": x}, **COMMON)
+    assert result.compression == pytest.approx(2.0, rel=0.05)
+    fc = next(t for t in masked.graph.initializer if t.name == "fc1.w")
+    broken = onnx.ModelProto()
+    broken.CopyFrom(masked)
+    weights = onnx.numpy_helper.to_array(fc).copy()
+    weights.flat[0] = np.inf
+    next(t for t in broken.graph.initializer if t.name == "fc1.w").CopyFrom(onnx.numpy_helper.from_array(weights,
+                                                                                                         "fc1.w"))
+    with pytest.raises(ModelError, match="'fc1.w' holds 1 NaN or infinite"):
+        onnx_dns.compress(broken, {"x": x}, **COMMON)
+
+
+def test_a_batch_dimension_written_as_minus_one_is_dynamic(classifier):
+    model, x = classifier
+    minus = onnx.ModelProto()
+    minus.CopyFrom(model)
+    minus.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1  # as paddle2onnx writes it
+    result = onnx_dns.compress(minus, {"x": x}, **COMMON)
+    assert result.compression == pytest.approx(2.0, rel=0.05) and result.images_per_second > 0
