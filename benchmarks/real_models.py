@@ -56,6 +56,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="address-space limit of each compress run, so that one model cannot exhaust the machine")
     parser.add_argument("--retry-failed-setup", action="store_true",
                         help="run every target even after the model failed before training at an earlier one")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results of models not named by --models from the existing real_models.json")
     parser.add_argument("--check", action="store_true", help="exit 1 if a model expected to work fails")
     return parser.parse_args(argv)
 
@@ -168,13 +170,35 @@ def benchmark(model: corpus.Model, args: argparse.Namespace, targets: list[str])
     entry.update(facts)
     rows: list[dict] = []
     for target in targets:
-        earlier = rows[-1] if rows else None
-        if earlier and earlier["status"] == "failed" and earlier["setup_s"] is None and not args.retry_failed_setup:
-            rows.append({**earlier, "target": target, "wall_s": None, "peak_rss_mb": None,
-                         "error": f"not run: failed before training at {earlier['target']}"})
+        if rows and all(r["status"] == "failed" and r["setup_s"] is None for r in rows) \
+                and not args.retry_failed_setup:
+            rows.append({**rows[0], "target": target, "wall_s": None, "peak_rss_mb": None,
+                         "error": f"not run: failed before training at {rows[0]['target']}"})
             continue
         rows.append(run_target(model, model_path, work, target, args, evaluation))
     return entry, rows
+
+
+def _previous(args: argparse.Namespace, models: list[corpus.Model]) -> tuple[list, list, list]:
+    """With --merge: the commands, corpus entries and rows of models not run now, from the existing results."""
+    path = args.out_dir / "real_models.json"
+    if not args.merge or not path.exists():
+        return [], [], []
+    old, names = json.loads(path.read_text()), {m.name for m in models}
+    return (old["commands"], [e for e in old["models"] if e["name"] not in names],
+            [r for r in old["runs"] if r["model"] not in names])
+
+
+def _write(args: argparse.Namespace, commands: list[str], entries: list[dict], rows: list[dict]) -> None:
+    """real_models.json and .md, models in corpus order (written after every model, so a stopped run keeps them)."""
+    order = {m.name: i for i, m in enumerate(corpus.MODELS)}
+    results = {"commands": commands, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "python": platform.python_version(), "settings": {k: str(v) for k, v in vars(args).items()},
+               "models": sorted(entries, key=lambda e: order[e["name"]]),
+               "runs": sorted(rows, key=lambda r: order[r["model"]])}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "real_models.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (args.out_dir / "real_models.md").write_text(corpus_report.markdown(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,19 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     models = corpus.by_name([n for n in args.models.split(",") if n])
     targets = [t for t in args.targets.split(",") if t]
-    entries, rows = [], []
+    command = ("python benchmarks/real_models.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    commands, entries, rows = _previous(args, models)
+    commands.append(command)
     for model in models:
         entry, model_rows = benchmark(model, args, targets)
         entries.append(entry)
         rows += model_rows
-    command = "python benchmarks/real_models.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "python": platform.python_version(), "settings": {k: str(v) for k, v in vars(args).items()},
-               "models": entries, "runs": rows}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "real_models.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out_dir / "real_models.md").write_text(corpus_report.markdown(results))
-    print(f"wrote {args.out_dir / 'real_models.json'} and real_models.md; reproduce with:\n  {command}")
+        _write(args, commands, entries, rows)
+    print(f"wrote {args.out_dir / 'real_models.json'} and real_models.md; reproduce with:\n  " + "\n  ".join(commands))
     broken = sorted({r["model"] for r in rows if r["status"] != "ok"
                      and corpus.by_name([r["model"]])[0].expect == "works"})
     if args.check and broken:
