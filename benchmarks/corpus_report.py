@@ -42,7 +42,8 @@ def _run_rows(runs: list[dict]) -> list[list]:
         return None if value is None else pattern.format(value)
     return [[r["model"], r["target"], r["status"], fmt(r.get("compression"), "{:.1f}x"),
              fmt(r.get("fidelity"), "{:.3f}"), fmt(r.get("step_ms"), "{:.0f}"), fmt(r.get("setup_s"), "{:.0f}"),
-             fmt(r.get("wall_s"), "{:.0f}"), fmt(r.get("peak_rss_mb"), "{:,}"), r.get("error")] for r in runs]
+             fmt(r.get("wall_s"), "{:.0f}"), fmt(r.get("peak_rss_mb"), "{:,}"), fmt(r.get("file_mb"), "{:.1f}"),
+             r.get("error")] for r in runs]
 
 
 def markdown(results: dict) -> str:
@@ -55,13 +56,15 @@ def markdown(results: dict) -> str:
         "Fidelity: detectors, share of the original's boxes reproduced at IoU 0.5; recognizer, share of lines "
         "decoded to identical text; classifiers, top-1 agreement; embeddings, mean cosine; VAD, agreement of "
         "speech decisions at 0.5. `vs truth`: the original model on what the input generator knows (rendered "
-        "text, orientation, synthetic voiced frames). Setup: seconds until training starts.\n",
+        "text, orientation, synthetic voiced frames). Status `ok` means compress finished and the written model "
+        "runs; the fidelity says whether it still does the task. Setup: seconds until training starts. "
+        "What blocks each model, and what to fix: `real_models.findings.md`.\n",
         "## Corpus\n",
         table(["model", "package", "exporter", "producer", "opsets", "size", "params", "prunable layers",
                "operators without CPU gradient", "vs truth", "expected"], _corpus_rows(results["models"])),
         "\n## Runs\n",
         table(["model", "target", "status", "compression", "fidelity", "ms/step", "setup s", "wall s",
-               "peak MB", "error"], _run_rows(results["runs"])),
+               "peak MB", "file MB", "error"], _run_rows(results["runs"])),
         "\n## Inputs and outputs\n",
         table(["model", "inputs", "outputs", "input generator", "fidelity on"],
               [[e["name"], "; ".join(e.get("graph_inputs", [])),

@@ -99,10 +99,12 @@ def _compress(command: list[str], timeout: int, memory_gb: float) -> dict:
             if setup is None and line.startswith("training:"):
                 setup = time.monotonic() - start
         _, status, usage = os.wait4(child.pid, 0)
+        timed_out = not timer.is_alive()
         timer.cancel()
     code = os.waitstatus_to_exitcode(status)
     last = f" after: {lines[-1]}" if lines else ""
     ended = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+    ended += f" (timed out after {timeout} s)" if timed_out else ""
     errors = [x for x in lines if x.startswith(("error:", "internal error:"))] or [f"{ended}{last}"]
     return {"exit_code": code, "wall_s": round(time.monotonic() - start, 2), "setup_s": setup and round(setup, 2),
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "error": None if code == 0 else errors[-1][:400]}
