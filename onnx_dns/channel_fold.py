@@ -54,9 +54,10 @@ def fold_channels(model: onnx.ModelProto, groups: ChannelGroups, keeps: Mapping[
         inits[name].CopyFrom(numpy_helper.from_array(array, name))
     nodes = {n.output[0]: n for n in graph.node if n.output}
     taken = all_names(graph)
+    before = {name for e in groups.edits for name in nodes[e.output].input}
     for edit in groups.edits:
         _apply(out, nodes[edit.output], edit, [_kept(groups, x, keeps) for x in edit.layouts], taken)
-    _drop_unread(graph, {n for e in groups.edits for n in nodes[e.output].input})
+    _drop_unread(graph, before)
     del graph.value_info[:]
     return PassResult(out, bool(arrays))
 

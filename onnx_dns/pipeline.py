@@ -55,7 +55,7 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     open_work_dir(work, identity, options, resume)
     objective = with_teacher_outputs(objective, prepared.fixed_batch or options.train.eval_batch_size, work,
                                      progress)
-    masked = insert_masks(prepared.model, prepared.pruned).model
+    masked = insert_masks(prepared.model, prepared.pruned, prepared.mask_shapes).model
     progress({"event": "building", "layers": len(prepared.layers)})
     t_art = time.perf_counter()
     # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
