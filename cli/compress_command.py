@@ -51,6 +51,10 @@ DATA_OPTIONS = [
 SURGERY_OPTIONS = [
     click.option("--target", help="Total compression to reach, e.g. 100x (beyond the paper: per-layer "
                  "thresholds follow a cubic schedule to it)."),
+    click.option("--structure", type=click.Choice(["weight", "channel"]), help=with_default(
+        "structure", "What a mask entry removes: single weights, or whole channels (filters with their bias, "
+        "BatchNorm entries and the next layers' inputs), which makes a smaller dense model that runs faster in "
+        "any runtime.")),
     click.option("--c", "c_values", multiple=True, metavar="NAME=VALUE",
                  help="Paper mode: threshold knob c of one layer (t = mean + c*std of |w|). Repeatable."),
     click.option("--default-c", type=float, help=with_default("default_c", "c of layers not named by --c.")),
