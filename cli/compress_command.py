@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from onnx_dns.channel_report import format_channels
 from onnx_dns.errors import AccuracyBoundError, OutputError
 from onnx_dns.model_io import check_output_path
 from onnx_dns.options import merge
+from onnx_dns.fold import read_metadata
 from onnx_dns.pipeline import below_bound_path, compress_file
 from onnx_dns.report import format_table, human_bytes
 from onnx_dns.result import CompressResult
@@ -165,6 +167,9 @@ def compress(model: str, output_path: str, report_path: str | None, as_json: boo
         emit_json(data)
     elif not quiet:
         click.echo(format_table(result.layers_after))
+        record = read_metadata(result.model) or {}
+        if record.get("structure") == "channel":
+            click.echo(format_channels(record))
     click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
         raise AccuracyBoundError(
