@@ -112,3 +112,17 @@ def test_a_pruned_channel_learns_through_its_broadcast_mask(tmp_path):
     dz = (np_softmax_rows(z) - np.eye(3)[LABELS]) / len(X)
     np.testing.assert_allclose(trainer.params["fc.w"], W0 - 0.1 * X.T @ dz, rtol=1e-4, atol=1e-6)
     assert np.abs(trainer.params["fc.w"][:, 1] - W0[:, 1]).max() > 1e-3  # the pruned column moved
+
+
+def test_at_the_stop_a_large_group_keeps_a_whole_number_of_vector_blocks():
+    norms = np.linspace(1.0, 32.0, 32)  # paper rule with c = 0 keeps norms >= 0.9 * 16.5: 18 channels
+    weights = channel_weights(norms)
+    surgeon = Surgeon({"g": LayerPlan(["w", "b"], 10, Channels(Paper(0.0), 8), (0, 0))})
+    surgeon.initialize(weights)
+    masks = {"w": np.ones((32, 1), np.float32), "b": np.ones(32, np.float32)}
+    surgeon.step(9, np.random.default_rng(0), weights, masks)
+    np.testing.assert_array_equal(masks["b"], [0] * 16 + [1] * 16)  # 18 -> 16, the largest norms
+    small = {"w": np.ones((10, 1), np.float32), "b": np.ones(10, np.float32)}
+    Surgeon({"g": LayerPlan(["w", "b"], 10, Channels(Target(0.3), 8), (0, 0))}).step(
+        9, np.random.default_rng(0), channel_weights(np.arange(1, 11)), small)
+    assert small["b"].sum() == 3  # under two blocks: no rounding
