@@ -85,7 +85,7 @@ def images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, CLASSES, count)
     shifts = rng.integers(-2, 3, (count, 2))
     x = np.stack([np.roll(templates[y], tuple(s), axis=(1, 2)) for y, s in zip(labels, shifts)])
-    return (x + 1.6 * rng.standard_normal(x.shape)).astype(np.float32), labels.astype(np.int64)
+    return (x + 2.0 * rng.standard_normal(x.shape)).astype(np.float32), labels.astype(np.int64)
 
 
 def latency(before: onnx.ModelProto, after: onnx.ModelProto, repeats: int) -> dict[str, list[float]]:
@@ -107,14 +107,14 @@ def run_cnn(args: argparse.Namespace) -> list[dict]:
     x, y = images(args.train, 1)
     vx, vy = images(args.val, 2)
     data, val = {"x": x, "labels": y}, {"x": vx, "labels": vy}
-    common = dict(batch_size=32, threads=args.threads, eval_batch_size=500)
+    common = dict(batch_size=32, threads=args.threads, eval_batch_size=500, optimizer="adamw")
     trained = onnx_dns.compress(residual_cnn(args.width), data, val=val, prune=False, iterations=args.pretrain,
-                                lr=0.05, schedule="cosine", **common).model
+                                lr=0.003, **common).model
     rows = []
     for target in args.targets:
         start = time.perf_counter()
         result = onnx_dns.compress(trained, data, val=val, structure="channel", target=target,
-                                   iterations=args.iterations, lr=0.01, schedule="cosine", **common)
+                                   iterations=args.iterations, lr=0.001, **common)
         rows.append(row("residual_cnn", target, trained, result, time.perf_counter() - start, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -131,8 +131,9 @@ def run_fixtures(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             try:
                 result = onnx_dns.compress(model, {model.graph.input[0].name: x}, structure="channel",
-                                           target=target, iterations=args.iterations // 2, batch_size=shape[0]
-                                           if spec[0].dim_value else 32, threads=args.threads, lr=0.005)
+                                                   target=target, iterations=args.iterations // 2, batch_size=shape[0]
+                                           if spec[0].dim_value else 32, threads=args.threads, lr=0.001,
+                                           optimizer="adamw")
             except DnsError as exc:
                 rows.append({"model": name, "target": target, "refused": str(exc)})
                 continue
@@ -162,11 +163,11 @@ def markdown(rows: list[dict], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--targets", nargs="+", default=["2x", "4x", "8x"])
+    parser.add_argument("--targets", nargs="+", default=["2x", "3x", "4x"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.width, args.train, args.val = (16, 800, 400) if args.quick else (32, 3000, 1000)
-    args.pretrain, args.iterations, args.repeats = (150, 150, 10) if args.quick else (800, 600, 30)
+    args.width, args.train, args.val = (8, 800, 400) if args.quick else (16, 2000, 1000)
+    args.pretrain, args.iterations, args.repeats = (150, 150, 10) if args.quick else (400, 400, 30)
     command = "python benchmarks/structured.py" + (" --quick" if args.quick else "")
     print(command, flush=True)
     rows = run_cnn(args) + run_fixtures(args)

@@ -29,10 +29,10 @@ def elementwise(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> l
     tracked, index = (a, 0) if a is not None else (b, 1)
     other = node.input[1 - index]
     shape = walk.shape(other)
-    if (node.op_type == "Div" and index == 1) or shape is None or any(d is None for d in shape):
+    k = tracked.axis - tracked.rank + len(shape or [])
+    if (node.op_type == "Div" and index == 1) or shape is None or (k >= 0 and shape[k] is None):
         walk.refuse(tracked, f"{node.op_type} with an operand of unknown shape or a tracked divisor")
         return [None]
-    k = tracked.axis - tracked.rank + len(shape)
     rank = max(tracked.rank, len(shape))
     out = replace(tracked, axis=tracked.axis + rank - tracked.rank, rank=rank)
     if k < 0 or shape[k] == 1:
@@ -41,7 +41,7 @@ def elementwise(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> l
             tracked.zero and const is not None and not np.any(const))
         return [replace(out, zero=zero)]
     if other not in walk.inits or shape[k] != tracked.outer * tracked.channels * tracked.inner:
-        walk.refuse(tracked, f"{node.op_type} with an operand whose channels are not tracked")
+        walk.refuse(tracked, f"{node.op_type} joins these channels with {other!r}, whose channels are left alone")
         return [None]
     masked = node.op_type in ADDING and walk.can_mask(other) and tracked.plain
     walk.slot(other, k, tracked, masked=masked)

@@ -127,3 +127,20 @@ def refused(kind: str, seed: int = 0) -> onnx.ModelProto:
         x = n.op("Add", [x, n.const("one", np.array(1.0, dtype=np.float32))])
     y = n.op("Relu", [n.conv(x, 6, 6)])
     return n.model({"x": ["N", 3, 6, 6]}, [head(n, y, 6)])
+
+
+def silu(net: Net, x: str) -> str:
+    return net.op("Mul", [x, net.op("Sigmoid", [x])])
+
+
+def c2f(seed: int = 0) -> onnx.ModelProto:
+    """YOLOv8's C2f block with SiLU: cv1 -> Split in halves -> a residual bottleneck on the second half ->
+    Concat of all three -> cv2."""
+    n = Net(seed)
+    stem = silu(n, n.bn(n.conv("x", 3, 8), 8))
+    first, second = n.op("Split", [silu(n, n.bn(n.conv(stem, 8, 8, k=1), 8)), n.const("halves", np.array([4, 4]))],
+                         2, axis=1)
+    inner = silu(n, n.bn(n.conv(second, 4, 4), 4))
+    bottleneck = n.op("Add", [second, silu(n, n.bn(n.conv(inner, 4, 4), 4))])
+    out = silu(n, n.bn(n.conv(n.op("Concat", [first, second, bottleneck], axis=1), 12, 8, k=1), 8))
+    return n.model({"x": ["N", 3, 6, 6]}, [head(n, out, 8)])

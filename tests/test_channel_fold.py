@@ -40,7 +40,7 @@ def structured(model):
 
 
 GRAPHS = {"residual": cg.residual, "concat": cg.concat, "flatten": cg.flatten_gemm,
-          "reshape": lambda: cg.flatten_gemm(reshape=True), "channels_last": cg.channels_last}
+          "reshape": lambda: cg.flatten_gemm(reshape=True), "channels_last": cg.channels_last, "c2f": cg.c2f}
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))

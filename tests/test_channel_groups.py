@@ -71,6 +71,14 @@ def test_unsafe_groups_are_refused_and_logged_with_the_node(kind, why, caplog):
     assert len(groups) == 1  # the conv after it is still prunable
 
 
+def test_yolo_c2f_block_prunes_what_it_can_and_names_the_split_it_cannot_cross():
+    groups, found = by_name(cg.c2f())
+    assert "split9" in found.refused["conv5"] and "Split cuts through" in found.refused["conv5"]
+    assert "split9_out1" in found.refused["conv14"]  # the bottleneck's residual joins the fixed half
+    assert {"conv1", "conv10", "conv20"} <= set(groups)  # SiLU (x * Sigmoid(x)) keeps pruned channels zero
+    assert not any(s.tensor == "conv20.w" and s.axis == 1 for s in found.slots)  # cv2 keeps its inputs
+
+
 def test_graph_outputs_keep_their_channels():
     _, found = by_name(cg.residual())
     assert "graph output" in found.refused["gemm19"]
