@@ -44,7 +44,22 @@ def find_channel_groups(model: onnx.ModelProto, maskable: set[str] | None = None
     for output in model.graph.output:
         walk.label = f"graph output {output.name!r}"
         walk.refuse(walk.layouts.get(output.name), "the model's outputs keep their shape")
+    for index, node in enumerate(model.graph.node):
+        walk.label = node_label(node, index)
+        for name in _subgraph_reads(node):
+            walk.refuse(walk.layouts.get(name), f"read inside the body of {node.op_type}")
     return _assemble(walk)
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs (If, Loop, Scan bodies) read, their own included: reads not in node.input."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in graph.node:
+                names.update(inner.input)
+                names |= _subgraph_reads(inner)
+    return names
 
 
 def _assemble(walk: Walk) -> ChannelGroups:

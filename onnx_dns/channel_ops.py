@@ -75,10 +75,14 @@ def conv(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> Outs:
             walk.refuse(out, "bias is not a per-channel initializer")
         return [out]
     if x is not None and x.axis == 1 and x.plain and group == x.channels == shape[0] and shape[1] == 1:
-        for tensor, axis in [(weight, 0)] + (_bias(walk, node, 2, shape[0]) or []):
+        bias = _bias(walk, node, 2, shape[0])
+        if bias is None:
+            walk.refuse(x, "depthwise bias is not a per-channel initializer")
+        for tensor, axis in [(weight, 0)] + (bias or []):
             walk.slot(tensor, axis, x, masked=walk.can_mask(tensor))
         walk.edit(node, "group", x)
-        return [replace(x, zero=x.zero or walk.can_mask(weight))]
+        zero = all(walk.can_mask(t) for t, _ in bias or []) and (x.zero or walk.can_mask(weight))
+        return [replace(x, zero=zero)]
     walk.refuse(x, f"grouped convolution ({group} groups) is not depthwise")
     return [None]
 
@@ -196,14 +200,23 @@ def reshape(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> Outs:
     x = ins[0]
     if x is None:
         return [None]
-    target = walk.const(node.input[1])
-    if target is None or target.size != 2 or x.axis < 1:
+    target, dims = walk.const(node.input[1]), walk.shape(node.input[0])
+    if target is None or target.size != 2 or x.axis < 1 or not _flattens(target, dims):
         walk.refuse(x, "Reshape other than a flatten into [N, -1] (or with a computed shape)")
         return [None]
     out = _merged(walk, x, node.input[0], 1)
     if out is not None:
         walk.edit(node, "reshape", out)
     return [out]
+
+
+def _flattens(target: np.ndarray, dims: list[int | None] | None) -> bool:
+    """Whether Reshape(target) keeps the first axis and merges all the others."""
+    if not dims or any(d is None for d in dims[1:]):
+        return False
+    rest = int(np.prod(dims[1:], dtype=np.int64))
+    first_kept = target[0] == 0 or (dims[0] is not None and target[0] == dims[0])
+    return bool(target[1] == rest and (first_kept or target[0] == -1) or target[1] == -1 and first_kept)
 
 
 HANDLERS: dict[str, Handler] = {

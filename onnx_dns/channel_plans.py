@@ -3,9 +3,9 @@
 Each group's plan masks its producing tensors (`ChannelGroup.masked`) with a `criteria.channel.Channels`
 criterion: the paper's rule on channel norms with the group's --c, or, with --target Nx, a kept fraction of
 channels. A target still counts parameters: a layer keeps about n * k_out * k_in of its n weights when its output
-and input channels keep fractions k_out and k_in, so one fraction k shared by all groups is found by bisection so
-that the layers keep n_total / N parameters in all. Kept counts are multiples of `CHANNEL_MULTIPLE` in groups
-large enough (`criteria.channel.round_channels`): dense kernels run fastest on whole vector blocks.
+and input channels keep fractions k_out and k_in; groups give up channels in turn, the fullest first, until the
+layers keep n_total / N parameters in all. Kept counts are multiples of `CHANNEL_MULTIPLE` in groups large enough
+(as `criteria.channel.round_channels` rounds at the stop): dense kernels run fastest on whole vector blocks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import onnx
 
 from onnx_dns.channel_groups import find_channel_groups
 from onnx_dns.channel_layout import ChannelGroups, Layout
-from onnx_dns.criteria.channel import Channels, round_channels
+from onnx_dns.criteria.channel import Channels
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target
 from onnx_dns.errors import ModelError, OptionError
@@ -52,27 +52,41 @@ def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: Compress
 
 
 def channel_keep(groups: ChannelGroups, layers: list[Layer], target: float) -> dict[int, float]:
-    """One kept fraction for every group such that the layers keep about 1/target of their parameters."""
+    """Kept fractions per group such that the layers keep about 1/target of their parameters: the group with
+    the largest kept fraction gives up a step of channels (a block of 8 in large groups) until the budget is
+    met; of the last two allocations, the one nearer the target in ratio wins."""
     sizes = {t.name: t.size for layer in layers for t in layer.tensors}
     slots = [s for s in groups.slots if s.tensor in sizes]
-    budget = sum(sizes.values()) / target
+    total = sum(sizes.values())
 
-    def kept(k: float) -> float:
-        fractions = {g: _kept(k, group.size) / group.size for g, group in groups.groups.items()}
+    def kept(counts: dict[int, int]) -> float:
+        fractions = {g: counts[g] / group.size for g, group in groups.groups.items()}
         factor = dict.fromkeys(sizes, 1.0)
         for slot in slots:
             factor[slot.tensor] *= _fraction(slot.layout, fractions)
         return sum(sizes[n] * factor[n] for n in sizes)
 
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if kept(mid) < budget else (lo, mid)
-    return {g: _kept(hi, group.size) / group.size for g, group in groups.groups.items()}
+    counts = {g: group.size for g, group in groups.groups.items()}
+    previous = dict(counts)
+    while kept(counts) > total / target:
+        steps = {g: _step_down(counts[g], groups.groups[g].size) for g in counts}
+        open_groups = [g for g in counts if steps[g] is not None]
+        if not open_groups:
+            break
+        chosen = max(open_groups, key=lambda g: (counts[g] / groups.groups[g].size, groups.groups[g].size))
+        previous = dict(counts)
+        counts[chosen] = steps[chosen]
+    if abs(np.log(total / kept(previous) / target)) < abs(np.log(total / kept(counts) / target)):
+        counts = previous
+    return {g: counts[g] / groups.groups[g].size for g in counts}
 
 
-def _kept(k: float, size: int) -> int:
-    return round_channels(round(k * size), size, CHANNEL_MULTIPLE)
+def _step_down(count: int, size: int) -> int | None:
+    """The next smaller kept count: the multiple of CHANNEL_MULTIPLE below (groups of 2 blocks or more), else
+    one channel less; None at the floor (one block, or one channel)."""
+    multiple = CHANNEL_MULTIPLE if size >= 2 * CHANNEL_MULTIPLE else 1
+    lower = (count - 1) // multiple * multiple
+    return lower if lower >= multiple else None
 
 
 def _fraction(layout: Layout, fractions: dict[int, float]) -> float:

@@ -80,7 +80,8 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
         surgery_ms_per_step=1000 * trained.surgery_seconds / steps,
         images_per_second=steps * objective.batch_size / max(trained.seconds, 1e-9),
         chosen_iteration=trained.chosen.iteration, history=trained.history, val_source=objective.val.source,
-        artifact_seconds=timings.artifact_seconds, rollbacks=trained.rollbacks, refold=refold,
+        artifact_seconds=timings.artifact_seconds, rollbacks=trained.rollbacks,
+        refold=None if prepared.channels is not None else refold,
     )
 
 

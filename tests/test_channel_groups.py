@@ -100,3 +100,26 @@ def test_the_pass_does_not_modify_its_input():
     before = model.SerializeToString()
     find_channel_groups(model)
     assert model.SerializeToString() == before
+
+
+def test_a_reshape_that_does_not_flatten_per_sample_is_refused():
+    net = cg.Net(0)
+    p = net.op("Relu", [net.conv("x", 3, 6)])  # [N, 6, 4, 4]
+    rows = net.op("Reshape", [p, net.const("rows", np.array([-1, 16]))])  # [N * 6, 16]: not a flatten
+    found = find_channel_groups(net.model({"x": [2, 3, 4, 4]}, [net.gemm(rows, 16, 3)]))
+    assert "Reshape other than a flatten" in found.refused["conv1"]
+
+
+def test_a_value_read_inside_an_if_body_is_refused():
+    from onnx import TensorProto, helper
+
+    net = cg.Net(0)
+    c = net.op("Relu", [net.conv("x", 3, 6)])
+    body = helper.make_graph([helper.make_node("Identity", [c], ["branch"])], "body", [],
+                             [helper.make_tensor_value_info("branch", TensorProto.FLOAT, None)])
+    net.nodes.append(helper.make_node("If", [net.const("flag", np.array(True))], ["chosen"], name="if",
+                                      then_branch=body, else_branch=body))
+    y = net.op("Relu", [net.conv(c, 6, 6)])
+    model = net.model({"x": ["N", 3, 4, 4]}, [cg.head(net, y, 6), "chosen"])
+    found = find_channel_groups(model)
+    assert "body of If" in found.refused["conv1"]
