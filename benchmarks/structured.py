@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnx_dns  # noqa: E402
-from onnx_dns.channel_report import interleaved_latency, model_macs  # noqa: E402
+from onnx_dns.channel_report import batch_shapes, interleaved_latency, model_macs  # noqa: E402
 from onnx_dns.errors import DnsError  # noqa: E402
 from onnx_dns.fold import read_metadata  # noqa: E402
 
@@ -89,8 +89,9 @@ def images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def latency(before: onnx.ModelProto, after: onnx.ModelProto, repeats: int) -> dict[str, list[float]]:
-    return {str(b): [round(t, 4) for t in interleaved_latency([before, after], b, repeats, threads=1)]
-            for b in (1, 32)}
+    """Keyed by the batch actually run (a model exported with a fixed batch runs at that one)."""
+    return {str(next(iter(batch_shapes(before, b).values()))[0]):
+            [round(t, 4) for t in interleaved_latency([before, after], b, repeats, threads=1)] for b in (1, 32)}
 
 
 def row(name: str, target: str, before: onnx.ModelProto, result, seconds: float, repeats: int) -> dict:
@@ -152,7 +153,7 @@ def markdown(rows: list[dict], command: str) -> str:
         if "refused" in r:
             lines.append(f"| {r['model']} | {r['target']} | refused: {r['refused']} | | | | | | |")
             continue
-        (a1, b1), (a32, b32) = r["latency_ms"]["1"], r["latency_ms"]["32"]
+        (a1, b1), (a32, b32) = r["latency_ms"].get("1", [0, 0]), list(r["latency_ms"].values())[-1]
         lines.append(f"| {r['model']} | {r['target']} | {r['compression']}x | {r['macs'][0]:,} -> {r['macs'][1]:,} "
                      f"| {r['score_before']} -> {r['score_after']} | {r['drop_points']} | {a1:.3f} -> {b1:.3f} "
                      f"| {a32:.3f} -> {b32:.3f} | {a32 / b32:.2f}x |")
