@@ -63,3 +63,16 @@ def test_channel_structure_refuses_sparse_storage(case, tmp_path):
     out = CliRunner().invoke(main, ["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
                                     "--data", str(tmp_path / "d.npz"), "--structure", "channel", "--format", "sparse"])
     assert out.exit_code == 2 and "--structure channel writes a smaller dense model" in out.stderr
+
+
+def test_the_command_line_summary_gives_channels_macs_and_latency(case, tmp_path):
+    model, x, y = case
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=x, labels=y)
+    out = CliRunner().invoke(main, ["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                    "--data", str(tmp_path / "d.npz"), "--structure", "channel", "--target", "3x",
+                                    "--iterations", "60", "--batch-size", "32", "--threads", "1"])
+    assert out.exit_code == 0, out.output
+    assert "channels kept: conv1 " in out.stdout and "latency at batch 32" in out.stdout
+    written = onnx.load(str(tmp_path / "o.onnx"))
+    assert init_arrays(written)["conv1.w"].shape[0] < 16
