@@ -58,6 +58,11 @@ def model_macs(model: onnx.ModelProto) -> dict[str, int]:
 
 def interleaved_latency(models: list[onnx.ModelProto], batch: int, repeats: int, threads: int = 0) -> list[float]:
     """Median milliseconds of one run of each model at `batch`, runs interleaved model by model."""
+    return [statistics.median(t) for t in interleaved_times(models, batch, repeats, threads)]
+
+
+def interleaved_times(models: list[onnx.ModelProto], batch: int, repeats: int, threads: int = 0) -> list[list[float]]:
+    """Milliseconds of each run of each model at `batch`, after one warm-up run each, interleaved."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -75,7 +80,7 @@ def interleaved_latency(models: list[onnx.ModelProto], batch: int, repeats: int,
             start = time.perf_counter()
             session.run(None, feeds)
             record.append(1000 * (time.perf_counter() - start))
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def channel_record(groups: ChannelGroups, keeps: dict[int, np.ndarray], before: onnx.ModelProto,
