@@ -87,3 +87,19 @@ def test_the_fold_does_not_modify_its_input_and_refuses_an_empty_group():
     assert model.SerializeToString() == before
     with pytest.raises(ValueError, match="every channel"):
         kept_channels(groups, {t: np.zeros(g.size) for g in groups.groups.values() for t, _ in g.masked})
+
+
+@pytest.mark.parametrize("name", ["resnet_torchscript", "resnet_dynamo", "depthwise_torchscript", "depthwise_dynamo",
+                                  "cnn_bn_dropout_torchscript"])
+def test_exporter_fixtures_fold_to_the_masked_models_outputs(name):
+    from pathlib import Path
+
+    from onnx_dns.normalize import lift_constants
+
+    model = lift_constants(onnx.load(str(Path(__file__).parent / "fixtures" / f"{name}.onnx"))).model
+    masked, small = structured(model)
+    onnx.checker.check_model(small, full_check=True)
+    feeds = random_feeds(masked, seed=5, batch=3)
+    for want, got in zip(run(masked, feeds), run(small, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert sum(a.size for a in init_arrays(small).values()) < sum(a.size for a in init_arrays(model).values())
