@@ -4,8 +4,8 @@ Each group's plan masks its producing tensors (`ChannelGroup.masked`) with a `cr
 criterion: the paper's rule on channel norms with the group's --c, or, with --target Nx, a kept fraction of
 channels. A target still counts parameters: a layer keeps about n * k_out * k_in of its n weights when its output
 and input channels keep fractions k_out and k_in; groups give up channels in turn, the fullest first, until the
-layers keep n_total / N parameters in all. Kept counts are multiples of `CHANNEL_MULTIPLE` in groups large enough
-(as `criteria.channel.round_channels` rounds at the stop): dense kernels run fastest on whole vector blocks.
+layers keep n_total / N parameters in all. Kept counts are multiples of `criteria.channel.block_multiple` (as the
+criterion rounds them at the stop): dense kernels run fastest on whole blocks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import onnx
 
 from onnx_dns.channel_groups import find_channel_groups
 from onnx_dns.channel_layout import ChannelGroups, Layout
-from onnx_dns.criteria.channel import Channels
+from onnx_dns.criteria.channel import Channels, block_multiple
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target
 from onnx_dns.errors import ModelError, OptionError
@@ -23,8 +23,6 @@ from onnx_dns.options import CompressOptions
 from onnx_dns.plans import STOP_FRACTION
 from onnx_dns.prunable import Layer
 from onnx_dns.surgery import LayerPlan
-
-CHANNEL_MULTIPLE = 8
 
 
 def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: CompressOptions, source: str,
@@ -46,7 +44,7 @@ def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: Compress
     for gid, group in groups.groups.items():
         inner = Target(keep[gid]) if options.target else Paper(options.c.get(group.name, options.default_c))
         stop = min(options.stop.get(group.name, default_stop), iterations)
-        plans[group.name] = LayerPlan([t for t, _ in group.masked], stop, Channels(inner, CHANNEL_MULTIPLE),
+        plans[group.name] = LayerPlan([t for t, _ in group.masked], stop, Channels(inner, block_multiple(group.size)),
                                       tuple(a for _, a in group.masked))
     return groups, plans
 
@@ -82,9 +80,8 @@ def channel_keep(groups: ChannelGroups, layers: list[Layer], target: float) -> d
 
 
 def _step_down(count: int, size: int) -> int | None:
-    """The next smaller kept count: the multiple of CHANNEL_MULTIPLE below (groups of 2 blocks or more), else
-    one channel less; None at the floor (one block, or one channel)."""
-    multiple = CHANNEL_MULTIPLE if size >= 2 * CHANNEL_MULTIPLE else 1
+    """The next smaller kept count, a multiple of the group's block; None at one block."""
+    multiple = block_multiple(size)
     lower = (count - 1) // multiple * multiple
     return lower if lower >= multiple else None
 

@@ -11,7 +11,7 @@ import channel_graphs as cg
 from onnx_dns.artifacts import build_artifacts
 from onnx_dns.channel_groups import find_channel_groups
 from onnx_dns.channel_plans import channel_keep
-from onnx_dns.criteria.channel import Channels, channel_norms
+from onnx_dns.criteria.channel import Channels, block_multiple, channel_norms
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target
 from onnx_dns.data import Dataset
@@ -123,6 +123,7 @@ def test_at_the_stop_a_large_group_keeps_a_whole_number_of_vector_blocks():
     surgeon.step(9, np.random.default_rng(0), weights, masks)
     np.testing.assert_array_equal(masks["b"], [0] * 16 + [1] * 16)  # 18 -> 16, the largest norms
     small = {"w": np.ones((10, 1), np.float32), "b": np.ones(10, np.float32)}
-    Surgeon({"g": LayerPlan(["w", "b"], 10, Channels(Target(0.3), 8), (0, 0))}).step(
+    Surgeon({"g": LayerPlan(["w", "b"], 10, Channels(Target(0.3), block_multiple(10)), (0, 0))}).step(
         9, np.random.default_rng(0), channel_weights(np.arange(1, 11)), small)
-    assert small["b"].sum() == 3  # under two blocks: no rounding
+    np.testing.assert_array_equal(small["b"], [0] * 6 + [1] * 4)  # 3 -> one block of 4
+    assert [block_multiple(n) for n in (6, 8, 15, 16, 64)] == [1, 4, 4, 8, 8]
