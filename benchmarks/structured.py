@@ -28,10 +28,10 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnx_dns  # noqa: E402
-from onnx_dns.channel_report import batch_shapes, interleaved_times, model_macs  # noqa: E402
-from onnx_dns.errors import DnsError  # noqa: E402
-from onnx_dns.fold import read_metadata  # noqa: E402
+import onnx_dns
+from onnx_dns.channel_report import batch_shapes, interleaved_times, model_macs
+from onnx_dns.errors import DnsError
+from onnx_dns.fold import read_metadata
 
 RESULTS = ROOT / "benchmarks" / "results"
 FIXTURES = ["resnet_torchscript", "resnet_dynamo", "depthwise_torchscript", "depthwise_dynamo",
@@ -115,7 +115,7 @@ def run_cnn(args: argparse.Namespace) -> list[dict]:
     x, y = images(args.train, 1)
     vx, vy = images(args.val, 2)
     data, val = {"x": x, "labels": y}, {"x": vx, "labels": vy}
-    common = dict(batch_size=32, threads=args.threads, eval_batch_size=500, optimizer="adamw")
+    common = {"batch_size": 32, "threads": args.threads, "eval_batch_size": 500, "optimizer": "adamw"}
     trained = onnx_dns.compress(residual_cnn(args.width), data, val=val, prune=False, iterations=args.pretrain,
                                 lr=0.003, **common).model
     rows = []
@@ -152,10 +152,10 @@ def run_fixtures(args: argparse.Namespace) -> list[dict]:
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = ["# Channel surgery: latency in plain onnxruntime against accuracy", "",
-             f"Made with `{command}` (one onnxruntime thread for latency, interleaved medians, 2-core shared "
-             "machine). Compression counts parameters of the prunable layers; latency is before -> after in ms.",
-             "", "| model | target | compression | MACs before -> after | score before -> after | drop (points) "
-             "| batch 1 ms (median) | batch 32 ms (median) | speed-up at 32 (medians; minima) |",
+             (f"Made with `{command}` (one onnxruntime thread for latency, interleaved medians, 2-core shared "
+              "machine). Compression counts parameters of the prunable layers; latency is before -> after in ms."),
+             "", ("| model | target | compression | MACs before -> after | score before -> after | drop (points) "
+                  "| batch 1 ms (median) | batch 32 ms (median) | speed-up at 32 (medians; minima) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from graphs import make_model
+from onnx import TensorProto, helper, numpy_helper
 
 
 class Net:

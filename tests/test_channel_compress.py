@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import channel_graphs as cg
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from graphs import init_arrays, run
 
-import channel_graphs as cg
 import onnx_dns
 from cli.main import main
-from graphs import init_arrays, run
 from onnx_dns.fold import read_metadata
 from onnx_dns.prunable import find_layers
 

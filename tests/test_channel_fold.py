@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import channel_graphs as cg
 import numpy as np
 import onnx
 import pytest
+from graphs import init_arrays, random_feeds, run
 from onnx import numpy_helper
 
-import channel_graphs as cg
-from graphs import init_arrays, random_feeds, run
 from onnx_dns.channel_fold import fold_channels, kept_channels
 from onnx_dns.channel_groups import find_channel_groups
 from onnx_dns.fold import fold_masks
@@ -56,7 +56,7 @@ def test_folded_outputs_equal_the_masked_model(name):
 
 def test_weights_lose_whole_filters_and_the_next_layers_input_channels():
     model = cg.residual()
-    masked, small = structured(model)
+    _, small = structured(model)
     before, after = init_arrays(model), init_arrays(small)
     kept = after["conv1.w"].shape[0]
     assert kept < 8 and after["conv4.w"].shape[1] == kept and after["bn2.var"].shape == (kept,)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import channel_graphs as cg
 import numpy as np
 import pytest
 
-import channel_graphs as cg
 from onnx_dns.channel_groups import find_channel_groups
 
 

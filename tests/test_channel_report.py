@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import channel_graphs as cg
 import pytest
 
-import channel_graphs as cg
 from onnx_dns.channel_plans import plan_channels
 from onnx_dns.channel_report import model_macs
 from onnx_dns.errors import OptionError

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import channel_graphs as cg
 import numpy as np
 import pytest
 from engine_fixtures import linear, np_softmax_rows
 from graphs import set_initializer
 
-import channel_graphs as cg
 from onnx_dns.artifacts import build_artifacts
 from onnx_dns.channel_groups import find_channel_groups
 from onnx_dns.channel_plans import channel_keep
