@@ -8,9 +8,9 @@ import click
 
 from onnx_dns.channel_report import format_channels
 from onnx_dns.errors import AccuracyBoundError, OutputError
+from onnx_dns.fold import read_metadata
 from onnx_dns.model_io import check_output_path
 from onnx_dns.options import merge
-from onnx_dns.fold import read_metadata
 from onnx_dns.pipeline import below_bound_path, compress_file
 from onnx_dns.report import format_table, human_bytes
 from onnx_dns.result import CompressResult

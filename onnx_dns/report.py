@@ -22,6 +22,7 @@ from onnx_dns.repack import unpack_model
 from onnx_dns.storage import tensor_storage
 from onnx_dns.trainable_rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 
+
 def training_support(op: str) -> str | None:
     """How onnxruntime-training 1.19 on CPU copes with an operator without a gradient of its own, or None."""
     if op in REWRITTEN_OPS:
