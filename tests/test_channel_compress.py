@@ -54,6 +54,10 @@ def test_inspect_shows_the_channels_kept(result, tmp_path):
     onnx.save(result.model, str(tmp_path / "small.onnx"))
     out = CliRunner().invoke(main, ["inspect", str(tmp_path / "small.onnx")])
     assert out.exit_code == 0 and "channels kept: conv1 " in out.stdout and "MACs at batch 1" in out.stdout
+    shown = out.stdout.split("before channel surgery: ")[1].split(" (")[0]
+    before = sum(t.size for layer in find_layers(result.model) for t in layer.tensors)
+    assert shown.split(" -> ")[1] == f"{before:,}"  # what the small model holds
+    assert int(shown.split(" -> ")[0].replace(",", "")) > 2.5 * before
 
 
 def test_channel_structure_refuses_sparse_storage(case, tmp_path):
