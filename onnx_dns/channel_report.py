@@ -106,8 +106,8 @@ def format_channels(record: dict) -> str:
     layers = record.get("layers", {}).values()
     params, kept = sum(v["params"] for v in layers), sum(v["nonzeros"] for v in layers)
     lines = [f"channels kept: {channels}",
-             f"parameters of the pruned layers before channel surgery: {params:,} -> {kept:,} "
-             f"({params / max(kept, 1):.2f}x)",
+             (f"parameters of the pruned layers before channel surgery: {params:,} -> {kept:,} "
+              f"({params / max(kept, 1):.2f}x)"),
              f"MACs at batch 1: {before:,} -> {after:,} ({before / max(after, 1):.2f}x fewer)"]
     for batch, (t0, t1) in record.get("latency_ms", {}).items():
         lines.append(f"onnxruntime latency at batch {batch}: {t0:.3f} ms -> {t1:.3f} ms ({t0 / max(t1, 1e-9):.2f}x "
