@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from onnx_dns.channel_report import format_channels
 from onnx_dns.errors import AccuracyBoundError, OutputError
+from onnx_dns.fold import read_metadata
 from onnx_dns.html_report import compress_report, write_html
 from onnx_dns.model_io import check_output_path
 from onnx_dns.options import merge
@@ -70,6 +72,10 @@ DATA_OPTIONS = [
 SURGERY_OPTIONS = [
     click.option("--target", help="Total compression to reach, e.g. 100x (beyond the paper: per-layer "
                  "thresholds follow a cubic schedule to it)."),
+    click.option("--structure", type=click.Choice(["weight", "channel"]), help=with_default(
+        "structure", "What a mask entry removes: single weights, or whole channels (filters with their bias, "
+        "BatchNorm entries and the next layers' inputs), which makes a smaller dense model that runs faster in "
+        "any runtime.")),
     click.option("--c", "c_values", multiple=True, metavar="NAME=VALUE",
                  help="Paper mode: threshold knob c of one layer (t = mean + c*std of |w|). Repeatable."),
     click.option("--default-c", type=float, help=with_default("default_c", "c of layers not named by --c.")),
@@ -190,6 +196,9 @@ def compress(model: str, output_path: str, report_path: str | None, html_path: s
         emit_json(data)
     elif not quiet:
         click.echo(format_table(result.layers_after))
+        record = read_metadata(result.model) or {}
+        if record.get("structure") == "channel":
+            click.echo(format_channels(record))
     click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
         raise AccuracyBoundError(

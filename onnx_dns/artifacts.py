@@ -18,7 +18,7 @@ from onnx_dns import model_io
 from onnx_dns.errors import ModelError, TrainingError
 from onnx_dns.freeze import initializers_feeding
 from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
-from onnx_dns.insert_masks import mask_pairs
+from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
 from onnx_dns.model_io import over_protobuf_limit, save_model
 from onnx_dns.ort_training import captured_stderr, training_artifacts
@@ -52,10 +52,12 @@ def trainable_parameters(model: onnx.ModelProto) -> list[str]:
     normalization layers and PRelu slopes. BatchNorm running statistics and all other constants stay frozen."""
     names = [t.name for layer in find_layers(model) for t in layer.tensors]
     inits = initializers(model.graph)
+    unmasked = {masked_name(w): w for w in mask_pairs(model)}  # a channel mask may sit on a scale or shift
     for node in model.graph.node:
         for index in NORMALIZATION_PARAMS.get(node.op_type, ()):
-            if len(node.input) > index and node.input[index] in inits:
-                names.append(node.input[index])
+            name = unmasked.get(node.input[index], node.input[index]) if len(node.input) > index else ""
+            if name in inits:
+                names.append(name)
     return [n for n in dict.fromkeys(names) if inits[n].data_type in FLOAT_TYPES]
 
 

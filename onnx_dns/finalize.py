@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_dns.fold import fold_masks
+from onnx_dns.channel_fold import fold_channels, kept_channels
+from onnx_dns.channel_report import channel_record
+from onnx_dns.fold import fold_masks, read_metadata, write_metadata
 from onnx_dns.insert_masks import mask_name
 from onnx_dns.objective import Objective, measure_model
 from onnx_dns.options import CompressOptions
@@ -44,16 +46,24 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
         values |= _new_statistics(prepared, masked, objective, values, progress, options.train.seed)
     layers_after = layer_stats(masked, prepared.layers, values)
     record = _record(layers_after)
-    fmt = options.storage
+    fmt = "dense" if prepared.channels is not None else options.storage
 
     def refold(format: str) -> onnx.ModelProto:
         folded = fold_masks(masked, sparse=format != "dense", record=record, values=values).model
+        if prepared.channels is not None:
+            return fold_channels(folded, prepared.channels, _keeps(prepared, values)).model
         if options.bits or format in ("auto", "packed"):
             folded = repack(folded, format, options.bits).model
         return folded
 
     progress({"event": "folding", "model": masked, "values": values})
     folded = refold(fmt)
+    if prepared.channels is not None:
+        layers_after = layer_stats(folded, prepared.layers)
+        progress({"event": "latency"})
+        record = _record(layers_after) | channel_record(prepared.channels, _keeps(prepared, values),
+                                                        prepared.model, folded)
+        write_metadata(folded, (read_metadata(folded) or {}) | record)
     progress({"event": "measuring"})
     cfg = options.train
     batch = prepared.fixed_batch
@@ -71,8 +81,13 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
         images_per_second=steps * objective.batch_size / max(trained.seconds, 1e-9),
         chosen_iteration=trained.chosen.iteration, history=trained.history, val_source=objective.val.source,
         artifact_seconds=timings.artifact_seconds, rollbacks=trained.rollbacks, learning_rate=trained.lr,
-        grad_clip=trained.clip, lr_probe=trained.probe, refold=refold,
+        grad_clip=trained.clip, lr_probe=trained.probe, refold=None if prepared.channels is not None else refold,
     )
+
+
+def _keeps(prepared: Prepared, values: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    masks = {t: values[mask_name(t)] for t in prepared.pruned}
+    return kept_channels(prepared.channels, masks)
 
 
 def _new_statistics(prepared: Prepared, masked: onnx.ModelProto, objective: Objective,

@@ -3,11 +3,14 @@
 For a weight W: a float initializer `W__dns_mask` of W's shape and a node `Mul(W, W__dns_mask) -> W__dns_masked`
 that replaces W in every consumer. Masks start at 1, and at 0 where W is exactly 0, so a model that is already
 sparse keeps its sparsity. With all masks at 1 the masked model computes what the original does.
+
+A channel mask (`shapes` gives its shape, 1 on every axis but the channel axis) starts at 1 and is broadcast by
+the same Mul, so one mask entry keeps or removes a whole filter (see `onnx_dns.channel_groups`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -28,8 +31,10 @@ def masked_name(weight: str) -> str:
     return weight + MASKED_SUFFIX
 
 
-def insert_masks(model: onnx.ModelProto, weights: Iterable[str]) -> PassResult:
-    """Mask each named initializer; the returned model is new and the input is left as it was."""
+def insert_masks(model: onnx.ModelProto, weights: Iterable[str],
+                 shapes: Mapping[str, Sequence[int]] | None = None) -> PassResult:
+    """Mask each named initializer (with a broadcast mask of `shapes[name]` where given); the returned model is
+    new and the input is left as it was."""
     names = list(dict.fromkeys(weights))
     if not names:
         return PassResult(model, False)
@@ -51,7 +56,8 @@ def insert_masks(model: onnx.ModelProto, weights: Iterable[str]) -> PassResult:
     mul_nodes = []
     for name in names:
         weight = numpy_helper.to_array(inits[name])
-        mask = (weight != 0).astype(weight.dtype)
+        shape = (shapes or {}).get(name)
+        mask = (weight != 0).astype(weight.dtype) if shape is None else np.ones(shape, dtype=weight.dtype)
         graph.initializer.append(numpy_helper.from_array(mask, mask_name(name)))
         mul_nodes.append(helper.make_node("Mul", [name, mask_name(name)], [masked_name(name)], name=masked_name(name)))
     nodes = mul_nodes + list(graph.node)

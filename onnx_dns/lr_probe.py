@@ -81,11 +81,10 @@ def _choose(tried: list[dict]) -> ProbeResult:
 
 
 def _prune_for_probe(trainer: Trainer) -> None:
-    for plan in trainer.surgeon.plans.values():
-        arrays = [trainer.params[t] for t in plan.tensors]
-        t = plan.criterion.probe_threshold(plan.stop, arrays)
-        for name, weight in zip(plan.tensors, arrays):
-            trainer.masks[name][...] = np.abs(weight) >= t
+    surgeon = trainer.surgeon
+    for name, plan in surgeon.plans.items():
+        t = plan.criterion.probe_threshold(plan.stop, plan.arrays(trainer.params))
+        surgeon.keep_above(name, t, trainer.params, trainer.masks)
 
 
 def _save(trainer: Trainer) -> dict:

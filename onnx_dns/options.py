@@ -94,6 +94,7 @@ class CompressOptions:
     task: str | None = option(None, ("classify", "regress"))
     output_name: str | None = option(None)
     target: float | None = option(None)
+    structure: str = option("weight", ("weight", "channel"))
     c: dict[str, float] = option({}, PerLayer(Range()))
     default_c: float = option(1.0, Range())
     sparsity: dict[str, float] = option({}, PerLayer(Range(low=0, high=1, high_open=True)))
@@ -118,6 +119,9 @@ class CompressOptions:
         check_values(self, CompressOptions, set())
         if self.dense and self.format not in ("auto", "dense"):
             raise OptionError(f"--dense contradicts --format {self.format}; give one of them")
+        if self.structure == "channel" and (self.format in ("sparse", "packed") or self.bits):
+            raise OptionError("--structure channel writes a smaller dense model: drop --format "
+                              f"{self.format}{' and --bits' if self.bits else ''}")
 
     @property
     def storage(self) -> str:

@@ -68,7 +68,7 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
 def build_stage(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,
                 progress: Progress) -> tuple[onnx.ModelProto, TrainingArtifacts, float]:
     """The masked model and its training artifacts under `work`, and the seconds building them took."""
-    masked = insert_masks(prepared.model, prepared.pruned).model
+    masked = insert_masks(prepared.model, prepared.pruned, prepared.mask_shapes).model
     progress({"event": "building", "layers": len(prepared.layers)})
     started = time.perf_counter()
     # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)

@@ -2,7 +2,8 @@
 
 Paper mode (`criteria.paper.Paper`) unless a target or a per-layer sparsity is given (`criteria.target.Target`).
 A new criterion is a module in `onnx_dns/criteria/` with a `Criterion` subclass, and a function here from the
-layers and options to one criterion per layer, added to `CRITERIA`.
+layers and options to one criterion per layer, added to `CRITERIA`. With `--structure channel` the plans are one
+per channel group instead, with `criteria.channel.Channels` (`onnx_dns.channel_plans`, chosen in `prepare`).
 """
 
 from __future__ import annotations

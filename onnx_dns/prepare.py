@@ -14,10 +14,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dns.channel_layout import ChannelGroups
+from onnx_dns.channel_plans import plan_channels
 from onnx_dns.data import InputSpec, model_inputs
 from onnx_dns.errors import ModelError, OptionError
 from onnx_dns.freeze import initializers_feeding, upstream_initializers
-from onnx_dns.graph import FLOAT_TYPES
+from onnx_dns.graph import FLOAT_TYPES, initializers
 from onnx_dns.losses import loss_output
 from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
 from onnx_dns.options import CompressOptions
@@ -43,6 +45,7 @@ class Prepared:
     frozen: set[str]
     feeding: set[str]
     specs: list[InputSpec]
+    channels: ChannelGroups | None = None
 
     @property
     def fixed_batch(self) -> int | None:
@@ -51,7 +54,16 @@ class Prepared:
 
     @property
     def pruned(self) -> list[str]:
+        if self.channels is not None:
+            return [t for group in self.channels.groups.values() for t, _ in group.masked]
         return [t.name for layer in self.layers for t in layer.tensors]
+
+    @property
+    def mask_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The broadcast shape of each channel mask (none with weight-level surgery)."""
+        inits = initializers(self.model.graph)
+        return {t: group.mask_shape(len(inits[t].dims), axis) for group in (self.channels.groups.values()
+                if self.channels is not None else ()) for t, axis in group.masked}
 
 
 def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:
@@ -71,8 +83,9 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
                                                  options.exclude else "")
                          + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name"
                             if left_alone else ""))
-    return Prepared(source, original, model, output, layers, plans_for(layers, options), frozen, feeding,
-                    model_inputs(model))
+    channels, plans = (plan_channels(model, layers, options, source, frozen)
+                       if options.structure == "channel" and layers else (None, plans_for(layers, options)))
+    return Prepared(source, original, model, output, layers, plans, frozen, feeding, model_inputs(model), channels)
 
 
 def normalized(model: onnx.ModelProto) -> onnx.ModelProto:

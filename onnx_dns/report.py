@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx_dns.channel_report import format_channels
+from onnx_dns.fold import read_metadata
 from onnx_dns.graph import initializers, to_array
 from onnx_dns.insert_masks import mask_pairs
 from onnx_dns.prepare import normalized
@@ -19,6 +21,7 @@ from onnx_dns.repack import unpack_model
 from onnx_dns.prunable import Layer, find_layers
 from onnx_dns.rewrites import CUDA_ONLY_GRADIENT, NO_GRADIENT, REWRITTEN_OPS
 from onnx_dns.storage import tensor_storage
+
 
 def training_support(op: str) -> str | None:
     """How onnxruntime-training 1.19 on CPU copes with an operator without a gradient of its own, or None."""
@@ -57,6 +60,7 @@ class ModelReport:
     opsets: dict[str, int]
     layers: list[LayerStats]
     untrainable: dict[str, str] = field(default_factory=dict)
+    channels: dict | None = None  # what channel surgery recorded: channels kept, MACs, latency
 
     @property
     def params(self) -> int:
@@ -129,7 +133,10 @@ def layer_stats(model: onnx.ModelProto, layers: list[Layer],
     for layer in layers:
         counts = []
         for tensor in layer.tensors:
-            counts.append(int(np.count_nonzero(value(masks.get(tensor.name, tensor.name)))))
+            kept = value(masks[tensor.name]) if tensor.name in masks else value(tensor.name)
+            if tensor.name in masks:
+                kept = np.broadcast_to(kept, tensor.shape)  # a channel mask covers its whole channel
+            counts.append(int(np.count_nonzero(kept)))
         weights = [i for i, t in enumerate(layer.tensors) if t.role != "bias"]  # a recurrent layer's R too
         stats.append(LayerStats(
             name=layer.name, op=layer.op, shape=list(layer.weight.shape), params=layer.params,
@@ -165,7 +172,13 @@ def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None)
         opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         layers=stats,
         untrainable={op: training_support(op) for op in ops if training_support(op)},
+        channels=_channel_record(model),
     )
+
+
+def _channel_record(model: onnx.ModelProto) -> dict | None:
+    record = read_metadata(model) or {}
+    return record if record.get("structure") == "channel" else None
 
 
 def format_table(stats: list[LayerStats]) -> str:
@@ -193,6 +206,8 @@ def format_table(stats: list[LayerStats]) -> str:
 
 def format_report(report: ModelReport) -> str:
     lines = [format_table(report.layers)]
+    if report.channels:
+        lines.append(format_channels(report.channels))
     lines.append(
         f"compression {report.compression:.1f}x with biases ({report.params:,} -> {report.nonzeros:,}), "
         f"{report.weight_compression:.1f}x weights only"

@@ -9,6 +9,9 @@ which is the same as T <- 0 where |w| < a_k, T <- 1 where |w| > b_k, since a_k <
 At iteration i each layer draws r ~ U(0, 1) and operates when (1 + gamma * i)^(-power) > r, until its stop
 iteration. Which thresholds a layer uses is its criterion's business (`onnx_dns.criteria`: the paper's band
 around mu + c * sigma, or target mode's scheduled fraction of largest magnitudes).
+
+A channel plan (`LayerPlan.axes` set: one channel axis per tensor) applies the same rule to the group's channel
+norms (`criteria.channel`) and writes each channel's verdict into every tensor's broadcast mask.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from onnx_dns.chunked import ChunkedRunner, Scratch
 from onnx_dns.criteria.base import Criterion
+from onnx_dns.criteria.channel import channel_norms
 
 GAMMA = 1e-4
 POWER = 1.0
@@ -58,6 +62,12 @@ class LayerPlan:
     tensors: list[str]
     stop: int
     criterion: Criterion
+    axes: tuple[int, ...] = ()
+
+    def arrays(self, weights: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """What the criterion sees: the tensors, or for a channel plan the vector of channel norms."""
+        arrays = [weights[t] for t in self.tensors]
+        return [channel_norms(arrays, self.axes)] if self.axes else arrays
 
 
 class Surgeon:
@@ -73,12 +83,12 @@ class Surgeon:
     def initialize(self, weights: Mapping[str, np.ndarray]) -> None:
         """Let each layer's criterion read the pretrained weights, once."""
         for plan in self.plans.values():
-            plan.criterion.initialize([weights[t] for t in plan.tensors])
+            plan.criterion.initialize(plan.arrays(weights))
 
     def thresholds(self, layer: str, iteration: int, weights: Mapping[str, np.ndarray]) -> tuple[float, float]:
         """(a, b) of a layer at this iteration."""
         plan = self.plans[layer]
-        return plan.criterion.thresholds(iteration, plan.stop, [weights[t] for t in plan.tensors])
+        return plan.criterion.thresholds(iteration, plan.stop, plan.arrays(weights))
 
     def step(self, iteration: int, rng: np.random.Generator, weights: Mapping[str, np.ndarray],
              masks: Mapping[str, np.ndarray]) -> list[str]:
@@ -93,11 +103,14 @@ class Surgeon:
         for (name, plan), r in zip(self.plans.items(), draws):
             if iteration >= plan.stop:
                 continue
-            arrays = [weights[t] for t in plan.tensors]
+            arrays = plan.arrays(weights)
             final = plan.criterion.final_threshold(iteration, plan.stop, arrays)
+            if plan.axes and (final is not None or probability > r):
+                _channel_update(plan, arrays[0], masks, final, iteration)
+                operated.append(name)
+                continue
             if final is not None:
-                for tensor, weight in zip(plan.tensors, arrays):
-                    masks[tensor][...] = np.abs(weight) >= final
+                self.keep_above(name, final, weights, masks)
                 operated.append(name)
                 continue
             if not probability > r:
@@ -108,9 +121,35 @@ class Surgeon:
         self.runner.run(tasks)
         return operated
 
+    def keep_above(self, layer: str, t: float, weights: Mapping[str, np.ndarray],
+                   masks: Mapping[str, np.ndarray]) -> None:
+        """Set a layer's masks to keep exactly the entries (or channels) whose magnitude (or norm) is >= t."""
+        plan = self.plans[layer]
+        arrays = plan.arrays(weights)
+        if plan.axes:
+            _channel_update(plan, arrays[0], masks, t, 0)
+            return
+        for tensor, weight in zip(plan.tensors, arrays):
+            masks[tensor][...] = np.abs(weight) >= t
+
     def state_dict(self) -> dict:
         return {name: plan.criterion.state_dict() for name, plan in self.plans.items()}
 
     def load_state_dict(self, state: Mapping[str, dict]) -> None:
         for name, data in state.items():
             self.plans[name].criterion.load_state_dict(data)
+
+
+def _channel_update(plan: LayerPlan, norms: np.ndarray, masks: Mapping[str, np.ndarray], final: float | None,
+                    iteration: int) -> None:
+    """The surgery rule on channel norms, written into every tensor of the group (masks broadcast over the
+    channel axis: 1 on every other axis)."""
+    first = masks[plan.tensors[0]]
+    keep = np.moveaxis(first, plan.axes[0], 0).reshape(first.shape[plan.axes[0]], -1)[:, 0].astype(norms.dtype)
+    if final is not None:
+        keep = (norms >= final).astype(norms.dtype)
+    else:
+        update_mask(norms, keep, *plan.criterion.thresholds(iteration, plan.stop, [norms]))
+    for tensor, axis in zip(plan.tensors, plan.axes):
+        mask = masks[tensor]
+        mask[...] = keep.reshape([-1 if i == axis else 1 for i in range(mask.ndim)])
