@@ -20,7 +20,7 @@ from .common import emit_json, handle_errors
               "against (and to score agreement when the data has no labels).")
 @click.option("--output-name", help="The output to score.  [default: the first float output]")
 @click.option("--task", type=click.Choice(["classify", "regress"]))
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--min-accuracy", type=float, metavar="PERCENT", help="Fail (exit 6) below this top-1 accuracy.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
               help="Fail (exit 6) when accuracy is more than POINTS below --reference.")

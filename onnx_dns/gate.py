@@ -37,7 +37,7 @@ class GateResult:
 
 
 def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | onnx.ModelProto | None = None,
-                   split: str = "t10k", output: str | None = None, task: str | None = None, batch_size: int = 1000,
+                   split: str = "t10k", output: str | None = None, task: str | None = None, batch_size: int = 64,
                    min_accuracy: float | None = None, max_accuracy_drop: float | None = None,
                    min_compression: float | None = None, name: str | None = None) -> GateResult:
     """Score `model` (a path or a loaded model) on `data` (a path, arrays or batches); list every bound it

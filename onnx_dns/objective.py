@@ -60,17 +60,19 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     return Objective(train, val, spec, teacher, targets, batch_size, first_inputs)
 
 
-def with_teacher_outputs(objective: Objective, batch_size: int, work: Path | None,
+def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int | None, work: Path | None,
                          progress: Callable[[dict], None] | None = None) -> Objective:
     """The original model's outputs computed once beside data held in memory: the training set's when the loss
-    distills, the validation set's when it has no labels (large ones memory-mapped under `work`)."""
+    distills, the validation set's when it has no labels (large ones memory-mapped under `work`). A model with
+    a fixed batch size runs on batches of that size, the last one padded."""
     train, val = objective.train, objective.val
+    size, pad = fixed_batch or batch_size, fixed_batch is not None
     if isinstance(train, Dataset) and objective.spec.distill_weight > 0:
         _announce(progress, "train", len(train))
-        train = with_teacher(train, objective.teacher, batch_size, work / "teacher-train" if work else None)
+        train = with_teacher(train, objective.teacher, size, work / "teacher-train" if work else None, pad)
     if isinstance(val, Dataset) and val.labels is None:
         _announce(progress, "validation", len(val))
-        val = with_teacher(val, objective.teacher, batch_size, work / "teacher-val" if work else None)
+        val = with_teacher(val, objective.teacher, size, work / "teacher-val" if work else None, pad)
     return replace(objective, train=train, val=val)
 
 

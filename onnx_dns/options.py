@@ -73,7 +73,7 @@ class TrainConfig:
     seed: int = option(0, Range(True))
     eval_every: int = option(1000, Range(True, 1))
     checkpoint_every: int = option(1000, Range(True, 1))
-    eval_batch_size: int = option(1000, Range(True, 1))
+    eval_batch_size: int = option(64, Range(True, 1))
     max_accuracy_drop: float | None = option(5.0, Range(low=0))
     clip_grad_norm: float | None = option(None, Range(low=0, low_open=True))
     threads: int = option(0, Range(True, 0))

@@ -55,7 +55,7 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
     open_work_dir(work, identity, options, resume)
-    objective = with_teacher_outputs(objective, prepared.fixed_batch or options.train.eval_batch_size, work,
+    objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
                                      progress)
     masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
     timings = Timings(started, artifact_seconds)

@@ -107,7 +107,7 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         prepared, options.train.batch_size), max_accuracy_drop=None))
     objective = build_objective(prepared, options)
     open_work_dir(work, identity, first, False)
-    objective = with_teacher_outputs(objective, prepared.fixed_batch or options.train.eval_batch_size, work,
+    objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
                                      progress)
     masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
     feed = sample_feed(objective.val, prepared.fixed_batch)

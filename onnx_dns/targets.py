@@ -86,20 +86,21 @@ class Targets:
 
 
 def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int,
-                 folder: str | Path | None = None) -> Dataset:
-    """A copy of `data` with the original model's outputs for every sample beside the inputs, computed once.
+                 folder: str | Path | None = None, pad: bool = True) -> Dataset:
+    """A copy of `data` with the original model's outputs for every sample beside the inputs, computed once in
+    batches of `batch_size`.
 
-    Every batch has `batch_size` samples (the last one is padded with copies of its last sample, whose outputs
-    are dropped), so that a model exported with a fixed batch size runs on any number of samples. Outputs over
-    256 MB go to a memory-mapped file in `folder` (a temporary folder when None).
+    With `pad`, the last batch is padded with copies of its last sample (whose outputs are dropped), so that a
+    model exported with a fixed batch size runs on any number of samples. Outputs over 256 MB go to a
+    memory-mapped file in `folder` (a temporary folder when None).
     """
     store = None
     start = 0
     for inputs, _ in data.iterate(batch_size):
         n = len(next(iter(inputs.values())))
-        if n < batch_size:
+        if pad and n < batch_size:
             inputs = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in inputs.items()}
-        out = batch_first(teacher(inputs), batch_size)[:n]
+        out = batch_first(teacher(inputs), len(next(iter(inputs.values()))))[:n]
         if store is None:
             store = _allocate((len(data), *out.shape[1:]), out.dtype, folder)
         store[start:start + n] = out

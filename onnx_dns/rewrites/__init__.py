@@ -66,6 +66,7 @@ REWRITES: dict[str, Rewrite] = {
     "HardSwish": activations.hard_swish,
     "Softplus": activations.softplus,
     "Mish": activations.mish,
+    "Clip": activations.clip,
     "Sum": reductions.sum_,
     "Mean": reductions.mean,
     "GlobalMaxPool": reductions.global_max_pool,
@@ -85,9 +86,9 @@ REWRITES: dict[str, Rewrite] = {
     "GRU": recurrent.gru,
     "RNN": recurrent.rnn,
 }
-# operators without a right CPU gradient of their own that the table replaces (Dropout, Split and Pad are fixed
-# in some forms only)
-REWRITTEN_OPS = frozenset(REWRITES) - {"Dropout", "Split", "Pad"}
+# operators without a right CPU gradient of their own that the table replaces (Dropout, Split, Pad and Clip are
+# fixed in some forms or opsets only)
+REWRITTEN_OPS = frozenset(REWRITES) - {"Dropout", "Split", "Pad", "Clip"}
 
 
 def rewrite_for_training(model: onnx.ModelProto) -> PassResult:

@@ -30,9 +30,11 @@ import numpy as np
 import onnx
 
 from onnx_dns.graph import attribute
-from onnx_dns.rewrites.emitter import Emitter
+from onnx_dns.rewrites.emitter import Emitter, Skip
 
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # the ONNX defaults
+
+CLIP_GRADIENT_OPSET = 12  # ClipGrad uses LessOrEqual, an opset-12 operator (measured on a paddle2onnx model)
 
 
 def prelu(e: Emitter, node: onnx.NodeProto) -> None:
@@ -70,7 +72,27 @@ def _hard_sigmoid_of(e: Emitter, x: str, dtype, alpha: float, beta: float, outpu
     scaled = e.op("Mul", [x, e.const(np.array(alpha, dtype), "alpha")], "scaled")
     shifted = e.op("Add", [scaled, e.const(np.array(beta, dtype), "beta")], "shifted")
     low, high = e.const(np.array(0, dtype), "zero"), e.const(np.array(1, dtype), "one")
+    if e.opset < CLIP_GRADIENT_OPSET:
+        return _clipped(e, shifted, low, high, output)
     return e.op("Clip", [shifted, low, high], "clip", output=output)
+
+
+def _clipped(e: Emitter, x: str, low: str, high: str, output: str | None) -> str:
+    """Max(Min(x, high), low), which is Clip(x, low, high) exactly (either bound may be absent: "")."""
+    if high:
+        x = e.op("Min", [x, high], "below_high", output=output if not low else None)
+    return e.op("Max", [x, low], "above_low", output=output) if low else x
+
+
+def clip(e: Emitter, node: onnx.NodeProto) -> None:
+    """Before opset 12, Clip's gradient (ClipGrad) is built with LessOrEqual, which opset 11 lacks."""
+    if e.opset >= CLIP_GRADIENT_OPSET:
+        raise Skip("Clip has a gradient of its own from opset 12")
+    inputs = list(node.input) + [""] * (3 - len(node.input))
+    if not inputs[1] and not inputs[2]:
+        e.op("Identity", [inputs[0]], "identity", output=node.output[0])
+        return
+    _clipped(e, inputs[0], inputs[1], inputs[2], node.output[0])
 
 
 def hard_sigmoid(e: Emitter, node: onnx.NodeProto) -> None:
