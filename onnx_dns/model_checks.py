@@ -222,7 +222,8 @@ def _check_type(kind: onnx.TypeProto, label: str, depth: int) -> None:
         raise ModelError(f"{label}: its type is nested more than {MAX_DEPTH} deep; the file is corrupted")
     which = kind.WhichOneof("value")
     if which in ("tensor_type", "sparse_tensor_type"):
-        dims = [d.dim_value for d in getattr(kind, which).shape.dim if d.HasField("dim_value")]
+        # -1 is how some exporters (paddle2onnx) write a dynamic size; onnx_dns reads it as symbolic
+        dims = [d.dim_value for d in getattr(kind, which).shape.dim if d.HasField("dim_value") and d.dim_value != -1]
         if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
             raise ModelError(f"{label}: declares dimensions {dims}, negative or beyond any runtime; re-export it")
     elif which in ("sequence_type", "optional_type"):
