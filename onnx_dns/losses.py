@@ -10,6 +10,9 @@ input (its logits); one ending in LogSoftmax on its output, since log_softmax is
 The output the loss reads is the first float tensor among the graph outputs unless one is named: converted
 classifiers list an int64 label (ArgMax, Cast) first and may turn probabilities into a sequence of maps (ZipMap).
 Regression (any output shape): loss = mean((y - target)^2), the target being labels or the teacher's outputs.
+Distilling an output of rank 3 or more ([B, C, ...], e.g. a detection head [B, 4 + K, A] whose box coordinates are
+in pixels and whose class scores are in [0, 1]), the error of each channel c is divided by s_c, the standard
+deviation of the original model's channel c on the first batch, so that no channel's units swamp the others.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class LossSpec:
     temperature: float = 4.0
     num_classes: int | None = None
     rank: int = 2
+    channel_scale: tuple[float, ...] | None = None  # regression: the error of channel c (axis 1) is divided by it
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -198,6 +202,10 @@ class _LossBuilder:
         self.graph.initializer.append(numpy_helper.from_array(np.array(number, dtype=self.dtype), f"dns_loss_{name}"))
         return f"dns_loss_{name}"
 
+    def const_array(self, name: str, array: np.ndarray) -> str:
+        self.graph.initializer.append(numpy_helper.from_array(array.astype(self.dtype), f"dns_loss_{name}"))
+        return f"dns_loss_{name}"
+
     def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
         self.nodes.append(helper.make_node(op, inputs, [f"dns_loss_{name}"], name=f"dns_loss_{name}", **attrs))
         return f"dns_loss_{name}"
@@ -237,6 +245,9 @@ class _LossBuilder:
                 continue
             self.target(target, shape)
             diff = self.node("Sub", [spec.output, target], f"{target}_diff")
+            if spec.channel_scale is not None:
+                per_channel = np.array(spec.channel_scale, self.dtype).reshape([1, -1] + [1] * (spec.rank - 2))
+                diff = self.node("Div", [diff, self.const_array(f"{target}_scale", per_channel)], f"{target}_scaled")
             sq = self.node("Mul", [diff, diff], f"{target}_sq")
             mean = self.node("ReduceMean", [sq], f"{target}_mean", keepdims=0)
             terms.append(self.node("Mul", [mean, self.const(f"{target}_weight", weight)], f"{target}_term"))

@@ -56,6 +56,8 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     sample = np.moveaxis(raw, axis, 0)
     task = options.task or guess_task(prepared.model, prepared.output, first_labels, sample)
     spec = loss_spec(task, prepared.output, first_labels, sample, options)
+    if axis != 0:  # the channel scale is laid out for a batch-first output
+        spec = replace(spec, channel_scale=None)
     targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis)
     return Objective(train, val, spec, teacher, targets, batch_size, first_inputs)
 
@@ -129,7 +131,16 @@ def loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndar
         if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(f"{_name(options.data)}: labels range over {labels.min()}..{labels.max()} but the "
                             f"model has {num_classes} classes")
-    return LossSpec(task, output, label_weight, distill_weight, options.temperature, num_classes, sample.ndim)
+    scale = channel_scale(sample) if task == "regress" and distill and labels is None and sample.ndim >= 3 else None
+    return LossSpec(task, output, label_weight, distill_weight, options.temperature, num_classes, sample.ndim, scale)
+
+
+def channel_scale(sample: np.ndarray) -> tuple[float, ...]:
+    """Per channel (axis 1 of a batch-first output), the standard deviation of the original model's output,
+    floored at 1e-6 of the largest so that a constant channel does not blow up its error."""
+    spread = np.moveaxis(sample.astype(np.float64), 1, 0).reshape(sample.shape[1], -1).std(axis=1)
+    floor = max(float(spread.max()) * 1e-6, 1e-12)
+    return tuple(float(v) for v in np.maximum(spread, floor))
 
 
 def _name(data: Any) -> str:

@@ -248,3 +248,25 @@ def test_per_position_metrics_count_every_position_and_move_with_the_model():
     labels = reference.argmax(-1)
     labels[1, 0] = (labels[1, 0] + 1) % 9
     assert compute_metrics("classify", reference, labels, None).top1 == pytest.approx(100 * 59 / 60)
+
+
+def test_distilling_a_rank_3_output_weighs_each_channel_by_its_spread():
+    from onnx_dns.objective import channel_scale
+
+    rng = np.random.default_rng(3)
+    teacher = rng.standard_normal((4, 3, 7)) * np.array([500.0, 1.0, 0.01])[None, :, None]  # pixels and scores
+    scale = np.array(channel_scale(teacher))
+    assert scale == pytest.approx(teacher.transpose(1, 0, 2).reshape(3, -1).std(axis=1))
+    w = rng.standard_normal((5, 21)).astype(np.float32)
+    inits = [tensor("fc.w", w), tensor("shape", np.array([-1, 3, 7], np.int64))]
+    nodes = [helper.make_node("MatMul", ["x", "fc.w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["y"])]
+    model = make_model(nodes, [value("x", ["N", 5])], [value("y", ["N", 3, 7])], inits)
+    spec = LossSpec("regress", "y", 0.0, 1.0, rank=3, channel_scale=tuple(scale))
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    target = teacher.astype(np.float32)
+    loss = run(attach_loss(model, spec), x=x, **{SOFT_TARGET: target})[0]
+    y = (x @ w).reshape(4, 3, 7)
+    want = np.mean(((y - target) / scale[None, :, None].astype(np.float32)) ** 2)
+    assert float(loss) == pytest.approx(float(want), rel=1e-4)
+    plain = run(attach_loss(model, LossSpec("regress", "y", 0.0, 1.0, rank=3)), x=x, **{SOFT_TARGET: target})[0]
+    assert float(plain) == pytest.approx(float(np.mean((y - target) ** 2)), rel=1e-4)
