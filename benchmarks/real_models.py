@@ -62,6 +62,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+BOUND_MISSED = 6  # compress's exit code when the accuracy bound is missed (the model is written NAME.below-bound)
+
+
 def _feed(model: corpus.Model, inputs: dict) -> dict:
     """The inputs as the model runs them: the sequence VAD takes one state for the whole sequence."""
     if model.inputs == "audio_frames_seq":
@@ -136,9 +139,15 @@ def run_target(model: corpus.Model, model_path: Path, work: Path, target: str, a
                "--eval-every", str(max(1, args.iterations // 4)),
                "--eval-batch-size", str(args.eval_batch_size), "-o", str(output), "--report", str(report), "-v"]
     row = {"model": model.name, "target": target, **_compress(command, args.timeout, args.max_memory_gb)}
+    below = output.with_name(f"{target}.below-bound.onnx")
     if row["exit_code"] == 0 and report.exists():
         row.update(_after(report, output, model, *evaluation, model_path))
-    row["status"] = "ok" if row["exit_code"] == 0 and not row.get("error") else "failed"
+    elif row["exit_code"] == BOUND_MISSED and report.exists() and below.exists():  # measured all the same
+        bound = row.pop("error")
+        row.update(_after(report, below, model, *evaluation, model_path))
+        row["error"] = row.get("error") or bound
+    row["status"] = ("ok" if row["exit_code"] == 0 and not row.get("error") else
+                     "below bound" if row["exit_code"] == BOUND_MISSED and "fidelity" in row else "failed")
     print(f"  {target}: {row['status']} {row.get('compression', '')} fidelity {row.get('fidelity', '-')} "
           f"{row['error'] or ''}", flush=True)
     return row
