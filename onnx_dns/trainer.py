@@ -22,6 +22,7 @@ from onnx_dns.checkpoint import Tensors
 from onnx_dns.chunked import ChunkedRunner
 from onnx_dns.data import CallableData
 from onnx_dns.dataset import Dataset
+from onnx_dns.errors import TrainingError
 from onnx_dns.evaluate import Metrics, evaluate_module
 from onnx_dns.optimizers import make_optimizer
 from onnx_dns.options import TrainConfig
@@ -31,6 +32,12 @@ from onnx_dns.selection import Snapshot
 from onnx_dns.surgery import Surgeon
 from onnx_dns.targets import Targets
 from onnx_dns.weight_sharing import WeightSharing
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text.split(" : ")[-1][:300] if " : " in text else text[:300]
 
 
 def available_cpus() -> int:
@@ -85,7 +92,12 @@ class Trainer:
         norm `clip` when set) and, with `surgery`, the masks."""
         feeds = [inputs[n] for n in self.art.inputs] + self.targets.for_batch(inputs, labels)
         self.module.train()
-        loss = float(self.module(*feeds)[0])
+        try:
+            loss = float(self.module(*feeds)[0])
+        except RuntimeError as exc:  # onnxruntime's errors in a training step (a gradient kernel failing)
+            raise TrainingError(f"onnxruntime-training failed in the training step at iteration {iteration}: "
+                                f"{_first_line(exc)}; train only the layers after the node it names with "
+                                "--freeze-before NODE, or report it") from exc
         if not math.isfinite(loss):
             self.module.lazy_reset_grad()
             return loss

@@ -74,3 +74,25 @@ def test_without_lr_a_label_free_run_keeps_the_model_and_a_huge_lr_is_caught_by_
     assert ruined.metrics["after"].fidelity < 90 and not ruined.met_bound  # default bound: 5 points
     unbounded = onnx_dns.compress(model, {"x": x}, lr=30.0, max_accuracy_drop="none", **common)
     assert unbounded.met_bound
+
+
+def test_an_onnxruntime_failure_in_a_training_step_is_a_training_error(tmp_path):
+    from onnx_dns.errors import TrainingError
+
+    model, x, y = pretrained(tmp_path)
+    setup = setup_training(model, tmp_path, x, y)
+    trainer = make_trainer(setup, paper_plans(setup), TrainConfig(iterations=1, batch_size=8, lr=0.1),
+                           tmp_path / "w").trainer
+
+    class Failing:
+        def train(self):
+            pass
+
+        def __call__(self, *feeds):
+            raise RuntimeError("module.cc:632 TrainStep [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status "
+                               "code returned while running Reshape node. Name:'r_Grad'")
+
+    trainer.module = Failing()
+    inputs, labels = setup.train.batch(0, 8, 0)
+    with pytest.raises(TrainingError, match=r"training step at iteration 0: Non-zero status code .* Name:'r_Grad'"):
+        trainer.step(0, inputs, labels, 0.1)
