@@ -5,9 +5,10 @@ keep at its stop iteration), so the loss has something to recover. For each cand
 in steps of sqrt(10), it trains STEPS iterations from the same starting point (weights, masks and optimizer state
 restored before each), and a rate passes when the loss falls steadily: finite, never above 1.5 times its first
 value, and the mean of the last three below 0.98 times the mean of the first two. The largest passing rate times
-SAFETY is chosen (if none falls, the largest whose loss stays flat; else the smallest candidate). The gradient norm
-is then bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot throw the weights
-away. Everything the probe changed is restored before training starts.
+SAFETY is chosen (if none falls, the largest whose loss stays flat; else the smallest candidate), among the rates
+below the smallest one whose loss rose or diverged. The gradient norm is then bounded at CLIP times the median
+norm seen at the chosen rate, so one bad batch cannot throw the weights away. Everything the probe changed is
+restored before training starts.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def _verdict(losses: list[float]) -> str:
 
 
 def _choose(tried: list[dict]) -> ProbeResult:
-    chosen = next((t for t in tried if t["verdict"] == "falls"), None)
-    chosen = chosen or next((t for t in tried if t["verdict"] == "flat"), None) or tried[-1]
+    """From the rates tried (largest first), below the smallest one whose loss rose or diverged: a larger rate
+    that looked flat was lucky with its batches."""
+    bad = [i for i, t in enumerate(tried) if t["verdict"] in ("diverges", "rises")]
+    eligible = tried[bad[-1] + 1:] if bad else tried
+    chosen = next((t for t in eligible if t["verdict"] == "falls"), None)
+    chosen = chosen or next((t for t in eligible if t["verdict"] == "flat"), None) or tried[-1]
     norms = [n for n in chosen["norms"] if n > 0]
     clip = CLIP * float(np.median(norms)) if norms else None
     history = [{"lr": t["lr"], "verdict": t["verdict"], "losses": [round(x, 6) for x in t["losses"]]} for t in tried]

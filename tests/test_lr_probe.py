@@ -27,6 +27,10 @@ def test_the_largest_falling_rate_is_chosen_with_the_safety_factor():
     assert chosen.lr == pytest.approx(0.1 * SAFETY) and chosen.clip == pytest.approx(5 * 2.0)
     assert _choose(tried[:2]).lr == pytest.approx(0.3 * SAFETY)  # none falls: the largest flat one
     assert _choose(tried[:1]).lr == pytest.approx(1.0 * SAFETY)  # nothing better: the last tried
+    lucky = [{"lr": 1.0, "losses": [1.0] * 8, "verdict": "flat", "norms": [1.0]},  # flat by chance,
+             {"lr": 0.3, "losses": [1.0, 9.0], "verdict": "diverges", "norms": [1.0]},  # as a smaller rate diverged
+             {"lr": 0.1, "losses": [1.0] * 8, "verdict": "flat", "norms": [1.0]}]
+    assert _choose(lucky).lr == pytest.approx(0.1 * SAFETY)
 
 
 def pretrained(tmp_path):
