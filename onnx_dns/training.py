@@ -85,6 +85,11 @@ class TrainingLoop:
         last = state.history[-1]["metrics"] if state.history else state.baseline
         final = self.trainer.snapshot(state.iteration, last)
         chosen = self.selection.choose(final, state.baseline)
+        if chosen is not final:
+            log.warning("the final state (%.1fx, %s) misses the accuracy bound: keeping iteration %d (%.1fx, %s), the "
+                        "most compressed state within it; train longer or lower the target to get more",
+                        final.compression, final.metrics.describe(), chosen.iteration, chosen.compression,
+                        chosen.metrics.describe())
         return TrainResult(chosen.params, chosen.masks, chosen, state.baseline, state.history,
                            time.perf_counter() - started, state.iteration - start, self.trainer.host_seconds,
                            self.trainer.surgery_seconds,

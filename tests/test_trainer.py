@@ -279,12 +279,14 @@ def test_a_missed_accuracy_bound_writes_the_below_bound_model(tmp_path):
     assert (tmp_path / "model.onnx").read_bytes() == original
 
 
-def test_the_best_state_within_the_bound_is_kept(tmp_path):
+def test_the_best_state_within_the_bound_is_kept(tmp_path, caplog):
     bound_setup(tmp_path)
     options = CompressOptions(data=str(tmp_path / "train.npz"), target=1000.0, surgery_stop=60,
                               train=TrainConfig(iterations=80, batch_size=32, lr=0.01, eval_every=5,
                                                 checkpoint_every=80, max_accuracy_drop=2.0))
-    result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    with caplog.at_level("WARNING"):
+        result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options)
+    assert f"keeping iteration {result.chosen_iteration} (" in caplog.text  # and it says so
     assert result.met_bound and result.output == str(tmp_path / "out.onnx")
     assert 0 < result.chosen_iteration < 60
     assert result.accuracy_after.top1 >= result.accuracy_before.top1 - 2.0
