@@ -134,13 +134,18 @@ def tensor_like(value: np.ndarray, tensor: onnx.TensorProto) -> onnx.TensorProto
 SKELETON_MIN_BYTES = 1 << 16
 
 
-def inferred_values(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, onnx.ValueInfoProto]:
+def inferred_values(model: onnx.ModelProto, data_prop: bool = False,
+                    output_shapes: bool = True) -> dict[str, onnx.ValueInfoProto]:
     """Graph inputs, outputs and intermediate values with the types onnx shape inference gives them (as declared
     where it fails). It runs on a skeleton: float initializers of 64 KB or more become graph inputs of the same
-    type, since inference needs only their types, so a model of hundreds of MB is not serialized for it."""
+    type, since inference needs only their types, so a model of hundreds of MB is not serialized for it.
+    Without `output_shapes` the graph outputs' declared shapes are left out, so inference says what they are."""
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, {"graph"})
     copy_fields(model.graph, skeleton.graph, {"initializer"})
+    if not output_shapes:
+        for value in skeleton.graph.output:
+            value.type.tensor_type.ClearField("shape")
     declared = {v.name for v in model.graph.input}
     for tensor in model.graph.initializer:
         if tensor.data_type in FLOAT_TYPES and payload_bytes(tensor) >= SKELETON_MIN_BYTES:

@@ -108,11 +108,7 @@ def infer_output_shapes(model: onnx.ModelProto) -> PassResult:
     """Graph outputs whose declared shape contradicts what the graph computes get the inferred shape instead
     (some exporters declare [1, seqlen] for a [T, 1, classes] output; onnxruntime-training refuses the graph).
     Outputs declared right, or that inference cannot size, are left as they are."""
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    for value in stripped.graph.output:
-        value.type.tensor_type.ClearField("shape")
-    inferred = inferred_values(stripped)
+    inferred = inferred_values(model, output_shapes=False)
     fixed = None
     for index, value in enumerate(model.graph.output):
         found = inferred.get(value.name)
