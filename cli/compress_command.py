@@ -100,7 +100,10 @@ SURGERY_OPTIONS = [
                  "[default: biases]"),
 ]
 TRAINING_OPTIONS = [
-    click.option("--iterations", type=click.IntRange(min=1), help=with_default("iterations", "Training iterations.")),
+    click.option("--iterations", type=click.IntRange(min=1), help="Training iterations.  [default: 10,000, or "
+                 "as many as --time-budget holds at the time a step takes]"),
+    click.option("--time-budget", metavar="DURATION", help="Training time (30m, 2h, 900s) that sizes the "
+                 "iterations when --iterations is not given; evaluations come on top.  [default: 1h]"),
     click.option("--batch-size", type=click.IntRange(min=1), help=with_default(
         "batch_size", "A model exported with a fixed batch size trains at that size.")),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.  [default: chosen by "
@@ -115,9 +118,9 @@ TRAINING_OPTIONS = [
     click.option("--warmup", type=click.IntRange(min=0), help=with_default("warmup", "Linear warm-up iterations.")),
     click.option("--seed", type=int, help=with_default("seed", "Seed of shuffling and surgery draws; same seed, "
                                                        "same result.")),
-    click.option("--eval-every", type=click.IntRange(min=1), help=with_default("eval_every",
-                                                                               "Validate every N iterations.")),
-    click.option("--checkpoint-every", type=click.IntRange(min=1), help=with_default("checkpoint_every", "")),
+    click.option("--eval-every", type=click.IntRange(min=1), help="Validate every N iterations.  [default: a "
+                 "tenth of the iterations, at most 1,000]"),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), help="[default: as --eval-every]"),
     click.option("--eval-batch-size", type=click.IntRange(min=1), help=with_default("eval_batch_size", "")),
     click.option("--threads", type=click.IntRange(min=0), help=with_default("threads", "onnxruntime threads; 0 lets "
                                                                             "it choose.")),

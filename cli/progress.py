@@ -42,6 +42,11 @@ class Progress:
             self._clear()
             total = f"/{event['total']}" if event.get("total") else ""
             self._echo(f"  {event['what']}: {event['done']}{total} samples ({_duration(event['seconds'])})")
+        elif kind == "sized" and not event["limited"]:
+            step = event["step_seconds"]
+            took = f"{step * 1000:.0f} ms" if step < 1 else f"{step:.1f} s"
+            self._echo(f"a step takes {took}: {event['iterations']:,} iterations fit in the time budget "
+                       f"({_duration(event['budget'])})")
         elif kind == "lr-probe":
             self._echo("choosing the learning rate with a short probe (give --lr to skip it) ...")
         elif kind == "lr-chosen":
@@ -79,8 +84,9 @@ class Progress:
         done = i - self.first_iteration
         eta = elapsed / done * (n - i) if done else 0.0
         rate = done / elapsed if elapsed > 0 else 0.0
+        speed = f"{rate:.0f} it/s" if rate >= 1 or not done else f"{elapsed / done:.1f} s/it"
         status = (f"{i}/{n}  loss {event['loss']:.4f}  compression {event['compression']:.1f}x  "
-                  f"val {self.metric}  {rate:.0f} it/s  eta {_duration(eta)}")
+                  f"val {self.metric}  {speed}  eta {_duration(eta)}")
         if self.tty:
             if time.perf_counter() - self.last_line < 0.1 and i != n and not event["evaluated"]:
                 return

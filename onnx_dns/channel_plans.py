@@ -19,7 +19,7 @@ from onnx_dns.criteria.channel import Channels, block_multiple
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target
 from onnx_dns.errors import ModelError, OptionError
-from onnx_dns.options import CompressOptions
+from onnx_dns.options import DEFAULT_ITERATIONS, CompressOptions
 from onnx_dns.plans import STOP_FRACTION
 from onnx_dns.prunable import Layer
 from onnx_dns.surgery import LayerPlan
@@ -38,7 +38,7 @@ def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: Compress
         raise ModelError(f"{source}: no channel group can be removed safely ({reasons}); "
                          "use --structure weight")
     keep = channel_keep(groups, layers, options.target) if options.target else {}
-    iterations = options.train.iterations
+    iterations = options.train.iterations or DEFAULT_ITERATIONS
     default_stop = options.surgery_stop or max(1, int(STOP_FRACTION * iterations))
     plans = {}
     for gid, group in groups.groups.items():

@@ -37,19 +37,19 @@ class ProbeResult:
 
 def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_size: int, seed: int) -> ProbeResult:
     """The learning rate (and gradient-norm bound) to train with; `trainer` is left as it was."""
-    saved = _save(trainer)
+    saved = trainer.save_state()
     batches = [data.batch(i, batch_size, seed) for i in range(STEPS)]
     tried = []
     try:
         for lr in CANDIDATES:
-            _restore(trainer, saved)
+            trainer.restore_state(saved)
             _prune_for_probe(trainer)
             losses, norms = _run(trainer, batches, lr)
             tried.append({"lr": lr, "losses": losses, "verdict": _verdict(losses), "norms": norms})
             if tried[-1]["verdict"] == "falls":
                 break
     finally:
-        _restore(trainer, saved)
+        trainer.restore_state(saved)
     return _choose(tried)
 
 
@@ -90,18 +90,3 @@ def _prune_for_probe(trainer: Trainer) -> None:
     for name, plan in surgeon.plans.items():
         t = plan.criterion.probe_threshold(plan.stop, plan.arrays(trainer.params))
         surgeon.keep_above(name, t, trainer.params, trainer.masks)
-
-
-def _save(trainer: Trainer) -> dict:
-    return {"params": {k: v.copy() for k, v in trainer.params.items()},
-            "masks": {k: v.copy() for k, v in trainer.masks.items()},
-            "optimizer": {k: v.copy() for k, v in trainer.optimizer.state_dict().items()},
-            "clip": trainer.clip, "host": trainer.host_seconds, "surgery": trainer.surgery_seconds}
-
-
-def _restore(trainer: Trainer, saved: dict) -> None:
-    for group in ("params", "masks"):
-        for name, value in saved[group].items():
-            getattr(trainer, group)[name][...] = value
-    trainer.optimizer.load_state_dict(saved["optimizer"])
-    trainer.clip, trainer.host_seconds, trainer.surgery_seconds = saved["clip"], saved["host"], saved["surgery"]

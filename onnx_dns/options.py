@@ -16,6 +16,9 @@ from onnx_dns.errors import OptionError
 from onnx_dns.schedules import SCHEDULES
 
 
+DEFAULT_ITERATIONS = 10_000  # the paper's schedule; without --iterations, fewer when the time budget needs it
+
+
 class Range(NamedTuple):
     """The values an option takes: integers or finite numbers, from `low` to `high` (None: no bound)."""
 
@@ -63,7 +66,8 @@ def option(default: Any, check: Any = None, *, settings: bool = True) -> Any:
 class TrainConfig:
     """How the weights are fine-tuned while surgery runs."""
 
-    iterations: int = option(10000, Range(True, 1))
+    iterations: int | None = option(None, Range(True, 1))  # None: sized to time_budget (`sizing`)
+    time_budget: float = option(3600.0, Range(low=0, low_open=True))  # seconds
     batch_size: int = option(64, Range(True, 1))
     lr: float | None = option(None, Range(low=0, low_open=True))
     schedule: str = option("inv", SCHEDULES)
@@ -71,8 +75,8 @@ class TrainConfig:
     optimizer: str = option("sgd", ("sgd", "adamw"))
     weight_decay: float | None = option(None, Range(low=0))
     seed: int = option(0, Range(True))
-    eval_every: int = option(1000, Range(True, 1))
-    checkpoint_every: int = option(1000, Range(True, 1))
+    eval_every: int | None = option(None, Range(True, 1))
+    checkpoint_every: int | None = option(None, Range(True, 1))
     eval_batch_size: int = option(64, Range(True, 1))
     max_accuracy_drop: float | None = option(5.0, Range(low=0))
     clip_grad_norm: float | None = option(None, Range(low=0, low_open=True))
@@ -80,6 +84,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_values(self, TrainConfig, set())
+
+    @property
+    def eval_interval(self) -> int:
+        """--eval-every, else a tenth of the iterations (at most 1,000)."""
+        return self.eval_every or _tenth(self.iterations)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.checkpoint_every or _tenth(self.iterations)
+
+
+def _tenth(iterations: int | None) -> int:
+    return max(1, min(1000, (iterations or DEFAULT_ITERATIONS) // 10))
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,19 @@ def parse_target(value: str | float | None) -> float | None:
     return number
 
 
+def parse_duration(value: str | float) -> float:
+    """'90m', '2h', '45s' or a number of seconds -> seconds, above 0."""
+    text = str(value).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise OptionError(f"--time-budget {value!r}: give a duration such as 30m, 2h or 900s") from None
+    if not 0 < seconds < math.inf:
+        raise OptionError(f"--time-budget {value!r}: the duration must be above 0")
+    return seconds
+
+
 def defaults(cls: type) -> dict[str, Any]:
     """The default of every field of an options dataclass."""
     return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}
@@ -204,6 +234,8 @@ def merge(given: dict[str, Any], settings: dict[str, Any], **extra: Any) -> Comp
     from_settings = {k for k in settings if given.get(k) is None}
     if isinstance(values["max_accuracy_drop"], str) and values["max_accuracy_drop"].strip().lower() == "none":
         values["max_accuracy_drop"] = None  # the bound turned off
+    if isinstance(values["time_budget"], str):
+        values["time_budget"] = parse_duration(values["time_budget"])
     check_values(values, TrainConfig, from_settings)
     check_values(values, CompressOptions, from_settings)
     if values["target"] is not None and "target" in from_settings:

@@ -5,7 +5,7 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events teacher, building, built, lr-probe, lr-chosen, start,
+Each stage announces itself through `progress` (events teacher, building, built, sized, lr-probe, lr-chosen, start,
 step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is also how
 benchmarks time the stages.
 """
@@ -30,8 +30,9 @@ from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
 from onnx_dns.objective import Objective, build_objective, with_teacher_outputs
 from onnx_dns.options import CompressOptions
-from onnx_dns.prepare import Prepared, prepare, training_batch_size
+from onnx_dns.prepare import Prepared, prepare, replan, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
+from onnx_dns.sizing import size_run, with_iterations
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
 from onnx_dns.training import TrainingLoop
@@ -60,6 +61,8 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
     timings = Timings(started, artifact_seconds)
     trainer = Trainer(art, Surgeon(prepared.plans), options.train, objective.targets)
+    if options.train.iterations is None:
+        options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
     share_from = share_weights(trainer, prepared, options)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from).run(resume=resume)
     return finalize(prepared, masked, objective, trained, options, timings, size_before, progress)
@@ -80,6 +83,18 @@ def build_stage(prepared: Prepared, objective: Objective, options: CompressOptio
     seconds = time.perf_counter() - started
     progress({"event": "built", "artifacts": art, "seconds": seconds})
     return masked, art, seconds
+
+
+def sized(trainer: Trainer, prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,
+          resume: bool, progress: Progress) -> tuple[CompressOptions, Prepared]:
+    """Options and plans for the number of iterations the time budget holds (`sizing`), given to `trainer`."""
+    sizing = size_run(trainer, objective.train, options, work, resume)
+    progress({"event": "sized", "iterations": sizing.iterations, "step_seconds": sizing.step_seconds,
+              "budget": sizing.budget, "limited": sizing.limited})
+    options = with_iterations(options, sizing.iterations)
+    prepared = replan(prepared, options)
+    trainer.reconfigure(options.train, Surgeon(prepared.plans))
+    return options, prepared
 
 
 def share_weights(trainer: Trainer, prepared: Prepared, options: CompressOptions) -> int | None:

@@ -14,7 +14,7 @@ from onnx_dns.criteria.base import Criterion
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target, allocate_keep
 from onnx_dns.errors import OptionError
-from onnx_dns.options import CompressOptions
+from onnx_dns.options import DEFAULT_ITERATIONS, CompressOptions
 from onnx_dns.prunable import Layer
 from onnx_dns.surgery import LayerPlan
 
@@ -48,7 +48,7 @@ def criterion_name(options: CompressOptions) -> str:
 
 def plans_for(layers: list[Layer], options: CompressOptions) -> dict[str, LayerPlan]:
     """One plan per layer: its tensors, its stop iteration and its criterion."""
-    iterations = options.train.iterations
+    iterations = options.train.iterations or DEFAULT_ITERATIONS
     default_stop = options.surgery_stop or max(1, int(STOP_FRACTION * iterations))
     criteria = CRITERIA[criterion_name(options)](layers, options)
     return {layer.name: LayerPlan([t.name for t in layer.tensors],

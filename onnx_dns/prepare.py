@@ -8,7 +8,7 @@ weights from the inputs) -> check the weights are finite -> choose the output to
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -86,6 +86,15 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
     channels, plans = (plan_channels(model, layers, options, source, frozen)
                        if options.structure == "channel" and layers else (None, plans_for(layers, options)))
     return Prepared(source, original, model, output, layers, plans, frozen, feeding, model_inputs(model), channels)
+
+
+def replan(prepared: Prepared, options: CompressOptions) -> Prepared:
+    """`prepared` with its plans made again for `options` (the iterations sized once the trainer ran a step)."""
+    if prepared.channels is not None:
+        _, plans = plan_channels(prepared.model, prepared.layers, options, prepared.source, prepared.frozen)
+    else:
+        plans = plans_for(prepared.layers, options)
+    return replace(prepared, plans=plans)
 
 
 def normalized(model: onnx.ModelProto) -> onnx.ModelProto:

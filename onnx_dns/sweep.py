@@ -28,6 +28,7 @@ from onnx_dns.plans import plans_for
 from onnx_dns.prepare import prepare, training_batch_size
 from onnx_dns.result import CompressResult
 from onnx_dns.selection import within_bound
+from onnx_dns.sizing import size_run, with_iterations
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
 from onnx_dns.training import TrainingLoop, TrainResult
@@ -119,6 +120,11 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         step = replace(options, target=target)
         plans = plans_for(prepared.layers, step)
         trainer = Trainer(art, Surgeon(plans), step.train, objective.targets)
+        if options.train.iterations is None:  # sized once, from the first target's trainer: the budget is per target
+            options = with_iterations(options, size_run(trainer, objective.train, options, work, False).iterations)
+            step = replace(options, target=target)
+            plans = plans_for(prepared.layers, step)
+            trainer.reconfigure(step.train, Surgeon(plans))
         warmed = warm_start and previous is not None
         if warmed:
             warm(trainer, previous)

@@ -25,7 +25,7 @@ from onnx_dns.dataset import Dataset
 from onnx_dns.errors import TrainingError
 from onnx_dns.evaluate import Metrics, evaluate_module
 from onnx_dns.optimizers import make_optimizer
-from onnx_dns.options import TrainConfig
+from onnx_dns.options import DEFAULT_ITERATIONS, TrainConfig
 from onnx_dns.ort_training import session_options, training_api
 from onnx_dns.schedules import LearningRate
 from onnx_dns.selection import Snapshot
@@ -76,7 +76,27 @@ class Trainer:
 
     def _schedule(self, lr: float) -> LearningRate:
         cfg = self.config
-        return LearningRate(lr, cfg.schedule, total=cfg.iterations, warmup=cfg.warmup)
+        return LearningRate(lr, cfg.schedule, total=cfg.iterations or DEFAULT_ITERATIONS, warmup=cfg.warmup)
+
+    def reconfigure(self, config: TrainConfig, surgeon: Surgeon) -> None:
+        """Train with `config` and `surgeon` instead (the iterations sized after the trainer was built)."""
+        self.config, self.surgeon, surgeon.runner = config, surgeon, self.runner
+        if config.lr is not None:
+            self.schedule = self._schedule(config.lr)
+
+    def save_state(self) -> dict:
+        """Copies of everything a trial step changes: weights, masks, optimizer state, clip and timers."""
+        return {"params": {k: v.copy() for k, v in self.params.items()},
+                "masks": {k: v.copy() for k, v in self.masks.items()},
+                "optimizer": {k: v.copy() for k, v in self.optimizer.state_dict().items()},
+                "clip": self.clip, "host": self.host_seconds, "surgery": self.surgery_seconds}
+
+    def restore_state(self, saved: dict) -> None:
+        for group in ("params", "masks"):
+            for name, value in saved[group].items():
+                getattr(self, group)[name][...] = value
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.clip, self.host_seconds, self.surgery_seconds = saved["clip"], saved["host"], saved["surgery"]
 
     def set_learning_rate(self, lr: float, clip: float | None) -> None:
         """The base learning rate of the schedule and the gradient-norm bound (when chosen by a probe)."""

@@ -1,7 +1,7 @@
 """Stage 3 of `compress`: the training loop around `Trainer.step`.
 
-Evaluates every `eval_every` iterations and keeps the best state within the accuracy bound (`selection`),
-checkpoints every `checkpoint_every` iterations (`checkpoint`), rolls back to the last checkpoint with half the
+Evaluates every `eval_interval` iterations and keeps the best state within the accuracy bound (`selection`),
+checkpoints every `checkpoint_interval` iterations (`checkpoint`), rolls back to the last checkpoint with half the
 learning rate when the loss is not finite (three times at most), and on Ctrl-C finishes the iteration,
 checkpoints and stops (`interrupt`). A resumed run continues from the checkpoint exactly.
 """
@@ -130,14 +130,14 @@ class TrainingLoop:
                 self._roll_back(state, loss)
                 continue
             state.iteration += 1
-            evaluate_now = state.iteration % cfg.eval_every == 0 or state.iteration == cfg.iterations
+            evaluate_now = state.iteration % cfg.eval_interval == 0 or state.iteration == cfg.iterations
             if evaluate_now:
                 last = self._evaluate(state, loss)
             if evaluate_now or state.iteration % PROGRESS_EVERY == 0:
                 compression = trainer.compression()
             self.progress({"event": "step", "iteration": state.iteration, "iterations": cfg.iterations,
                            "loss": loss, "compression": compression, "metrics": last, "evaluated": evaluate_now})
-            if state.iteration % cfg.checkpoint_every == 0 or stop.requested:
+            if state.iteration % cfg.checkpoint_interval == 0 or stop.requested:
                 self._checkpoint(state)
             if stop.requested:
                 raise Interrupted(f"interrupted at iteration {state.iteration}; the checkpoint is in "

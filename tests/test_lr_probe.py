@@ -70,7 +70,7 @@ def test_gradients_are_clipped_to_the_bound(tmp_path):
 
 def test_without_lr_a_label_free_run_keeps_the_model_and_a_huge_lr_is_caught_by_the_default_bound(tmp_path):
     model, x, y = pretrained(tmp_path)
-    common = {"target": "3x", "iterations": 150, "batch_size": 32, "eval_every": 50}
+    common = {"target": "3x", "iterations": 150, "batch_size": 32, "eval_every": 50, "checkpoint_every": 150}
     probed = onnx_dns.compress(model, {"x": x}, **common)
     assert probed.lr_probe and probed.learning_rate < 1.0
     assert probed.met_bound and probed.metrics["after"].fidelity >= 95
