@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -45,12 +45,23 @@ MISSED_SUFFIX = ".below-bound"
 Progress = Callable[[dict], None]
 
 
-def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: Path, *, identity: str,
-        size_before: int, progress: Progress | None = None, resume: bool = False) -> CompressResult:
-    """Compress `original` (never modified); `source` names it in messages, `identity` in the work folder's
-    settings (a resume must be on the same model). Training graphs and checkpoints go to `work`."""
-    started = time.perf_counter()
-    progress = progress or (lambda event: None)
+@dataclass
+class Ready:
+    """What training starts from: the prepared model, the options as settled (batch size), the objective with
+    the original model's outputs, the masked model and its training artifacts."""
+
+    prepared: Prepared
+    options: CompressOptions
+    objective: Objective
+    masked: onnx.ModelProto
+    art: TrainingArtifacts
+    artifact_seconds: float
+
+
+def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, work: Path, identity: str,
+           resume: bool, progress: Progress) -> Ready:
+    """The stages before training, shared by `run` and the sweep: prepare, objective, work folder, teacher
+    outputs, training graphs."""
     prepared = prepare(original, source, options)
     batch_size = training_batch_size(prepared, options.train.batch_size)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
@@ -59,13 +70,24 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
                                      progress)
     masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
-    timings = Timings(started, artifact_seconds)
-    trainer = Trainer(art, Surgeon(prepared.plans), options.train, objective.targets)
+    return Ready(prepared, options, objective, masked, art, artifact_seconds)
+
+
+def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: Path, *, identity: str,
+        size_before: int, progress: Progress | None = None, resume: bool = False) -> CompressResult:
+    """Compress `original` (never modified); `source` names it in messages, `identity` in the work folder's
+    settings (a resume must be on the same model). Training graphs and checkpoints go to `work`."""
+    started = time.perf_counter()
+    progress = progress or (lambda event: None)
+    ready = set_up(original, source, options, work, identity, resume, progress)
+    prepared, options, objective = ready.prepared, ready.options, ready.objective
+    timings = Timings(started, ready.artifact_seconds)
+    trainer = Trainer(ready.art, Surgeon(prepared.plans), options.train, objective.targets)
     if options.train.iterations is None:
         options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
     share_from = share_weights(trainer, prepared, options)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from).run(resume=resume)
-    return finalize(prepared, masked, objective, trained, options, timings, size_before, progress)
+    return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress)
 
 
 def build_stage(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,

@@ -21,18 +21,15 @@ import onnx
 from onnx_dns.evaluate import Metrics
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.latency import median_latency, sample_feed
-from onnx_dns.objective import build_objective, with_teacher_outputs
 from onnx_dns.options import CompressOptions, parse_target
-from onnx_dns.pipeline import build_stage
+from onnx_dns.pipeline import set_up
 from onnx_dns.plans import plans_for
-from onnx_dns.prepare import prepare, training_batch_size
 from onnx_dns.result import CompressResult
 from onnx_dns.selection import within_bound
 from onnx_dns.sizing import size_run, with_iterations
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
 from onnx_dns.training import TrainingLoop, TrainResult
-from onnx_dns.workdir import open_work_dir
 
 Progress = Callable[[dict], None]
 
@@ -102,15 +99,10 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
     progress = progress or (lambda event: None)
     targets = sorted(targets)
     max_drop = options.train.max_accuracy_drop
-    first = replace(options, target=targets[0])
-    prepared = prepare(original, source, first)
-    options = replace(options, train=replace(options.train, batch_size=training_batch_size(
-        prepared, options.train.batch_size), max_accuracy_drop=None))
-    objective = build_objective(prepared, options)
-    open_work_dir(work, identity, first, False)
-    objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
-                                     progress)
-    masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
+    first = replace(options, target=targets[0], train=replace(options.train, max_accuracy_drop=None))
+    ready = set_up(original, source, first, work, identity, False, progress)
+    prepared, objective, masked, art = ready.prepared, ready.objective, ready.masked, ready.art
+    options = replace(options, train=ready.options.train)
     feed = sample_feed(objective.val, prepared.fixed_batch)
     points: list[SweepPoint] = []
     previous: TrainResult | None = None
@@ -131,7 +123,7 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         previous = TrainingLoop(trainer, objective.train, objective.val, work / f"target-{target:g}x",
                                 progress).run()
         result = finalize(replace(prepared, plans=plans), masked, objective, previous, step,
-                          Timings(started, artifact_seconds if not points else 0.0), size_before, progress)
+                          Timings(started, ready.artifact_seconds if not points else 0.0), size_before, progress)
         points.append(SweepPoint(target, result.compression, result.accuracy_after, result.model.ByteSize(),
                                  median_latency(result.model, feed), False, warmed, result=result))
     baseline = points[0].result.accuracy_before

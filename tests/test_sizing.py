@@ -76,3 +76,10 @@ def test_a_resumed_run_keeps_the_iterations_it_was_sized_to(tmp_path):
     options = merge({"time_budget": 60}, {})
     resumed = size_run(None, None, options, tmp_path, resume=True)  # nothing is measured
     assert resumed.iterations == 321 and resumed.limited
+
+
+def test_a_sweep_without_iterations_sizes_each_target_to_the_budget(tmp_path, monkeypatch):
+    model, x, y = _model(tmp_path)
+    monkeypatch.setattr(sizing, "time_step", lambda *args: 1.0)
+    result = onnx_dns.sweep(model, {"x": x, "labels": y}, targets="2x,3x", time_budget=25, lr=0.05)
+    assert [p.result.iterations for p in result.points] == [25, 25]
