@@ -284,3 +284,24 @@ def test_the_command_line_names_the_measure_and_fails_the_bound_on_it(tmp_path):
                                          "--max-accuracy-drop", "none", "--fidelity", "relative-error", "--json"])
     assert relative.exit_code == 0, relative.output
     assert json.loads(relative.stdout)["summary"]["measure"] == "relative-error"
+
+
+def test_evaluate_scores_a_label_free_map_against_the_reference_by_decisions(tmp_path):
+    original = sigmoid_map()
+    changed = onnx.ModelProto()
+    changed.CopyFrom(original)
+    head_weights = onnx.numpy_helper.to_array(original.graph.initializer[2]).copy()
+    head_weights[0, :3] *= -1
+    changed.graph.initializer[2].CopyFrom(tensor("c2.w", head_weights))
+    onnx.save(original, str(tmp_path / "original.onnx"))
+    onnx.save(changed, str(tmp_path / "changed.onnx"))
+    np.savez(tmp_path / "x.npz", **X)
+    args = ["evaluate", str(tmp_path / "changed.onnx"), "--data", str(tmp_path / "x.npz"), "--reference",
+            str(tmp_path / "original.onnx"), "--json"]
+    report = json.loads(CliRunner().invoke(main, args).stdout)
+    a, b = run(original, X)[0] > 0.5, run(changed, X)[0] > 0.5
+    assert report["metrics"]["measure"] == "decisions" and report["reference"]["score"] == 100.0
+    assert report["metrics"]["fidelity"] == pytest.approx(200 * np.sum(a & b) / (a.sum() + b.sum()))
+    assert 0 < report["metrics"]["fidelity"] < 95
+    plain = json.loads(CliRunner().invoke(main, [*args, "--fidelity", "relative-error"]).stdout)
+    assert plain["metrics"]["measure"] == "relative-error" and plain["metrics"]["fidelity"] is None
