@@ -19,6 +19,7 @@ from onnx_dns.errors import OptionError
 from onnx_dns.evaluate import Metrics, compute_metrics, measure
 from onnx_dns.fidelity import BoxesReproduced, CosineSimilarity, DecisionOverlap, detections, matched
 from onnx_dns.objective import choose_fidelity
+from onnx_dns.options import merge
 from onnx_dns.selection import within_bound
 
 
@@ -305,3 +306,22 @@ def test_evaluate_scores_a_label_free_map_against_the_reference_by_decisions(tmp
     assert 0 < report["metrics"]["fidelity"] < 95
     plain = json.loads(CliRunner().invoke(main, [*args, "--fidelity", "relative-error"]).stdout)
     assert plain["metrics"]["measure"] == "relative-error" and plain["metrics"]["fidelity"] is None
+
+
+def test_dns_json_may_choose_the_measure_and_a_wrong_one_is_named():
+    assert merge({}, {"fidelity": "cosine"}).fidelity == "cosine"
+    assert merge({"fidelity": "boxes"}, {"fidelity": "cosine"}).fidelity == "boxes"
+    assert merge({}, {}).fidelity == "auto"
+    with pytest.raises(OptionError, match=r"--fidelity 'dice' \(from dns.json\): choose one of auto, relative-error"):
+        merge({}, {"fidelity": "dice"})
+
+
+def test_sensitivity_curves_are_scored_by_the_chosen_measure():
+    x, v = maps_data()
+    result = onnx_dns.sensitivity(sigmoid_map(), {"x": x}, val={"x": v}, sparsities=[0.5, 0.95])
+    assert result.baseline.measure == "decisions" and result.baseline.score == 100.0
+    assert result.markdown().startswith("decision overlap at 0.5 % of the original: 100.00")
+    assert all(m.measure == "decisions" for c in result.curves for m in c.metrics)
+    assert min(c.scores[-1] for c in result.curves) < 100.0
+    plain = onnx_dns.sensitivity(sigmoid_map(), {"x": x}, val={"x": v}, sparsities=[0.5], fidelity="relative-error")
+    assert plain.baseline.measure == "relative-error" and plain.baseline.score == 0.0
