@@ -3,7 +3,6 @@ automatic choice on small built graphs (whole runs: test_fidelity_runs.py)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import pytest
