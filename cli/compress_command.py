@@ -8,6 +8,7 @@ import click
 
 from onnx_dns.channel_report import format_channels
 from onnx_dns.errors import AccuracyBoundError, OutputError
+from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES, LABELS as FIDELITY_LABELS
 from onnx_dns.fold import read_metadata
 from onnx_dns.html_report import compress_report, write_html
 from onnx_dns.model_io import check_output_path
@@ -37,6 +38,10 @@ class Bound(click.ParamType):
 
 
 BOUND = Bound()
+FIDELITY_HELP = ("How a regression output without labels is scored against the original: relative-error, "
+                 "decisions (Dice overlap of the values above 0.5), cosine (mean cosine similarity along the last "
+                 "axis), boxes (share of a YOLO head's detections reproduced). auto: boxes for a YOLOv8-style head, "
+                 "decisions for a Sigmoid output, cosine for a feature vector, else relative-error.")
 
 
 def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
@@ -53,6 +58,8 @@ def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
     return result
 
 
+FIDELITY_OPTION = click.option("--fidelity", type=click.Choice(FIDELITY_CHOICES), help=with_default(
+    "fidelity", FIDELITY_HELP))
 DATA_OPTIONS = [
     click.option("--data", help="Training data: a .npz (arrays named after the model inputs, plus 'labels'), "
                  "a folder of .npy or MNIST-style idx files, or module:function returning batches."),
@@ -125,9 +132,11 @@ TRAINING_OPTIONS = [
     click.option("--threads", type=click.IntRange(min=0), help=with_default("threads", "onnxruntime threads; 0 lets "
                                                                             "it choose.")),
     click.option("--max-accuracy-drop", type=BOUND, metavar="POINTS|none", help=with_default(
-        "max_accuracy_drop", "Fail (exit 6) when validation accuracy or agreement drops more than this many points "
-        "(for regression: the relative error grows by more than this many percent); the best state within the "
-        "bound is kept, and a model that misses it is written as NAME.below-bound.onnx. none: no bound.")),
+        "max_accuracy_drop", "Fail (exit 6) when validation accuracy, agreement or --fidelity drops more than this "
+        "many points (for --fidelity relative-error: the relative error grows by more than this many percent); the "
+        "best state within the bound is kept, and a model that misses it is written as NAME.below-bound.onnx. "
+        "none: no bound.")),
+    FIDELITY_OPTION,
 ]
 STORAGE_OPTIONS = [
     click.option("--format", type=click.Choice(["auto", "sparse", "dense", "packed"]), help=with_default(
@@ -204,8 +213,9 @@ def compress(model: str, output_path: str, report_path: str | None, html_path: s
             click.echo(format_channels(record))
     click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
+        what = FIDELITY_LABELS.get(result.accuracy_after.measure, "accuracy")
         raise AccuracyBoundError(
-            f"accuracy dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
+            f"{what} dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
             f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
 
 

@@ -9,6 +9,7 @@ from onnx_dns.errors import AccuracyBoundError
 from onnx_dns.report import human_bytes
 
 from .common import emit_json, handle_errors
+from .compress_command import FIDELITY_OPTION
 
 
 @click.command()
@@ -20,6 +21,7 @@ from .common import emit_json, handle_errors
               "against (and to score agreement when the data has no labels).")
 @click.option("--output-name", help="The output to score.  [default: the first float output]")
 @click.option("--task", type=click.Choice(["classify", "regress"]))
+@FIDELITY_OPTION
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--min-accuracy", type=float, metavar="PERCENT", help="Fail (exit 6) below this top-1 accuracy.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), metavar="POINTS",
@@ -30,7 +32,7 @@ from .common import emit_json, handle_errors
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but failures.")
 @handle_errors
 def evaluate(model: str, data: str, split: str, reference: str | None, output_name: str | None, task: str | None,
-             batch_size: int, min_accuracy: float | None, max_accuracy_drop: float | None,
+             fidelity: str | None, batch_size: int, min_accuracy: float | None, max_accuracy_drop: float | None,
              min_compression: float | None, as_json: bool, quiet: bool) -> None:
     """Measure MODEL's accuracy on data, and fail when it misses a bound (a CI gate).
 
@@ -40,7 +42,7 @@ def evaluate(model: str, data: str, split: str, reference: str | None, output_na
       onnx-dns evaluate model.dns.onnx --data val.npz --reference model.onnx --max-accuracy-drop 0.5
     """
     result = evaluate_model(model, data, reference=reference, split=split, output=output_name, task=task,
-                            batch_size=batch_size, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
+                            fidelity=fidelity or "auto", batch_size=batch_size, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
                             min_compression=min_compression)
     if as_json:
         emit_json(result.to_dict())

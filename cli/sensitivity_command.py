@@ -9,8 +9,9 @@ from onnx_dns.html_report import sensitivity_report, write_html
 from onnx_dns.settings import load_settings
 
 from .common import emit_json, handle_errors, write_json
+from .compress_command import FIDELITY_OPTION
 
-KEYS = ("data", "val", "output_name", "task", "include", "exclude", "biases", "eval_batch_size")
+KEYS = ("data", "val", "output_name", "task", "fidelity", "include", "exclude", "biases", "eval_batch_size")
 
 
 def _fractions(text: str) -> list[float]:
@@ -30,6 +31,7 @@ def _fractions(text: str) -> list[float]:
               help="Sparsities to prune each layer to, as fractions or percents.")
 @click.option("--output-name", help="The output to score.  [default: the first float output]")
 @click.option("--task", type=click.Choice(["classify", "regress"]))
+@FIDELITY_OPTION
 @click.option("--include", multiple=True, metavar="GLOB", help="Only layers whose name or weight matches.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Not the layers whose name or weight matches.")
 @click.option("--report", "report_path", type=click.Path(path_type=str), help="Write the curves as JSON here.")

@@ -19,8 +19,8 @@ from .common import emit_json, handle_errors
 from .compress_command import DATA_OPTIONS, STORAGE_OPTIONS, SURGERY_OPTIONS, TRAINING_OPTIONS, layer_options
 from .progress import Progress
 
-SENSITIVITY_KEYS = ("include", "exclude", "biases", "output_name", "task", "distill", "eval_batch_size", "seed",
-                    "val_fraction")
+SENSITIVITY_KEYS = ("include", "exclude", "biases", "output_name", "task", "fidelity", "distill", "eval_batch_size",
+                    "seed", "val_fraction")
 
 
 def _options(func):

@@ -135,7 +135,8 @@ def inspect(model: ModelLike) -> ModelReport:
 def evaluate(model: ModelLike, data: Any, *, labels: np.ndarray | None = None,
              reference: ModelLike | None = None, **bounds: Any) -> GateResult:
     """Score `model` on `data` (against labels, or agreement with `reference`) and list the bounds it misses
-    (`min_accuracy`, `max_accuracy_drop`, `min_compression`; also `output`, `task`, `batch_size`, `split`)."""
+    (`min_accuracy`, `max_accuracy_drop`, `min_compression`; also `output`, `task`, `fidelity`, `batch_size`,
+    `split`)."""
     model, reference = (_path_or_checked(m) for m in (model, reference))
     return evaluate_model(model, _with_labels(data, labels), reference=reference, **bounds)
 

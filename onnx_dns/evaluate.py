@@ -3,8 +3,9 @@
 Classification: top-1 and top-5 accuracy in percent against labels, and agreement (top-1 of the original model)
 when there are no labels. An output with a class axis per position ([B, T, C], or [T, B, C]) is scored per
 position: each (sample, position) counts once. Regression: relative error 100 * ||y - t|| / ||t|| against labels
-or the original model's outputs (and the mean squared error). Metrics are tallied batch by batch, so memory
-does not grow with the data.
+or the original model's outputs (and the mean squared error), and, when a task measure is chosen (decision
+overlap, cosine similarity, detections reproduced: `onnx_dns.fidelity`), that measure in percent, which is then
+the score. Metrics are tallied batch by batch, so memory does not grow with the data.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import onnx
 
 from onnx_dns.data import CallableData
 from onnx_dns.dataset import Dataset
+from onnx_dns.fidelity import LABELS, accumulator
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.targets import TEACHER, Targets, batch_first
 
@@ -35,10 +37,12 @@ class Metrics:
     mse: float | None = None
     relative_error: float | None = None
     positions: int = 1
+    measure: str | None = None
 
     @property
     def score(self) -> float:
-        """The number the accuracy bound applies to: top-1 %, else agreement %, else -relative error %."""
+        """The number the accuracy bound applies to: top-1 %, else agreement or the task measure %, else
+        -relative error %."""
         for value in (self.top1, self.fidelity):
             if value is not None:
                 return value
@@ -51,6 +55,8 @@ class Metrics:
         where = "per-position " if self.positions > 1 else ""
         if self.top1 is not None:
             return f"{where}top-1"
+        if self.measure in LABELS:
+            return f"{LABELS[self.measure]} %"
         if self.fidelity is not None:
             return f"{where}agreement"
         return "-relative error %" if self.relative_error is not None else "-mse"
@@ -59,6 +65,8 @@ class Metrics:
         where = "per-position " if self.positions > 1 else ""
         if self.top1 is not None:
             return f"{where}top-1 {self.top1:.2f}%" + (f", top-5 {self.top5:.2f}%" if self.top5 is not None else "")
+        if self.measure in LABELS:
+            return f"{LABELS[self.measure]} {self.fidelity:.2f}%"
         if self.fidelity is not None:
             return f"{where}agreement with the original {self.fidelity:.2f}%"
         if self.relative_error is not None:
@@ -67,10 +75,13 @@ class Metrics:
 
 
 class Tally:
-    """Sums over batches from which the metrics are computed at the end."""
+    """Sums over batches from which the metrics are computed at the end; `fidelity` is the measure of a
+    regression output (relative error, or a task measure of `onnx_dns.fidelity`)."""
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str, fidelity: str = "relative-error") -> None:
         self.task = task
+        self.fidelity = fidelity
+        self.task_measure = None if task == "classify" or fidelity == "relative-error" else accumulator(fidelity)
         self.samples = self.count = self.top1 = self.top5 = self.agree = 0
         self.sq_error = self.sq_target = 0.0
         self.top5_possible = True
@@ -86,6 +97,8 @@ class Tally:
             self.sq_error += float(np.sum(diff * diff))
             self.sq_target += float(np.sum(np.square(target, dtype=np.float64)))
             self.count += outputs.size
+            if self.task_measure is not None:
+                self.task_measure.add(outputs, target)
 
     def _add_classes(self, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> None:
         predicted = outputs.argmax(axis=-1)
@@ -106,18 +119,22 @@ class Tally:
         share = 100.0 / max(self.count, 1)
         if self.task == "classify":
             if not labelled:
-                return Metrics(self.task, self.samples, fidelity=self.agree * share, positions=self.positions)
+                return Metrics(self.task, self.samples, fidelity=self.agree * share, positions=self.positions,
+                               measure="agreement")
             return Metrics(self.task, self.samples, top1=self.top1 * share,
-                           top5=self.top5 * share if self.top5_possible else None, positions=self.positions)
+                           top5=self.top5 * share if self.top5_possible else None, positions=self.positions,
+                           measure="top-1")
         relative = 100.0 * np.sqrt(self.sq_error / self.sq_target) if self.sq_target > 0 else (
             0.0 if self.sq_error == 0 else float("inf"))
-        return Metrics(self.task, self.samples, mse=self.sq_error / max(self.count, 1), relative_error=float(relative))
+        return Metrics(self.task, self.samples, mse=self.sq_error / max(self.count, 1), relative_error=float(relative),
+                       fidelity=None if self.task_measure is None else self.task_measure.percent,
+                       measure=self.fidelity if self.task_measure is not None else "relative-error")
 
 
 def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,
-                    reference: np.ndarray | None) -> Metrics:
+                    reference: np.ndarray | None, fidelity: str = "relative-error") -> Metrics:
     """Metrics of `outputs` against labels (when given) or the original model's outputs."""
-    tally = Tally(task)
+    tally = Tally(task, fidelity)
     tally.add(outputs, labels, reference)
     return tally.metrics(labels is not None)
 
@@ -161,9 +178,11 @@ def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | No
 
 
 def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,
-            reference: Run | None = None, progress: Callable[[dict], None] | None = None) -> Metrics:
-    """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`."""
-    tally = Tally(task)
+            reference: Run | None = None, progress: Callable[[dict], None] | None = None,
+            fidelity: str = "relative-error") -> Metrics:
+    """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`;
+    a regression output is also scored by `fidelity`."""
+    tally = Tally(task, fidelity)
     labelled = None
     for feed, y, stored, n in batches(data, batch_size, fixed_batch, progress):
         labelled = y is not None
@@ -185,4 +204,4 @@ def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets,
         batch = len(feed[art.inputs[0]])
         return module(*[feed[n] for n in art.inputs], *targets.dummy(batch))[index]
 
-    return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress)
+    return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress, targets.fidelity)

@@ -2,7 +2,7 @@
 
 Accuracy comes from a plain onnxruntime session of the model file (what a deployment runs). With a reference
 model (usually the uncompressed original) the drop is measured on the same samples, and label-free data is
-scored by agreement with the reference.
+scored by agreement with the reference (a regression output by the measure `fidelity` names or auto chooses).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import onnx
 from onnx_dns.data import as_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
 from onnx_dns.evaluate import Metrics, measure, session_runner
-from onnx_dns.objective import guess_task
+from onnx_dns.objective import choose_fidelity, guess_task
 from onnx_dns.targets import batch_first
 from onnx_dns.losses import loss_output
 from onnx_dns.model_io import load_model
@@ -39,7 +39,8 @@ class GateResult:
 def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | onnx.ModelProto | None = None,
                    split: str = "t10k", output: str | None = None, task: str | None = None, batch_size: int = 64,
                    min_accuracy: float | None = None, max_accuracy_drop: float | None = None,
-                   min_compression: float | None = None, name: str | None = None) -> GateResult:
+                   min_compression: float | None = None, name: str | None = None,
+                   fidelity: str = "auto") -> GateResult:
     """Score `model` (a path or a loaded model) on `data` (a path, arrays or batches); list every bound it
     misses in `failures`."""
     path = model if isinstance(model, str) else None
@@ -59,8 +60,10 @@ def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | 
                         "to score agreement with it instead")
     sample = batch_first(run(first_inputs), len(next(iter(first_inputs.values()))))
     task = task or guess_task(model, output, first_labels, sample)
-    metrics = measure(run, dataset, task, batch_size, fixed, ref_run)
-    ref_metrics = None if ref_run is None else measure(ref_run, dataset, task, batch_size, fixed, ref_run)
+    fidelity = choose_fidelity(fidelity, model, output, task, first_labels, sample, first_inputs)
+    metrics = measure(run, dataset, task, batch_size, fixed, ref_run, fidelity=fidelity)
+    ref_metrics = None if ref_run is None else measure(ref_run, dataset, task, batch_size, fixed, ref_run,
+                                                         fidelity=fidelity)
     result = GateResult(inspect_model(model, path), metrics, ref_metrics)
     if min_accuracy is not None and metrics.score < min_accuracy:
         result.failures.append(f"{metrics.label} {metrics.score:.2f} is below --min-accuracy {min_accuracy}")

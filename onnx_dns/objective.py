@@ -2,12 +2,14 @@
 
 The training and validation sets (`--data`, `--val`, else the idx folder's test split, else a held-out part),
 the task (classification with integer labels or a (batch, classes) output, else regression), the loss (labels,
-distillation from the original model, or both) and the original model as teacher.
+distillation from the original model, or both), the original model as teacher, and how a label-free regression
+output is scored (`choose_fidelity`: detections, decisions, cosine or relative error; `onnx_dns.fidelity`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +22,8 @@ from onnx_dns.data import CallableData, as_data
 from onnx_dns.dataset import Dataset
 from onnx_dns.errors import DataError, ModelError, OptionError
 from onnx_dns.evaluate import Metrics, measure, session_runner
+from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
+from onnx_dns.graph import producers
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
@@ -28,6 +32,15 @@ from onnx_dns.targets import Targets, batch_axis, with_teacher
 log = logging.getLogger(__name__)
 
 Teacher = Callable[[dict[str, np.ndarray]], np.ndarray]
+YOLO_STRIDES = (8, 16, 32)
+FEATURE_WIDTH = 16  # a last axis at least this wide may be a feature vector
+LAYOUT_OPS = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Cast"}
+SIGMOIDS = {"Sigmoid", "HardSigmoid"}
+KEEPS_LAYOUT = {"Identity", "Cast", "Dropout", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Sigmoid",
+                "HardSigmoid", "HardSwish", "Softplus", "Clip", "Abs", "Neg", "Exp", "Sqrt", "Pow", "Add", "Sub",
+                "Mul", "Div", "BatchNormalization", "InstanceNormalization"}
+SPATIAL_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Resize", "Upsample", "DepthToSpace",
+               "SpaceToDepth", "Pad"}
 
 
 @dataclass
@@ -58,7 +71,9 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     spec = loss_spec(task, prepared.output, first_labels, sample, options)
     if axis != 0:  # the channel scale is laid out for a batch-first output
         spec = replace(spec, channel_scale=None)
-    targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis)
+    fidelity = choose_fidelity(options.fidelity, prepared.model, prepared.output, task, first_labels, sample,
+                               first_inputs)
+    targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis, fidelity)
     return Objective(train, val, spec, teacher, targets, batch_size, first_inputs)
 
 
@@ -110,6 +125,68 @@ def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, s
     return "classify" if sample.ndim > 2 and ends_in_softmax(model, output, sample.ndim) else "regress"
 
 
+def choose_fidelity(option: str, model: onnx.ModelProto, output: str, task: str, labels: np.ndarray | None,
+                    sample: np.ndarray, inputs: dict[str, np.ndarray]) -> str:
+    """How a regression output is scored: `option` when not auto; with labels, relative error; else boxes for a
+    YOLO head over the image input, decisions for a Sigmoid's output, cosine for a feature vector on the last
+    axis, else relative error. `sample` holds the original model's outputs for `inputs`, batch first."""
+    if option not in FIDELITY_CHOICES:
+        raise OptionError(f"--fidelity {option!r}: choose one of {', '.join(FIDELITY_CHOICES)}")
+    if task == "classify":
+        if option not in ("auto", "relative-error"):
+            raise OptionError(f"--fidelity {option} scores a regression output, but {output!r} is scored as "
+                              "classification; add --task regress or drop --fidelity")
+        return "relative-error"
+    if option != "auto":
+        return option
+    if labels is not None:
+        return "relative-error"
+    if is_yolo_head(sample.shape, image_size(inputs)):
+        return "boxes"
+    if ends_in_sigmoid(model, output, sample):
+        return "decisions"
+    if sample.ndim >= 2 and sample.shape[-1] >= FEATURE_WIDTH and not spatial_last_axis(model, output):
+        return "cosine"
+    return "relative-error"
+
+
+def image_size(inputs: dict[str, np.ndarray]) -> tuple[int, int] | None:
+    """(height, width) of the first image input [B, C, H, W], or None."""
+    return next((tuple(v.shape[2:]) for v in inputs.values() if v.ndim == 4 and v.dtype.kind == "f"), None)
+
+
+def is_yolo_head(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool:
+    """Whether an output [B, 4+K, A] or [B, A, 4+K] has exactly one anchor per cell of the stride 8, 16 and 32
+    grids over an image of `size`."""
+    if size is None or len(shape) != 3:
+        return False
+    anchors = sum(math.ceil(size[0] / s) * math.ceil(size[1] / s) for s in YOLO_STRIDES)
+    return (shape[2] == anchors and shape[1] >= 5) or (shape[1] == anchors and shape[2] >= 5)
+
+
+def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> bool:
+    """Whether `output` is a Sigmoid's, or has values in [0, 1] and comes from a Sigmoid or HardSigmoid through
+    layout operators only (Reshape, Transpose, Slice ...)."""
+    made_by = producers(model.graph)
+    node = made_by.get(output)
+    if node is not None and node.op_type == "Sigmoid":
+        return True
+    while node is not None and node.op_type in LAYOUT_OPS:
+        node = made_by.get(node.input[0])
+    in_unit = bool(np.all((sample >= 0) & (sample <= 1)))
+    return node is not None and node.op_type in SIGMOIDS and in_unit
+
+
+def spatial_last_axis(model: onnx.ModelProto, output: str) -> bool:
+    """Whether `output`'s last axis is a spatial axis: it comes from a convolution, pooling or resize (channels
+    first) through operators that keep the layout."""
+    made_by = producers(model.graph)
+    node = made_by.get(output)
+    while node is not None and node.op_type in KEEPS_LAYOUT:
+        node = made_by.get(node.input[0])
+    return node is not None and node.op_type in SPATIAL_OPS
+
+
 def loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndarray,
               options: CompressOptions) -> LossSpec:
     """The loss: labels, distillation (automatic without labels) or a mix, for `task` on `output`."""
@@ -151,4 +228,4 @@ def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int,
                   progress: Callable[[dict], None] | None = None) -> Metrics:
     """Metrics of a plain onnxruntime session of `model` on the validation data (what a deployment would see)."""
     return measure(session_runner(model, objective.spec.output), objective.val, objective.spec.task, batch_size,
-                   fixed_batch, objective.teacher, progress)
+                   fixed_batch, objective.teacher, progress, objective.targets.fidelity)

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, NamedTuple
 
 from onnx_dns.errors import OptionError
+from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
 from onnx_dns.schedules import SCHEDULES
 
 
@@ -110,6 +111,7 @@ class CompressOptions:
     temperature: float = option(4.0, Range(low=0, low_open=True))
     task: str | None = option(None, ("classify", "regress"))
     output_name: str | None = option(None)
+    fidelity: str = option("auto", FIDELITY_CHOICES)
     target: float | None = option(None)
     structure: str = option("weight", ("weight", "channel"))
     c: dict[str, float] = option({}, PerLayer(Range()))

@@ -103,7 +103,7 @@ class CompressResult:
         data["history"] = [{**h, "metrics": asdict(h["metrics"])} for h in self.history]
         data["summary"] = {
             "params": self.params, "nonzeros": self.nonzeros, "compression": round(self.compression, 3),
-            "weight_compression": round(self.weight_compression, 3),
+            "weight_compression": round(self.weight_compression, 3), "measure": self.accuracy_after.measure,
         }
         return data
 

@@ -1,7 +1,7 @@
 """Which state of a run is kept: the accuracy bound, decided in one place, and the most compressed state within it.
 
-A state meets the bound when its score (top-1 %, agreement % or -error) is at most `max_drop` below the
-baseline's; without a bound every state meets it and the final one is kept.
+A state meets the bound when its score (top-1 %, agreement %, a `--fidelity` measure % or -relative error) is at
+most `max_drop` below the baseline's; without a bound every state meets it and the final one is kept.
 """
 
 from __future__ import annotations

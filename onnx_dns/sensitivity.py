@@ -86,7 +86,7 @@ def layer_sensitivity(prepared: Prepared, objective: Objective, sparsities: Sequ
 
     def score(model: onnx.ModelProto) -> Metrics:
         return measure(session_runner(model, objective.spec.output), objective.val, objective.spec.task, batch_size,
-                       prepared.fixed_batch, objective.teacher)
+                       prepared.fixed_batch, objective.teacher, fidelity=objective.targets.fidelity)
 
     baseline = score(prepared.model)
     curves = []

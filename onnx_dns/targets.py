@@ -43,10 +43,13 @@ class Targets:
     """Builds the loss inputs of a batch: one-hot labels and/or the original model's softened outputs."""
 
     def __init__(self, spec: LossSpec, teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None,
-                 sample_shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.float32), axis: int = 0) -> None:
+                 sample_shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.float32), axis: int = 0,
+                 fidelity: str = "relative-error") -> None:
         """`teacher` maps a batch to the original model's logits (classify) or outputs (regress);
-        `sample_shape` is the shape of one sample's target, `axis` the output's batch axis."""
+        `sample_shape` is the shape of one sample's target, `axis` the output's batch axis, `fidelity` how a
+        regression output is scored (`onnx_dns.fidelity`)."""
         self.spec = spec
+        self.fidelity = fidelity
         self.teacher = teacher
         self.sample_shape = tuple(sample_shape)
         self.dtype = dtype

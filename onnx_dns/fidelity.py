@@ -1,0 +1,167 @@
+"""Task-aware fidelity of a label-free regression output to the original model's, tallied batch by batch.
+
+Relative error 100 * ||y - t|| / ||t|| punishes changes a task does not see (a probability map that moves from
+0.9 to 0.8 everywhere keeps every decision), so an output that a task reads in a known way is scored the task's
+way, in percent of the original (the original scores 100 against itself):
+
+- decisions: Dice overlap 200 |A & B| / (|A| + |B|) of the positive decisions, A = {t > 0.5}, B = {y > 0.5}
+  over every element of every sample (100 when both are empty): probability maps, masks, VAD frames.
+- cosine: mean over vectors of y.t / (||y|| ||t||) along the last axis (1 for two zero vectors, 0 for one):
+  embeddings, hidden states.
+- boxes: an ultralytics YOLOv8-style head [B, 4+K, A] (or [B, A, 4+K]; the anchor axis is the longer one) of
+  cx, cy, w, h and K class scores per anchor. Per image: anchors whose best class score reaches 0.25, class-wise
+  greedy NMS at IoU 0.45, at most 300 detections; each of the original's detections, best first, takes the
+  best unmatched detection of the same class at IoU >= 0.5. Score: the share of the original's detections so
+  reproduced (100 when neither model detects anything, 0 when only the new one does).
+
+Each accumulator keeps a few counters, so memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_dns.errors import DataError
+
+MEASURES = ("relative-error", "decisions", "cosine", "boxes")
+CHOICES = ("auto", *MEASURES)
+DECISION_THRESHOLD = 0.5
+BOX_CONFIDENCE = 0.25
+NMS_IOU = 0.45
+MATCH_IOU = 0.5
+MAX_DETECTIONS = 300
+LABELS = {"decisions": f"decision overlap at {DECISION_THRESHOLD:g}", "cosine": "cosine similarity",
+          "boxes": "detections reproduced"}
+
+
+class DecisionOverlap:
+    """Dice overlap of the decisions above 0.5 of two outputs, summed over all batches."""
+
+    def __init__(self) -> None:
+        self.both = self.new = self.original = 0
+
+    def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
+        new, original = outputs > DECISION_THRESHOLD, target.reshape(outputs.shape) > DECISION_THRESHOLD
+        self.both += int(np.count_nonzero(new & original))
+        self.new += int(np.count_nonzero(new))
+        self.original += int(np.count_nonzero(original))
+
+    @property
+    def percent(self) -> float:
+        total = self.new + self.original
+        return 100.0 if total == 0 else 200.0 * self.both / total
+
+
+class CosineSimilarity:
+    """Mean cosine similarity of the vectors along the last axis."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
+        new = outputs.reshape(-1, outputs.shape[-1]).astype(np.float64)
+        original = target.reshape(new.shape).astype(np.float64)
+        norms = np.linalg.norm(new, axis=1) * np.linalg.norm(original, axis=1)
+        dot = np.einsum("ij,ij->i", new, original)
+        both_zero = ~new.any(axis=1) & ~original.any(axis=1)
+        cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+        self.total += float(cosine.sum())
+        self.count += len(cosine)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.total / self.count if self.count else 100.0
+
+
+class BoxesReproduced:
+    """The share of the original's detections that the new output reproduces, over all images."""
+
+    def __init__(self) -> None:
+        self.original = self.new = self.matched = 0
+
+    def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
+        for new, original in zip(anchors_last(outputs), anchors_last(target.reshape(outputs.shape))):
+            mine, theirs = detections(new), detections(original)
+            self.original += len(theirs[0])
+            self.new += len(mine[0])
+            self.matched += matched(theirs, mine)
+
+    @property
+    def percent(self) -> float:
+        if self.original == 0:
+            return 100.0 if self.new == 0 else 0.0
+        return 100.0 * self.matched / self.original
+
+
+def accumulator(measure: str) -> DecisionOverlap | CosineSimilarity | BoxesReproduced:
+    """The streaming accumulator of a task measure (not relative error, which `Tally` sums itself)."""
+    return {"decisions": DecisionOverlap, "cosine": CosineSimilarity, "boxes": BoxesReproduced}[measure]()
+
+
+def anchors_last(outputs: np.ndarray) -> np.ndarray:
+    """A YOLO head [B, 4+K, A] or [B, A, 4+K] as [B, 4+K, A] (the anchor axis is the longer one)."""
+    if outputs.ndim != 3 or min(outputs.shape[1:]) < 5:
+        raise DataError(f"--fidelity boxes: the output has shape {list(outputs.shape)}, not a YOLO head "
+                        "[batch, 4+classes, anchors]; choose another --fidelity")
+    return outputs if outputs.shape[2] >= outputs.shape[1] else outputs.transpose(0, 2, 1)
+
+
+def corners(xywh: np.ndarray) -> np.ndarray:
+    """Boxes cx, cy, w, h [n, 4] as x0, y0, x1, y1."""
+    return np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [n, m] of corner boxes a [n, 4] and b [m, 4]."""
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def detections(head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One image's head [4+K, A] -> (corner boxes [n, 4], classes [n]), best first, after the confidence
+    threshold and class-wise greedy NMS."""
+    scores_all = head[4:].astype(np.float64)
+    classes, scores = scores_all.argmax(axis=0), scores_all.max(axis=0)
+    pick = np.flatnonzero(scores >= BOX_CONFIDENCE)
+    pick = pick[np.argsort(-scores[pick], kind="stable")]
+    boxes, classes = corners(head[:4, pick].T.astype(np.float64)), classes[pick]
+    keep = nms(boxes, classes)
+    return boxes[keep], classes[keep]
+
+
+def nms(boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Indices kept by greedy NMS at IoU 0.45 within each class, of boxes sorted best first (at most 300).
+    Classes are kept apart by shifting each class's boxes beyond every other's."""
+    if not len(boxes):
+        return np.zeros(0, np.int64)
+    span = float(boxes.max() - boxes.min()) + 1.0
+    shifted = boxes + (classes * span)[:, None]
+    order, keep = np.arange(len(boxes)), []
+    while len(order) and len(keep) < MAX_DETECTIONS:
+        best, order = order[0], order[1:]
+        keep.append(best)
+        order = order[iou(shifted[best:best + 1], shifted[order])[0] <= NMS_IOU]
+    return np.array(keep, np.int64)
+
+
+def matched(original: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> int:
+    """How many of the original's detections (best first) find an unmatched new one of the same class at
+    IoU >= 0.5, each taking the best such one."""
+    if not len(original[0]) or not len(new[0]):
+        return 0
+    overlap = iou(original[0], new[0]) * (original[1][:, None] == new[1][None, :])
+    free = np.ones(len(new[0]), bool)
+    count = 0
+    for row in overlap:
+        candidates = np.where(free, row, -1.0)
+        best = int(candidates.argmax())
+        if candidates[best] >= MATCH_IOU:
+            free[best] = False
+            count += 1
+    return count
