@@ -63,8 +63,8 @@ def test_the_command_line_names_the_measure_and_fails_the_bound_on_it(tmp_path):
     np.savez(tmp_path / "val.npz", x=v)
     result = CliRunner().invoke(main, ["compress", str(tmp_path / "map.onnx"), "-o", str(tmp_path / "out.onnx"),
                                        "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
-                                       "--target", "8x", "--iterations", "30", "--batch-size", "32",
-                                       "--max-accuracy-drop", "5", "--json"])
+                                       "--target", "8x", "--iterations", "30", "--eval-every", "30",
+                                       "--batch-size", "32", "--max-accuracy-drop", "5", "--json"])
     assert result.exit_code == 6, result.output
     report = json.loads(result.stdout)
     assert report["summary"]["measure"] == "decisions" and report["accuracy_after"]["fidelity"] < 95
