@@ -36,6 +36,8 @@ YOLO_STRIDES = (8, 16, 32)
 FEATURE_WIDTH = 16  # a last axis at least this wide may be a feature vector
 LAYOUT_OPS = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Cast"}
 SIGMOIDS = {"Sigmoid", "HardSigmoid"}
+EMBEDDING_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "Div", "LpNormalization", "GlobalAveragePool",
+                 "GlobalMaxPool", "LayerNormalization"}
 KEEPS_LAYOUT = {"Identity", "Cast", "Dropout", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Sigmoid",
                 "HardSigmoid", "HardSwish", "Softplus", "Clip", "Abs", "Neg", "Exp", "Sqrt", "Pow", "Add", "Sub",
                 "Mul", "Div", "BatchNormalization", "InstanceNormalization"}
@@ -117,12 +119,23 @@ def split_data(options: CompressOptions, prepared: Prepared) -> tuple[Dataset | 
 
 def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, sample: np.ndarray) -> str:
     """Integer labels mean classification; without labels, a (batch, classes) output or one made by a Softmax
-    over its last axis ([B, T, C] scored per position) does too. Anything else is regression."""
+    over its last axis ([B, T, C] scored per position) does too, unless the (batch, D) output is a pooled or
+    normalized embedding (`is_embedding`). Anything else is regression."""
     if labels is not None:
         return "classify" if np.issubdtype(labels.dtype, np.integer) else "regress"
     if sample.ndim == 2 and sample.shape[1] > 1:
-        return "classify"
+        return "regress" if is_embedding(model, output) else "classify"
     return "classify" if sample.ndim > 2 and ends_in_softmax(model, output, sample.ndim) else "regress"
+
+
+def is_embedding(model: onnx.ModelProto, output: str) -> bool:
+    """Whether `output` comes, through layout operators, from a pooling or a normalization (a sentence or image
+    embedding such as mean-pooled tokens or GlobalAveragePool + Flatten) rather than from a classifier layer."""
+    made_by = producers(model.graph)
+    node = made_by.get(output)
+    while node is not None and node.op_type in LAYOUT_OPS | {"Concat"}:
+        node = made_by.get(node.input[0])
+    return node is not None and node.op_type in EMBEDDING_OPS
 
 
 def choose_fidelity(option: str, model: onnx.ModelProto, output: str, task: str, labels: np.ndarray | None,

@@ -219,3 +219,20 @@ def test_a_chosen_measure_is_kept_and_a_classification_refuses_one():
         choose_fidelity("boxes", model, "p", "classify", None, sample, X)
     with pytest.raises(OptionError, match="--fidelity 'dice'"):
         choose_fidelity("dice", model, "p", "regress", None, sample, X)
+
+
+def test_a_pooled_embedding_is_not_taken_for_class_scores():
+    from onnx_dns.objective import guess_task
+
+    w = np.random.default_rng(8).standard_normal((8, 32)).astype(np.float32)
+    tokens = {"x": np.random.default_rng(9).standard_normal((3, 5, 8)).astype(np.float32)}
+    pooled = make_model([helper.make_node("MatMul", ["x", "w"], ["t"]),
+                         helper.make_node("ReduceMean", ["t"], ["e"], axes=[1], keepdims=0)],
+                        [value("x", ["N", 5, 8])], [value("e", ["N", 32])], [tensor("w", w)], opset=17)
+    sample = run(pooled, tokens)[0]
+    assert guess_task(pooled, "e", None, sample) == "regress"
+    assert choose_fidelity("auto", pooled, "e", "regress", None, sample, tokens) == "cosine"
+    logits = make_model([helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0),
+                         helper.make_node("MatMul", ["m", "w"], ["e"])],
+                        [value("x", ["N", 5, 8])], [value("e", ["N", 32])], [tensor("w", w)], opset=17)
+    assert guess_task(logits, "e", None, run(logits, tokens)[0]) == "classify"  # a classifier layer after pooling
