@@ -26,6 +26,7 @@ from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
+from onnx_dns.rewrites.shape_hints import declare_propagated_shapes
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
 BASE_MODEL = "base_model.onnx"  # the model with its loss, written only when it is too large to pass in memory
@@ -107,6 +108,7 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
     if not update_bn_stats:
         rewritten = freeze_batchnorm(rewritten).model
     rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten).model).model)
+    rewritten = declare_propagated_shapes(rewritten).model  # broadcast gradients need shapes computed ones hide
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
         label = blocked[0][0]
