@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dns.batch_axes import fixed_batch
 from onnx_dns.channel_layout import ChannelGroups
 from onnx_dns.channel_plans import plan_channels
 from onnx_dns.data import InputSpec, model_inputs
@@ -50,7 +51,7 @@ class Prepared:
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the model was exported with, if its inputs fix one."""
-        return next((s.shape[0] for s in self.specs if s.shape and s.shape[0] is not None), None)
+        return fixed_batch([s.shape for s in self.specs], [s.batch_axis for s in self.specs])
 
     @property
     def pruned(self) -> list[str]:
