@@ -84,7 +84,10 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
                          "MatMul) were found" + (" matching --include/--exclude" if options.include or
                                                  options.exclude else "")
                          + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name"
-                            if left_alone else ""))
+                            if left_alone else "")
+                         + ("; weights inside an If's branches are found only when the data fixes its condition "
+                            "(give the inputs it depends on one value for all the data)"
+                            if any(n.op_type == "If" for n in model.graph.node) else ""))
     channels, plans = (plan_channels(model, layers, options, source, frozen)
                        if options.structure == "channel" and layers else (None, plans_for(layers, options)))
     return Prepared(source, original, model, output, layers, plans, frozen, feeding, model_inputs(model), channels)
