@@ -89,11 +89,15 @@ MODELS = (
     Model("silero-vad-lstm", SILERO, "silero_vad/data/silero_vad_16k_sequence.onnx",
           "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85", "pytorch 2.11.0",
           "voice activity detector: STFT-as-Conv encoder + LSTM (ONNX LSTM operator)", "audio_frames_seq",
-          "vad", "speech_probs", 64, "fails", "the batch axis is time; state inputs h, c are [1,1,128]"),
+          "vad", "speech_probs", 64, "works",
+          "the batch axis is time (trained on runs of consecutive frames); state inputs h, c [1,1,128] hold no "
+          "batch axis and are fed zeros"),
     Model("silero-vad-op18", SILERO, "silero_vad/data/silero_vad_op18_ifless.onnx",
           "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28", "pytorch 2.9.0",
           "voice activity detector: same network, LSTM cell unrolled into Gemm/Sigmoid/Tanh, If on sample rate",
-          "audio_frames_batch", "vad", "output", 64, "fails", "scalar int64 input sr"),
+          "audio_frames_batch", "vad", "output", 64, "works",
+          "state [2,batch,128] holds its batch on axis 1; the data fixes the scalar int64 input sr at 16000, so "
+          "the If is replaced by its 16 kHz branch (the written model is specialized to it)"),
     Model("magika-v3.3", MAGIKA, "magika/models/standard_v3_3/model.onnx",
           "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c", "tf2onnx 1.16.1 (jax2tf)",
           "file-type classifier over 214 types: byte embedding, Dense, LayerNorm, Conv1D, GlobalMaxPool",
