@@ -114,3 +114,14 @@ def test_samples_interact_when_an_output_depends_on_earlier_samples():
     assert samples_interact(running, x, running(x))
     assert not samples_interact(independent, x, independent(x))
     assert not samples_interact(running, {"x": x["x"][:2]}, running({"x": x["x"][:2]}))  # too few to tell
+
+
+def test_a_model_that_runs_only_at_its_batch_size_is_taken_as_independent():
+    x = {"x": np.ones((6, 3), np.float32)}
+
+    def fixed_six(feed):
+        if len(feed["x"]) != 6:
+            raise RuntimeError("Got invalid dimensions for input: x")
+        return np.cumsum(feed["x"], axis=0)
+
+    assert not samples_interact(fixed_six, x, fixed_six(x))
