@@ -8,6 +8,7 @@ so a run is reproducible from its seed and a resumed run sees the same batches a
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -276,8 +277,13 @@ def _whole_inputs(arrays: dict[str, np.ndarray], inputs: list[InputSpec], count:
         if spec.name in arrays:
             value = _checked(np.asarray(arrays[spec.name])[None], spec, source)[0]
         else:
-            log.warning("%s: input %r (%s) has no batch axis and no array: it is fed zeros", source, spec.name,
-                        spec.describe())
+            _warn_zeros(source, spec.name, spec.describe())
             value = np.zeros(spec.shape, spec.dtype)
         out[spec.name] = np.broadcast_to(value, (count, *value.shape))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_zeros(source: str, name: str, described: str) -> None:
+    """Said once per data source and input, though streamed data is checked batch by batch."""
+    log.warning("%s: input %r (%s) has no batch axis and no array: it is fed zeros", source, name, described)
