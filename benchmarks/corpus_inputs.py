@@ -144,16 +144,17 @@ def _frames(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def audio_frames_seq(n: int, seed: int, model_path: Path, cache: Path) -> tuple[dict, dict]:
-    """Consecutive 32 ms frames for the sequence model (its batch axis is time), zero LSTM state per frame row."""
+    """Consecutive 32 ms frames for the sequence model (its batch axis is time); its LSTM state inputs h and c
+    hold no batch axis and are left out, so they start at zeros."""
     frames, voiced = _frames(n, seed)
-    zeros = np.zeros((n, 1, 128), np.float32)
-    return {"input": frames, "h": zeros, "c": zeros}, {"voiced": voiced.tolist()}
+    return {"input": frames}, {"voiced": voiced.tolist()}
 
 
 def audio_frames_batch(n: int, seed: int, model_path: Path, cache: Path) -> tuple[dict, dict]:
-    """Frames for the batched model: input [n, 576], state [2, n, 128] of zeros, sr a scalar 16000."""
+    """Frames for the batched model, sample first: input [n, 576], state [n, 2, 128] of zeros (the model holds
+    its batch on axis 1), sr one value for all, 16000."""
     frames, voiced = _frames(n, seed)
-    return ({"input": frames, "state": np.zeros((2, n, 128), np.float32), "sr": np.array(16000, np.int64)},
+    return ({"input": frames, "state": np.zeros((n, 2, 128), np.float32), "sr": np.array(16000, np.int64)},
             {"voiced": voiced.tolist()})
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's onnx_dns, as the CLI runs it
 
 import corpus  # noqa: E402
 import corpus_report  # noqa: E402
@@ -65,11 +66,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 BOUND_MISSED = 6  # compress's exit code when the accuracy bound is missed (the model is written NAME.below-bound)
 
 
-def _feed(model: corpus.Model, inputs: dict) -> dict:
-    """The inputs as the model runs them: the sequence VAD takes one state for the whole sequence."""
-    if model.inputs == "audio_frames_seq":
-        return {**inputs, "h": inputs["h"][:1], "c": inputs["c"][:1]}
-    return inputs
+def _feed(path: Path, inputs: dict) -> dict:
+    """The sample-first inputs as the model runs them, as onnx-dns feeds them: each batch on the model's batch
+    axis, an input without one given once (the VAD's sample rate) or left out as zeros (its LSTM state)."""
+    import onnx
+    from onnx_dns.batch_axes import model_feed
+    from onnx_dns.data import check_arrays, model_inputs
+    specs = model_inputs(onnx.load(str(path), load_external_data=False))
+    arrays, _ = check_arrays(inputs, None, specs, str(path))
+    return model_feed(arrays, {s.name: s.batch_axis for s in specs})
 
 
 def _run_model(path: Path, model: corpus.Model, inputs: dict) -> np.ndarray:
@@ -77,7 +82,7 @@ def _run_model(path: Path, model: corpus.Model, inputs: dict) -> np.ndarray:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run([model.output], _feed(model, inputs))[0]
+    return session.run([model.output], _feed(path, inputs))[0]
 
 
 def _limit(gigabytes: float):

@@ -9,7 +9,7 @@ between steps, and the mask gradient is rewired straight-through.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -26,6 +26,8 @@ from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
+from onnx_dns.rewrites.constant_folding import fold_integer_constants
+from onnx_dns.rewrites.shape_hints import declare_propagated_shapes
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
 BASE_MODEL = "base_model.onnx"  # the model with its loss, written only when it is too large to pass in memory
@@ -45,6 +47,7 @@ class TrainingArtifacts:
     trainable: tuple[str, ...]
     masks: dict[str, str]
     batch: int | None = None
+    batch_axes: dict[str, int | None] = field(default_factory=dict)  # inputs whose batch is not on axis 0
 
 
 def trainable_parameters(model: onnx.ModelProto) -> list[str]:
@@ -106,7 +109,9 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
     rewritten = enable_dropout(masked_model).model
     if not update_bn_stats:
         rewritten = freeze_batchnorm(rewritten).model
+    rewritten = fold_integer_constants(rewritten).model  # sizes the rewrites need, hidden behind shape arithmetic
     rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten).model).model)
+    rewritten = declare_propagated_shapes(rewritten).model  # broadcast gradients need shapes computed ones hide
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
         label = blocked[0][0]

@@ -8,6 +8,8 @@ so a run is reproducible from its seed and a resumed run sees the same batches a
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnx_dns.batch_axes import batch_axes, sample_dims
 from onnx_dns.dataset import Batch, Dataset
 from onnx_dns.errors import DataError
 from onnx_dns.graph import initializers
@@ -23,33 +26,43 @@ from onnx_dns.idx import find_idx, load_mnist_split
 from onnx_dns.npz import read_npz
 from onnx_dns.user_code import code_source, load_function
 
+log = logging.getLogger(__name__)
+
 LABELS = "labels"
 IDX_SCALE = 1.0 / 256.0
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, numpy dtype and shape (None for a symbolic dimension)."""
+    """A model input: name, numpy dtype, shape (None for a symbolic dimension) and the axis that holds the batch
+    (None for an input fed whole, batch_axes.py)."""
 
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+    batch_axis: int | None = 0
 
     def describe(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name} {self.dtype} [{dims}]"
 
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of one sample's array in the data (sample-first data holds one more axis in front)."""
+        return sample_dims(self.shape, self.batch_axis)
+
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     """The inputs a caller must feed (graph inputs that are not initializers)."""
     inits = set(initializers(model.graph))
+    fed = [value for value in model.graph.input if value.name not in inits]
+    axes = batch_axes(fed)
     specs = []
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
+    for value in fed:
         tensor = value.type.tensor_type
         # some exporters write -1 (or 0) for a dynamic size where ONNX has a symbolic dimension
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-        specs.append(InputSpec(value.name, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
+        specs.append(InputSpec(value.name, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims,
+                               axes[value.name]))
     return specs
 
 
@@ -189,39 +202,88 @@ def _idx_dataset(folder: Path, inputs: list[InputSpec], split: str) -> Dataset:
 
 def check_arrays(arrays: dict[str, np.ndarray], labels: np.ndarray | None, inputs: list[InputSpec],
                  source: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Check names, dtypes and shapes against the model's inputs; cast floats to the model's float type."""
+    """Check names, dtypes and shapes against the model's inputs (sample first); cast floats to the model's float
+    type. An input fed whole (no batch axis) may be given once, or missing when it is a float state (zeros)."""
     names = [s.name for s in inputs]
-    missing = [n for n in names if n not in arrays]
+    missing = [s for s in inputs if s.name not in arrays and not _zero_state(s)]
     extra = [n for n in arrays if n not in names]
     if missing:
-        raise DataError(f"{source}: no array for model input {missing[0]!r} (it has {sorted(arrays) or 'none'}); "
-                        f"name the arrays after the model inputs: {', '.join(names)}")
+        whole = missing[0].batch_axis is None
+        raise DataError(f"{source}: no array for model input {missing[0].name!r} (it has "
+                        f"{sorted(arrays) or 'none'}); name the arrays after the model inputs: {', '.join(names)}"
+                        + (f"; {missing[0].name!r} has no batch axis: give its one value, shape "
+                           f"{list(missing[0].shape)}" if whole else ""))
     if extra:
         raise DataError(f"{source}: array {extra[0]!r} is not a model input; the model takes {', '.join(names)} "
                         f"and optional '{LABELS}'")
     out = {}
     count = None
     for spec in inputs:
-        array = np.asarray(arrays[spec.name])
-        if array.dtype != spec.dtype:
-            same_kind = (np.issubdtype(array.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)) or (
-                np.issubdtype(array.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer))
-            if not same_kind:
-                raise DataError(f"{source}: input {spec.name!r} is {array.dtype} but the model wants {spec.dtype}; "
-                                "convert it (and scale it as in training) before saving")
-            array = array.astype(spec.dtype)
-        if array.ndim != len(spec.shape) or any(
-                d is not None and d != a for d, a in zip(spec.shape[1:], array.shape[1:])):
-            raise DataError(f"{source}: input {spec.name!r} has shape {list(array.shape)} but the model wants "
-                            f"{spec.describe()}")
+        if spec.name not in arrays or (spec.batch_axis is None and np.ndim(arrays[spec.name]) == len(spec.shape)):
+            continue
+        array = _checked(np.asarray(arrays[spec.name]), spec, source)
         if count is not None and len(array) != count:
             raise DataError(f"{source}: arrays have different numbers of samples ({count} and {len(array)})")
         count = len(array)
         out[spec.name] = array
+    out |= _whole_inputs(arrays, inputs, count or 1, source)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if count is not None and len(labels) != count:
             raise DataError(f"{source}: {len(labels)} labels for {count} samples")
-    return out, labels
+    return {n: out[n] for n in names}, labels
+
+
+def _checked(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
+    """One input's sample-first array in the model's dtype, its shape checked; an input fed whole must hold the
+    same value in every sample, since the model takes one value for the whole batch."""
+    if array.dtype != spec.dtype:
+        same_kind = (np.issubdtype(array.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)) or (
+            np.issubdtype(array.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer))
+        if not same_kind:
+            raise DataError(f"{source}: input {spec.name!r} is {array.dtype} but the model wants {spec.dtype}; "
+                            "convert it (and scale it as in training) before saving")
+        array = array.astype(spec.dtype)
+    sample = spec.sample_shape
+    if array.ndim != len(sample) + 1 or any(d is not None and d != a for d, a in zip(sample, array.shape[1:])):
+        where = ("" if spec.batch_axis in (0, None) else
+                 f" (its batch is on axis {spec.batch_axis} in the model; the data holds it first)")
+        raise DataError(f"{source}: input {spec.name!r} has shape {list(array.shape)} but the model wants "
+                        f"{spec.describe()}, so the data must hold [samples, "
+                        + ", ".join("?" if d is None else str(d) for d in sample) + f"]{where}")
+    if spec.batch_axis is None and len(array) > 1:
+        differs = np.flatnonzero(np.any((array != array[:1]).reshape(len(array), -1), axis=1))
+        if differs.size:
+            raise DataError(f"{source}: input {spec.name!r} has no batch axis in the model ({spec.describe()}), "
+                            f"so every sample must hold the same value, but sample {differs[0]} differs from "
+                            "sample 0; split the data by its value and compress once per value")
+    return array
+
+
+def _zero_state(spec: InputSpec) -> bool:
+    """A float input without a batch axis (a recurrent state) that the data may leave out: it is fed zeros."""
+    return spec.batch_axis is None and np.issubdtype(spec.dtype, np.floating) and None not in spec.shape
+
+
+def _whole_inputs(arrays: dict[str, np.ndarray], inputs: list[InputSpec], count: int,
+                  source: str) -> dict[str, np.ndarray]:
+    """The inputs fed whole that the data gives once or leaves out (zeros), repeated for each of the samples."""
+    out = {}
+    for spec in inputs:
+        if spec.batch_axis is not None or (spec.name in arrays and np.ndim(arrays[spec.name]) != len(spec.shape)):
+            continue
+        if spec.name in arrays:
+            value = _checked(np.asarray(arrays[spec.name])[None], spec, source)[0]
+        else:
+            _warn_zeros(source, spec.name, spec.describe())
+            value = np.zeros(spec.shape, spec.dtype)
+        out[spec.name] = np.broadcast_to(value, (count, *value.shape))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_zeros(source: str, name: str, described: str) -> None:
+    """Said once per data source and input, though streamed data is checked batch by batch."""
+    log.warning("%s: input %r (%s) has no batch axis and no array: it is fed zeros", source, name, described)

@@ -15,15 +15,19 @@ Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
 class Dataset:
     """Arrays, in memory or memory-mapped: one per model input, plus optional labels, all with the same first
     dimension. A subset keeps the arrays and an index of its rows, so holding out a validation set copies nothing;
-    `aligned` arrays (the original model's outputs) have one row per sample of this dataset, in its order."""
+    `aligned` arrays (the original model's outputs) have one row per sample of this dataset, in its order.
+    With `windows` the samples are steps of one sequence (a model whose batch axis is time): a batch is a run of
+    consecutive samples and the held-out part is the last stretch."""
 
     def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str,
-                 index: np.ndarray | None = None, aligned: dict[str, np.ndarray] | None = None) -> None:
+                 index: np.ndarray | None = None, aligned: dict[str, np.ndarray] | None = None,
+                 windows: bool = False) -> None:
         self._inputs = inputs
         self._labels = labels
         self.source = source
         self.index = index
         self.aligned = dict(aligned or {})
+        self.windows = windows
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
@@ -42,19 +46,27 @@ class Dataset:
 
     def subset(self, positions: np.ndarray, source: str) -> Dataset:
         return Dataset(self._inputs, self._labels, source, np.asarray(self._rows(positions)),
-                       {k: v[positions] for k, v in self.aligned.items()})
+                       {k: v[positions] for k, v in self.aligned.items()}, self.windows)
 
     def with_aligned(self, name: str, values: np.ndarray) -> Dataset:
         """A copy that also yields `values` (one row per sample, in this dataset's order) under `name`."""
-        return Dataset(self._inputs, self._labels, self.source, self.index, {**self.aligned, name: values})
+        return Dataset(self._inputs, self._labels, self.source, self.index, {**self.aligned, name: values},
+                       self.windows)
+
+    def as_windows(self) -> Dataset:
+        """A copy whose batches are runs of consecutive samples (see the class)."""
+        return Dataset(self._inputs, self._labels, self.source, self.index, self.aligned, windows=True)
 
     def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-        """Hold out `fraction` of the samples (at least one), chosen with `seed`, as a validation set."""
+        """Hold out `fraction` of the samples (at least one), chosen with `seed` (the last ones with `windows`), as
+        a validation set."""
         order = np.random.default_rng([seed, 7]).permutation(len(self))
         n_val = max(1, int(round(fraction * len(self))))
         if n_val >= len(self):
             raise DataError(f"{self.source}: {len(self)} samples are too few to hold out a validation set; "
                             "give --val")
+        if self.windows:
+            order = np.arange(len(self))[::-1]
         return (self.subset(np.sort(order[n_val:]), self.source),
                 self.subset(np.sort(order[:n_val]), f"{self.source} (held-out {fraction:.0%})"))
 
@@ -68,6 +80,10 @@ class Dataset:
         """Batch number `iteration` of an endless shuffled stream: epoch e uses permutation (seed, e)."""
         per_epoch = max(len(self) // batch_size, 1)
         epoch, k = divmod(iteration, per_epoch)
+        if self.windows and len(self) >= batch_size:
+            starts = _permutation(seed, epoch, len(self) - batch_size + 1)
+            start = int(starts[k % len(starts)])
+            return self._take(np.arange(start, start + batch_size))
         order = _permutation(seed, epoch, len(self))
         return self._take(np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order)
 

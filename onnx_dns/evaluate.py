@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_dns.data import CallableData
+from onnx_dns.batch_axes import model_feed
+from onnx_dns.data import CallableData, model_inputs
 from onnx_dns.dataset import Dataset
 from onnx_dns.fidelity import LABELS, accumulator
 from onnx_dns.ort_training import runtime, session_options
@@ -150,9 +151,10 @@ def session_runner(model: onnx.ModelProto, output: str) -> Run:
     session = runtime().InferenceSession(model.SerializeToString(), session_options(),
                                            providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
+    axes = {s.name: s.batch_axis for s in model_inputs(model)}
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([output], {k: v for k, v in feed.items() if k in names})[0]
+        return session.run([output], model_feed({k: v for k, v in feed.items() if k in names}, axes))[0]
 
     return run
 
@@ -202,6 +204,7 @@ def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets,
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         batch = len(feed[art.inputs[0]])
+        feed = model_feed(feed, art.batch_axes)
         return module(*[feed[n] for n in art.inputs], *targets.dummy(batch))[index]
 
     return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress, targets.fidelity)

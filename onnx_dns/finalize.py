@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnx_dns.batch_axes import model_feed
 from onnx_dns.channel_fold import fold_channels, kept_channels
 from onnx_dns.channel_report import channel_record
 from onnx_dns.fold import fold_masks, read_metadata, write_metadata
@@ -96,7 +97,8 @@ def _new_statistics(prepared: Prepared, masked: onnx.ModelProto, objective: Obje
     are not before --freeze-before."""
     progress({"event": "bn-statistics", "batches": BN_BATCHES})
     trained = fold_masks(masked, sparse=False, values=values).model
-    batches = (objective.train.batch(i, objective.batch_size, seed)[0] for i in range(BN_BATCHES))
+    axes = {s.name: s.batch_axis for s in prepared.specs}
+    batches = (model_feed(objective.train.batch(i, objective.batch_size, seed)[0], axes) for i in range(BN_BATCHES))
     return estimate_statistics(trained, batches, layers=prepared.feeding - prepared.frozen)
 
 

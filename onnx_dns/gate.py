@@ -12,6 +12,7 @@ from typing import Any
 
 import onnx
 
+from onnx_dns.batch_axes import fixed_batch
 from onnx_dns.data import as_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
 from onnx_dns.evaluate import Metrics, measure, session_runner
@@ -49,7 +50,7 @@ def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | 
     output = output or loss_output(model, name=name)
     specs = model_inputs(model)
     dataset = as_data(data, specs, split)
-    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    fixed = fixed_batch([s.shape for s in specs], [s.batch_axis for s in specs])
     run = session_runner(model, output)
     ref_run = None
     if reference is not None:

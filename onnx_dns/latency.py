@@ -9,7 +9,8 @@ import time
 import numpy as np
 import onnx
 
-from onnx_dns.data import CallableData, Dataset
+from onnx_dns.batch_axes import model_feed
+from onnx_dns.data import CallableData, Dataset, model_inputs
 from onnx_dns.ort_training import onnxruntime
 from onnx_dns.targets import TEACHER
 
@@ -32,7 +33,8 @@ def median_latency(model: onnx.ModelProto, feed: dict[str, np.ndarray], runs: in
     """Median milliseconds of one inference of `model` on `feed`, in a plain onnxruntime session."""
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    feed = {k: v for k, v in feed.items() if k in names}
+    axes = {s.name: s.batch_axis for s in model_inputs(model)}
+    feed = model_feed({k: v for k, v in feed.items() if k in names}, axes)
     for _ in range(WARMUP):
         session.run(None, feed)
     times = []

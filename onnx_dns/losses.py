@@ -59,14 +59,41 @@ class LossSpec:
 
 def logits_name(model: onnx.ModelProto, output: str) -> str:
     """The tensor that holds the logits behind `output`: the input of a final Softmax, seen through Identity
-    nodes, else `output`."""
+    nodes, or of the Exp of a softmax written out as Exp(z) / ReduceSum(Exp(z), last axis) (jax2tf's, behind a
+    Sub of the row maximum), else `output`."""
     made_by = producers(model.graph)
     node = made_by.get(output)
     while node is not None and node.op_type == "Identity":
         node = made_by.get(node.input[0])
     if node is not None and node.op_type == "Softmax":
         return node.input[0]
+    if node is not None and node.op_type == "Div":
+        return _written_out_softmax(model, node, made_by) or output
     return output
+
+
+SHAPE_ONLY = ("Identity", "Reshape", "Expand", "Unsqueeze")
+
+
+def _written_out_softmax(model: onnx.ModelProto, div: onnx.NodeProto,
+                         made_by: dict[str, onnx.NodeProto]) -> str | None:
+    """z when `div` computes Exp(z) / ReduceSum(Exp(z)) over the last axis (the sum only reshaped or broadcast
+    after), which is softmax(z) exactly; else None."""
+    exp = made_by.get(div.input[0])
+    total = made_by.get(div.input[1])
+    while total is not None and total.op_type in SHAPE_ONLY:
+        total = made_by.get(total.input[0])
+    if exp is None or exp.op_type != "Exp" or total is None or total.op_type != "ReduceSum":
+        return None
+    if total.input[0] != exp.output[0]:
+        return None
+    rank = len(inferred_values(model).get(exp.output[0], onnx.ValueInfoProto()).type.tensor_type.shape.dim)
+    inits = {t.name: t for t in model.graph.initializer}
+    if len(total.input) > 1 and total.input[1] in inits:
+        axes = numpy_helper.to_array(inits[total.input[1]]).reshape(-1).tolist()
+    else:
+        axes = attribute(total, "axes", None)
+    return exp.input[0] if rank and axes is not None and [a % rank for a in axes] == [rank - 1] else None
 
 
 def ends_in_softmax(model: onnx.ModelProto, output: str, rank: int) -> bool:

@@ -1,4 +1,5 @@
-"""Choose the learning rate when none is given: a short probe on the first batches, from the largest rate down.
+"""Choose the learning rate when none is given: a short probe on the first batches (the first one repeated when
+batches are runs of one sequence, whose losses differ too much to compare), from the largest rate down.
 
 The probe starts from the weights as pruned at the end of the surgery (each layer keeps what its criterion would
 keep at its stop iteration), so the loss has something to recover. For each candidate rate, from 1 down to 1e-5
@@ -38,7 +39,9 @@ class ProbeResult:
 def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_size: int, seed: int) -> ProbeResult:
     """The learning rate (and gradient-norm bound) to train with; `trainer` is left as it was."""
     saved = trainer.save_state()
-    batches = [data.batch(i, batch_size, seed) for i in range(STEPS)]
+    # runs of one sequence differ too much for the loss on one to be compared with the next: probe on the first
+    windows = isinstance(data, Dataset) and data.windows
+    batches = [data.batch(0 if windows else i, batch_size, seed) for i in range(STEPS)]
     tried = []
     try:
         for lr in CANDIDATES:

@@ -27,6 +27,7 @@ from onnx_dns.graph import producers
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
+from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.targets import Targets, batch_axis, with_teacher
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Objective:
     targets: Targets
     batch_size: int
     sample: dict[str, np.ndarray]
+    sequence: bool = False  # the batch axis is a sequence (sequence_batch.py)
 
 
 def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
@@ -67,6 +69,13 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     teacher = session_runner(prepared.model, logits_name(prepared.model, prepared.output))
     first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
     raw = teacher(first_inputs)
+    sequence = prepared.fixed_batch is None and samples_interact(teacher, first_inputs, raw)
+    if sequence:
+        log.warning("%s: a sample's output depends on the other samples of its batch (the batch axis is a "
+                    "sequence): training on runs of %d consecutive samples", prepared.source, batch_size)
+        train, val = split_data(options, prepared, windows=True)
+        first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
+        raw = teacher(first_inputs)
     axis = batch_axis(raw, len(next(iter(first_inputs.values()))))
     sample = np.moveaxis(raw, axis, 0)
     task = options.task or guess_task(prepared.model, prepared.output, first_labels, sample)
@@ -76,7 +85,7 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     fidelity = choose_fidelity(options.fidelity, prepared.model, prepared.output, task, first_labels, sample,
                                first_inputs)
     targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis, fidelity)
-    return Objective(train, val, spec, teacher, targets, batch_size, first_inputs)
+    return Objective(train, val, spec, teacher, targets, batch_size, first_inputs, sequence)
 
 
 def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int | None, work: Path | None,
@@ -86,7 +95,7 @@ def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int
     a fixed batch size runs on batches of that size, the last one padded."""
     train, val = objective.train, objective.val
     size, pad = fixed_batch or batch_size, fixed_batch is not None
-    if isinstance(train, Dataset) and objective.spec.distill_weight > 0:
+    if isinstance(train, Dataset) and objective.spec.distill_weight > 0 and not objective.sequence:
         _announce(progress, "train", len(train))
         train = with_teacher(train, objective.teacher, size, work / "teacher-train" if work else None, pad)
     if isinstance(val, Dataset) and val.labels is None:
@@ -100,12 +109,16 @@ def _announce(progress: Callable[[dict], None] | None, which: str, samples: int)
         progress({"event": "teacher", "data": which, "samples": samples})
 
 
-def split_data(options: CompressOptions, prepared: Prepared) -> tuple[Dataset | CallableData, Dataset | CallableData]:
-    """--data and --val; without --val, an idx folder's test split, else a held-out part of --data."""
+def split_data(options: CompressOptions, prepared: Prepared,
+               windows: bool = False) -> tuple[Dataset | CallableData, Dataset | CallableData]:
+    """--data and --val; without --val, an idx folder's test split, else a held-out part of --data (the last
+    samples, and batches of consecutive ones, with `windows`)."""
     if options.data is None:
         raise DataError("no training data: give --data (a .npz, a folder of .npy or idx files, or module:function)")
     specs = prepared.specs
     train = as_data(options.data, specs, "train")
+    if windows and isinstance(train, Dataset):
+        train = train.as_windows()
     if options.val is not None:
         return train, as_data(options.val, specs, "t10k")
     if isinstance(options.data, (str, Path)):

@@ -23,6 +23,7 @@ from pathlib import Path
 import onnx
 
 from onnx_dns.artifacts import TrainingArtifacts, build_artifacts
+from onnx_dns.batch_axes import feed_dims
 from onnx_dns.errors import Interrupted, OutputError
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
@@ -66,6 +67,8 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     batch_size = training_batch_size(prepared, options.train.batch_size)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
+    if objective.sequence:  # evaluated on the runs it trains on (sequence_batch.py)
+        options = replace(options, train=replace(options.train, eval_batch_size=batch_size))
     open_work_dir(work, identity, options, resume)
     objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
                                      progress)
@@ -96,12 +99,15 @@ def build_stage(prepared: Prepared, objective: Objective, options: CompressOptio
     masked = insert_masks(prepared.model, prepared.pruned, prepared.mask_shapes).model
     progress({"event": "building", "layers": len(prepared.layers)})
     started = time.perf_counter()
-    # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes)
-    pooled = any(n.op_type == "AveragePool" for n in prepared.model.graph.node)
-    sizes = {s.name: (objective.batch_size if pooled else None, *objective.sample[s.name].shape[1:])
-             for s in prepared.specs}
+    # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes), and a sequence's
+    # recurrent layers unroll over its length
+    pinned = objective.sequence or any(n.op_type == "AveragePool" for n in prepared.model.graph.node)
+    sizes = {s.name: feed_dims(objective.sample[s.name].shape[1:], s.batch_axis,
+                               objective.batch_size if pinned else None) for s in prepared.specs}
     art = build_artifacts(pin_input_shapes(masked, sizes).model, objective.spec, work / "artifacts",
                           update_bn_stats=options.update_bn_stats, frozen=prepared.frozen)
+    art = replace(art, batch_axes={s.name: s.batch_axis for s in prepared.specs if s.batch_axis != 0},
+                  batch=objective.batch_size if objective.sequence else art.batch)
     seconds = time.perf_counter() - started
     progress({"event": "built", "artifacts": art, "seconds": seconds})
     return masked, art, seconds

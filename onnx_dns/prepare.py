@@ -14,9 +14,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dns.batch_axes import fixed_batch
 from onnx_dns.channel_layout import ChannelGroups
 from onnx_dns.channel_plans import plan_channels
-from onnx_dns.data import InputSpec, model_inputs
+from onnx_dns.constant_branches import inline_constant_ifs
+from onnx_dns.data import InputSpec, as_data, model_inputs
 from onnx_dns.errors import ModelError, OptionError
 from onnx_dns.freeze import initializers_feeding, upstream_initializers
 from onnx_dns.graph import FLOAT_TYPES, initializers
@@ -50,7 +52,7 @@ class Prepared:
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the model was exported with, if its inputs fix one."""
-        return next((s.shape[0] for s in self.specs if s.shape and s.shape[0] is not None), None)
+        return fixed_batch([s.shape for s in self.specs], [s.batch_axis for s in self.specs])
 
     @property
     def pruned(self) -> list[str]:
@@ -68,7 +70,7 @@ class Prepared:
 
 def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:
     """Normalize `original` (never modified) and plan the surgery of its layers; `source` names it in errors."""
-    model = normalized(original)
+    model = _data_branches(normalized(original), options)
     output = loss_output(model, options.output_name, source)
     layers = find_layers(model, include=options.include, exclude=options.exclude, biases=options.biases)
     check_finite(model, source, {t.name for layer in layers for t in layer.tensors})
@@ -82,7 +84,10 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
                          "MatMul) were found" + (" matching --include/--exclude" if options.include or
                                                  options.exclude else "")
                          + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name"
-                            if left_alone else ""))
+                            if left_alone else "")
+                         + ("; weights inside an If's branches are found only when the data fixes its condition "
+                            "(give the inputs it depends on one value for all the data)"
+                            if any(n.op_type == "If" for n in model.graph.node) else ""))
     channels, plans = (plan_channels(model, layers, options, source, frozen)
                        if options.structure == "channel" and layers else (None, plans_for(layers, options)))
     return Prepared(source, original, model, output, layers, plans, frozen, feeding, model_inputs(model), channels)
@@ -101,6 +106,19 @@ def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model as every stage reads it: packed weights rebuilt, Constant nodes lifted to initializers, sparse
     initializers densified, weights unlisted from the graph inputs (`model` itself is never modified)."""
     return sequence(model, [unpack_model, lift_constants, densify_sparse, unlist_initializer_inputs]).model
+
+
+def _data_branches(model: onnx.ModelProto, options: CompressOptions) -> onnx.ModelProto:
+    """The model with each top-level If whose condition the data fixes replaced by its taken branch (the inputs
+    without a batch axis hold one value for all the data), so the weights inside it are found and pruned."""
+    if not any(n.op_type == "If" for n in model.graph.node):
+        return model
+    specs = [s for s in model_inputs(model) if s.batch_axis is None]
+    values = {}
+    if specs and options.data is not None:
+        inputs, _ = as_data(options.data, model_inputs(model)).batch(0, 1, 0)
+        values = {s.name: np.asarray(inputs[s.name][0]) for s in specs}
+    return inline_constant_ifs(model, values).model
 
 
 def check_finite(model: onnx.ModelProto, source: str, weights: set[str]) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from onnx_dns.artifacts import TrainingArtifacts
+from onnx_dns.batch_axes import model_feed
 from onnx_dns.checkpoint import Tensors
 from onnx_dns.chunked import ChunkedRunner
 from onnx_dns.data import CallableData
@@ -110,7 +111,8 @@ class Trainer:
              surgery: bool = True) -> float:
         """Forward and backward on one batch; when the loss is finite, update the weights (gradients clipped to
         norm `clip` when set) and, with `surgery`, the masks."""
-        feeds = [inputs[n] for n in self.art.inputs] + self.targets.for_batch(inputs, labels)
+        feed = model_feed(inputs, self.art.batch_axes)
+        feeds = [feed[n] for n in self.art.inputs] + self.targets.for_batch(inputs, labels)
         self.module.train()
         try:
             loss = float(self.module(*feeds)[0])

@@ -105,6 +105,38 @@ def test_a_softmax_behind_identity_nodes_is_seen_through():
     assert float(loss) == pytest.approx(numpy_cross_entropy(LOGITS, LABELS), rel=1e-5)
 
 
+def written_out_softmax(axis: int = 1) -> onnx.ModelProto:
+    """jax2tf's softmax: z = logits - max(logits); y = Exp(z) / Expand(Reshape(ReduceSum(Exp(z), axis)))."""
+    model = linear(W, B, softmax=False)
+    model.graph.node[-1].output[0] = "logits"
+    model.graph.initializer.extend([tensor("axes", np.array([axis], np.int64)),
+                                    tensor("column", np.array([-1, 1], np.int64))])
+    model.graph.node.extend([
+        helper.make_node("ReduceMax", ["logits"], ["m"], name="max", axes=[1], keepdims=1),
+        helper.make_node("Sub", ["logits", "m"], ["z"], name="shift"),
+        helper.make_node("Exp", ["z"], ["e"], name="exp"),
+        helper.make_node("ReduceSum", ["e", "axes"], ["total"], name="sum", keepdims=0),
+        helper.make_node("Reshape", ["total", "column"], ["total_col"], name="col"),
+        helper.make_node("Div", ["e", "total_col"], ["y"], name="div")])
+    return model
+
+
+def test_a_written_out_softmax_trains_on_the_exps_input():
+    model = written_out_softmax()
+    assert logits_name(model, "y") == "z"
+    loss, y = run(attach_loss(model, LossSpec("classify", "y", 1.0, 0.0, num_classes=4)), x=X,
+                  **{HARD_TARGET: onehot(LABELS)})
+    np.testing.assert_allclose(y, np_softmax(LOGITS), rtol=1e-5, atol=1e-6)
+    assert float(loss) == pytest.approx(numpy_cross_entropy(LOGITS, LABELS), rel=1e-5)
+
+
+def test_a_division_that_is_not_a_softmax_over_the_last_axis_keeps_its_output():
+    assert logits_name(written_out_softmax(axis=0), "y") == "y"  # a sum over the batch normalizes something else
+    model = written_out_softmax()
+    model.graph.node[-1].input[0] = "logits"  # logits / sum(exp(z)): not exp(z) on top
+    assert logits_name(model, "y") == "y"
+
+
 def classifier_with_label_output(zipmap: bool) -> onnx.ModelProto:
     """What skl2onnx writes for a classifier: an int64 label first, then the probabilities (a tensor, or with
     ZipMap a sequence of maps from class to probability)."""

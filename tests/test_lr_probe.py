@@ -100,3 +100,20 @@ def test_an_onnxruntime_failure_in_a_training_step_is_a_training_error(tmp_path)
     inputs, labels = setup.train.batch(0, 8, 0)
     with pytest.raises(TrainingError, match=r"training step at iteration 0: Non-zero status code .* Name:'r_Grad'"):
         trainer.step(0, inputs, labels, 0.1)
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_runs_of_a_sequence_are_probed_on_the_first_run_repeated(tmp_path, windows):
+    model, x, y = pretrained(tmp_path)
+    setup = setup_training(model, tmp_path, x, y)
+    loop = make_trainer(setup, paper_plans(setup, 1.0), TrainConfig(iterations=10, batch_size=32), tmp_path / "w")
+    trainer, seen = loop.trainer, []
+    trainer.surgeon.initialize(trainer.params)
+    step = trainer.step
+    trainer.step = lambda i, inputs, labels, lr, surgery=True: seen.append(inputs) or step(i, inputs, labels, lr,
+                                                                                           surgery)
+    data = setup.train.as_windows() if windows else setup.train
+    probe_learning_rate(trainer, data, 32, 0)
+    first = data.batch(0, 32, 0)[0]
+    same = [all(np.array_equal(inputs[k], first[k]) for k in first) for inputs in seen]
+    assert len(seen) >= 8 and (all(same) if windows else not all(same[1:]))
