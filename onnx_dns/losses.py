@@ -2,7 +2,8 @@
 
 Classification (output z of shape (N, C), or (N, ..., C) scored per position), with targets computed on the host:
     hard = -sum_c onehot(y)_c * log_softmax(z)_c                       (cross-entropy on labels)
-    soft = -T^2 * sum_c softmax(z_teacher / T)_c * log_softmax(z / T)_c   (distillation, Hinton et al.)
+    soft = T^2 * sum_c p_c * (log p_c - log_softmax(z / T)_c), p = softmax(z_teacher / T)   (distillation as
+           KL divergence: Hinton et al.'s soft cross-entropy less the teacher's entropy, a constant)
     loss = mean over the batch of (w_hard * hard + w_soft * soft)
 The sum over C is written as C times a ReduceMean over all elements, which every opset spells the same way.
 A model ending in Softmax (possibly through Identity nodes, as skl2onnx writes it) is trained on the Softmax's
@@ -258,9 +259,14 @@ class _LossBuilder:
             self.target(SOFT_TARGET, target_shape)
             soft_z = self.node("Div", [z, self.const("temperature", t)], "soft_z")
             logp = self.node("LogSoftmax", [soft_z], "soft_logp", axis=-1)
-            prod = self.node("Mul", [logp, SOFT_TARGET], "soft_prod")
+            # KL rather than cross-entropy: the same gradient, but 0 for a student equal to its teacher, so the
+            # learning-rate probe sees how far the loss falls rather than the teacher's entropy
+            logt = self.node("Log", [self.node("Add", [SOFT_TARGET, self.const("soft_eps", 1e-30)], "soft_safe")],
+                             "soft_logt")
+            gap = self.node("Sub", [logt, logp], "soft_gap")
+            prod = self.node("Mul", [gap, SOFT_TARGET], "soft_prod")
             mean = self.node("ReduceMean", [prod], "soft_mean", keepdims=0)
-            weight = -scale * t * t * spec.distill_weight
+            weight = scale * t * t * spec.distill_weight
             terms.append(self.node("Mul", [mean, self.const("soft_scale", weight)], "soft"))
         return terms
 

@@ -37,13 +37,14 @@ def np_softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def soft_cross_entropy(logits, teacher_logits, t):
-    """T^2 * mean over the batch of -sum_c softmax(teacher/T)_c log softmax(z/T)_c (Hinton et al.)."""
+def soft_kl(logits, teacher_logits, t):
+    """T^2 * mean over the batch of KL(softmax(teacher/T) || softmax(z/T)): Hinton et al.'s soft cross-entropy
+    -sum_c p_c log q_c less the teacher's entropy."""
     p = np_softmax(teacher_logits / t)
     z = logits / t
     z = z - z.max(axis=1, keepdims=True)
     logq = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(t * t * np.mean(-(p * logq).sum(axis=1)))
+    return float(t * t * np.mean((p * (np.log(p) - logq)).sum(axis=1)))
 
 
 def test_hard_loss_is_cross_entropy():
@@ -63,12 +64,12 @@ def test_attach_loss_leaves_the_model_alone():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
-def test_distillation_loss_is_t_squared_soft_cross_entropy(temperature):
+def test_distillation_loss_is_t_squared_kl_divergence(temperature):
     teacher = RNG.standard_normal((9, 4)) * 3
     soft = np_softmax(teacher / temperature)
     out = attach_loss(linear(W, B), LossSpec("classify", "y", 0.0, 1.0, temperature, num_classes=4))
     loss = run(out, x=X, **{SOFT_TARGET: soft})[0]
-    assert float(loss) == pytest.approx(soft_cross_entropy(LOGITS, teacher, temperature), rel=1e-5)
+    assert float(loss) == pytest.approx(soft_kl(LOGITS, teacher, temperature), rel=1e-5)
     assert [i.name for i in out.graph.input] == ["x", SOFT_TARGET]
 
 
@@ -77,7 +78,7 @@ def test_mixed_loss_weights_both_terms():
     t = 2.0
     out = attach_loss(linear(W, B), LossSpec("classify", "y", 0.3, 0.7, t, num_classes=4))
     loss = run(out, x=X, **{HARD_TARGET: onehot(LABELS), SOFT_TARGET: np_softmax(teacher / t)})[0]
-    want = 0.3 * numpy_cross_entropy(LOGITS, LABELS) + 0.7 * soft_cross_entropy(LOGITS, teacher, t)
+    want = 0.3 * numpy_cross_entropy(LOGITS, LABELS) + 0.7 * soft_kl(LOGITS, teacher, t)
     assert float(loss) == pytest.approx(want, rel=1e-5)
 
 
@@ -241,7 +242,7 @@ def test_targets_are_one_hot_labels_and_softened_teacher_outputs():
     assert hard.dtype == soft.dtype == np.float32
     # fed to the attached graph they give the loss computed in numpy
     loss = run(attach_loss(linear(W, B), spec), x=X, **{HARD_TARGET: hard, SOFT_TARGET: soft})[0]
-    want = 0.5 * numpy_cross_entropy(LOGITS, LABELS) + 0.5 * soft_cross_entropy(LOGITS, teacher_logits, 3.0)
+    want = 0.5 * numpy_cross_entropy(LOGITS, LABELS) + 0.5 * soft_kl(LOGITS, teacher_logits, 3.0)
     assert float(loss) == pytest.approx(want, rel=1e-5)
 
 
@@ -302,3 +303,9 @@ def test_distilling_a_rank_3_output_weighs_each_channel_by_its_spread():
     assert float(loss) == pytest.approx(float(want), rel=1e-4)
     plain = run(attach_loss(model, LossSpec("regress", "y", 0.0, 1.0, rank=3)), x=x, **{SOFT_TARGET: target})[0]
     assert float(plain) == pytest.approx(float(np.mean((y - target) ** 2)), rel=1e-4)
+
+
+def test_distillation_loss_is_zero_for_a_student_equal_to_its_teacher():
+    out = attach_loss(linear(W, B), LossSpec("classify", "y", 0.0, 1.0, 4.0, num_classes=4))
+    loss = run(out, x=X, **{SOFT_TARGET: np_softmax(LOGITS / 4.0)})[0]
+    assert abs(float(loss)) < 1e-5
