@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+import speed_recognizer
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 TORCH_VENV = ROOT / "benchmarks" / ".torch-venv"
@@ -65,11 +67,12 @@ def fc(name: str, n_in: int, n_out: int) -> dict:
     return {"op": "fc", "name": name, "in": n_in, "out": n_out}
 
 
-def conv(name: str, c_in: int, c_out: int, k: int, pad: int = 0) -> dict:
-    return {"op": "conv", "name": name, "in": c_in, "out": c_out, "k": k, "pad": pad}
+def conv(name: str, c_in: int, c_out: int, k: int, pad: int = 0, stride: int = 1, group: int = 1) -> dict:
+    return {"op": "conv", "name": name, "in": c_in, "out": c_out, "k": k, "pad": pad, "stride": stride,
+            "group": group}
 
 
-RELU, FLATTEN = {"op": "relu"}, {"op": "flatten"}
+RELU, FLATTEN, GAP = {"op": "relu"}, {"op": "flatten"}, {"op": "gap"}
 
 
 def maxpool(k: int = 2) -> dict:
@@ -89,6 +92,14 @@ def model_specs(quick: bool) -> dict[str, dict]:
                 conv(f"conv{i}b", w, w, 3, 1), bn(f"bn{i}b", w), RELU, maxpool()]
         c_in = w
     vgg += [FLATTEN, fc("fc1", widths[-1] * 16, 256), RELU, fc("fc2", 256, 10)]
+    stages = ((16, 1), (32, 2), (64, 2), (64, 1), (128, 2)) if quick else \
+        ((32, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2))
+    mobile, c_in = [conv("stem", 3, stages[0][0], 3, 1, 2), bn("stem_bn", stages[0][0]), RELU], stages[0][0]
+    for i, (w, stride) in enumerate(stages[1:], start=1):
+        mobile += [conv(f"dw{i}", c_in, c_in, 3, 1, stride, c_in), bn(f"dw{i}_bn", c_in), RELU,
+                   conv(f"pw{i}", c_in, w, 1), bn(f"pw{i}_bn", w), RELU]
+        c_in = w
+    mobile += [GAP, FLATTEN, fc("fc", c_in, 10)]
     return {
         "lenet300": {"title": "LeNet-300-100", "input": [784], "classes": 10,
                      "layers": [fc("fc1", 784, 300), RELU, fc("fc2", 300, 100), RELU, fc("fc3", 100, 10)]},
@@ -100,6 +111,9 @@ def model_specs(quick: bool) -> dict[str, dict]:
         "wide_mlp": {"title": f"wide MLP ({wide}x4)", "input": [wide], "classes": 10,
                      "layers": [fc("fc1", wide, wide), RELU, fc("fc2", wide, wide), RELU, fc("fc3", wide, wide),
                                 RELU, fc("fc4", wide, 10)]},
+        "mobilenet": {"title": f"MobileNet-style CIFAR ({len(stages) - 1} dw+pw blocks, {stages[-1][0]} ch)",
+                      "input": [3, 32, 32], "classes": 10, "layers": mobile},
+        speed_recognizer.KEY: {"title": "PP-OCRv4 recognizer", "real": True},
     }
 
 
@@ -109,8 +123,8 @@ def make_weights(spec: dict, seed: int = 0) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for layer in spec["layers"]:
         if layer["op"] in ("fc", "conv"):
-            shape = (layer["out"], layer["in"]) if layer["op"] == "fc" else (layer["out"], layer["in"], layer["k"],
-                                                                                layer["k"])
+            shape = (layer["out"], layer["in"]) if layer["op"] == "fc" else \
+                (layer["out"], layer["in"] // layer["group"], layer["k"], layer["k"])
             fan_in = int(np.prod(shape[1:]))
             scale = math.sqrt(3.0 / fan_in)
             out[layer["name"] + ".weight"] = rng.uniform(-scale, scale, shape).astype(np.float32)
@@ -140,7 +154,7 @@ def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
         elif op == "conv":
             n, p, k = layer["name"], layer["pad"], layer["k"]
             nodes.append(helper.make_node("Conv", [x, n + ".weight", n + ".bias"], [y], name=n, kernel_shape=[k, k],
-                                          pads=[p, p, p, p]))
+                                          pads=[p, p, p, p], strides=[layer["stride"]] * 2, group=layer["group"]))
         elif op == "bn":
             n = layer["name"]
             nodes.append(helper.make_node("BatchNormalization", [x] + [f"{n}.{s}" for s in ("scale", "shift", "mean",
@@ -159,6 +173,8 @@ def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
                                           strides=[layer["k"]] * 2))
         elif op == "flatten":
             nodes.append(helper.make_node("Flatten", [x], [y], name=f"flatten{i}", axis=1))
+        elif op == "gap":
+            nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"gap{i}"))
         x = y
     inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
     if os.environ.get("SPEED_RELU") == "mul":
@@ -173,8 +189,18 @@ def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
     return model
 
 
-def params_of(spec: dict) -> int:
-    return sum(int(v.size) for k, v in make_weights(spec).items() if not k.endswith((".mean", ".var")))
+def loss_spec(spec: dict):
+    """Cross-entropy on labels for the model's output: per sample, or per position for a sequence output."""
+    from onnx_dns.losses import LossSpec
+
+    return LossSpec("classify", spec.get("output", OUTPUT), 1.0, 0.0, num_classes=spec["classes"],
+                    rank=3 if spec.get("positions") else 2)
+
+
+def targets_of(spec: dict):
+    from onnx_dns.targets import Targets
+
+    return Targets(loss_spec(spec), None, (*([spec["positions"]] if spec.get("positions") else []), spec["classes"]))
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -187,11 +213,12 @@ def worker_build(work: Path, spec: dict) -> dict:
     """Weights, thresholds, batches and the training artifacts of one model, written into `work`."""
     from onnx_dns.artifacts import build_artifacts
     from onnx_dns.insert_masks import insert_masks
-    from onnx_dns.losses import LossSpec
     from onnx_dns.normalize import pin_input_shapes
     from onnx_dns.prunable import find_layers
     from onnx_dns.criteria.paper import HIGH, LOW, magnitude_stats, paper_threshold
 
+    if spec.get("real"):
+        return speed_recognizer.build(work, loss_spec, peak_rss_mb)
     weights = make_weights(spec)
     rng = np.random.default_rng(1)
     n_batches = 8
@@ -207,8 +234,7 @@ def worker_build(work: Path, spec: dict) -> dict:
     masked = insert_masks(model, [t.name for layer in layers for t in layer.tensors]).model
     pinned = pin_input_shapes(masked, {INPUT: (None, *spec["input"])}).model
     t1 = time.perf_counter()
-    loss = LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"])
-    art = build_artifacts(pinned, loss, work / "artifacts", update_bn_stats=True)  # batch statistics, as torch
+    art = build_artifacts(pinned, loss_spec(spec), work / "artifacts", update_bn_stats=True)  # batch statistics, as torch
     t2 = time.perf_counter()
     thresholds = {}
     for layer in layers:
@@ -220,6 +246,7 @@ def worker_build(work: Path, spec: dict) -> dict:
         pickle.dump(art, handle)
     files = sum(f.stat().st_size for f in (work / "artifacts").iterdir())
     return {"prepare_seconds": t1 - t0, "artifact_seconds": t2 - t1, "peak_rss_mb": peak_rss_mb(),
+            "params": sum(int(v.size) for k, v in weights.items() if not k.endswith((".mean", ".var"))),
             "layers": [layer.name for layer in layers], "masked_tensors": len(thresholds),
             "trainable": len(art.trainable), "artifact_mb": files / 2**20}
 
@@ -242,10 +269,8 @@ def _open_module(work: Path, threads: int, profile: Path | None = None):
 def worker_onnx(work: Path, args) -> dict:
     """The DNS step from the library's pieces, timed in parts."""
     from onnx_dns.chunked import ChunkedRunner
-    from onnx_dns.losses import LossSpec
     from onnx_dns.optimizers import SGD
     from onnx_dns.surgery import update_mask
-    from onnx_dns.targets import Targets
 
     spec = json.loads((work / "spec.json").read_text())
     thresholds = json.loads((work / "thresholds.json").read_text())
@@ -258,7 +283,7 @@ def worker_onnx(work: Path, args) -> dict:
     assert set(thresholds) == set(masks), (sorted(thresholds), sorted(masks))
     runner = ChunkedRunner(args.threads)
     optimizer = SGD(params, momentum=0.9, weight_decay=5e-4, runner=runner)
-    targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
+    targets = targets_of(spec)
     with np.load(work / "data.npz") as data:
         xs, ys = list(data["x"]), list(data["y"])
     name = art.inputs[0]
@@ -299,8 +324,8 @@ def worker_onnx(work: Path, args) -> dict:
     total = sum(m.size for m in masks.values())
     step = a[:, 0].sum()
     return {
-        "side": "onnx-dns", "variant": "library", "threads": args.threads, "steps": len(rows), "batch": BATCH,
-        "images_per_second": BATCH * len(rows) / loop_seconds, "median_step_ms": 1000 * float(np.median(a[:, 0])),
+        "side": "onnx-dns", "variant": "library", "threads": args.threads, "steps": len(rows), "batch": len(xs[0]),
+        "images_per_second": len(xs[0]) * len(rows) / loop_seconds, "median_step_ms": 1000 * float(np.median(a[:, 0])),
         "ms": {"step": 1000 * float(a[:, 0].mean()), "data_other": 1000 * float(a[:, 1].mean()),
                "module": 1000 * float(a[:, 2].mean()), "optimizer": 1000 * float(a[:, 3].mean()),
                "mask_update": 1000 * float(a[:, 4].mean())},
@@ -330,12 +355,10 @@ def summarize_profile(work: Path, steps: int) -> list:
 def worker_trainer(work: Path, args) -> dict:
     """The library's own loop, TrainingLoop.run, timed from its per-step progress events (evaluations excluded)."""
     from onnx_dns.dataset import Dataset
-    from onnx_dns.losses import LossSpec
     from onnx_dns.prunable import find_layers
     from onnx_dns.criteria.paper import Paper
     from onnx_dns.options import TrainConfig
     from onnx_dns.surgery import LayerPlan, Surgeon
-    from onnx_dns.targets import Targets
     from onnx_dns.trainer import Trainer
     from onnx_dns.training import TrainingLoop
 
@@ -355,7 +378,7 @@ def worker_trainer(work: Path, args) -> dict:
     steps = args.warmup + args.trainer_steps
     config = TrainConfig(iterations=steps, batch_size=BATCH, lr=LR, schedule="constant", eval_every=10**9,
                          checkpoint_every=10**9, eval_batch_size=BATCH, threads=args.threads)
-    targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
+    targets = targets_of(spec)
     stamps = []
 
     def progress(event: dict) -> None:
@@ -484,18 +507,31 @@ def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path)
     build = run_json(self_command("--worker", "build", "--work", str(work), "--model", key, *quick_flag(args)))
     timing = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
               "--min-seconds", str(args.min_seconds)]
+    bursts = ["--select-steps", "2"] if args.quick else []
+    if spec.get("real"):  # seconds per step: fewer steps, so that the whole run stays near ten minutes
+        timing = ["--threads", str(args.threads), "--warmup", "1", "--min-steps", "2", "--min-seconds", "0"]
+        bursts = ["--select-steps", "1", "--select-rounds", "2"]
     env = thread_env(args.threads)
-    runs = {"library": [], "torch": []}
+    selection = run_json([str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), "--select",
+                          *args.torch_variants, "--threads", str(args.threads), *bursts], env)
+    print(f"[{key}] PyTorch variants (median ms/step): {json.dumps(selection['median_step_ms'])}; "
+          f"fastest {selection['fastest']}", file=sys.stderr, flush=True)
+    commands = {
+        "library": self_command("--worker", "onnx", "--work", str(work), *timing),
+        "torch": [str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), "--variant",
+                  selection["fastest"], *timing],
+        "minimal": [str(torch_python), str(ROOT / "benchmarks" / "speed_torch_minimal.py"), str(work), *timing],
+    }
+    if spec.get("real"):
+        del commands["minimal"]  # the minimal loop knows the layer-list models only
+    runs = {variant: [] for variant in commands}
     for r in range(args.repeats):
-        for variant in ("library", "torch"):
-            if variant == "torch":
-                cmd = [str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), *timing]
-            else:
-                cmd = self_command("--worker", "onnx", "--work", str(work), *timing)
+        for variant, cmd in commands.items():
             result = run_json(cmd, env)
             runs[variant].append(result)
             print(f"[{key}] repeat {r + 1} {variant:8s} {result['images_per_second']:9.1f} img/s  "
-                  f"{json.dumps({k: round(v, 3) for k, v in result['ms'].items()})}", file=sys.stderr, flush=True)
+                  f"{json.dumps({k: round(v, 3) for k, v in result.get('ms', {}).items()})}", file=sys.stderr,
+                  flush=True)
     trainer = None
     if args.trainer_steps:
         trainer = run_json(self_command("--worker", "trainer", "--work", str(work), "--threads", str(args.threads),
@@ -509,16 +545,21 @@ def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path)
     def med_ms(variant: str) -> dict:
         return {k: statistics.median(x["ms"][k] for x in runs[variant]) for k in runs[variant][0]["ms"]}
 
-    lib, torch = (med(v, "images_per_second") for v in ("library", "torch"))
+    lib, torch, minimal = (med(v, "images_per_second") if runs.get(v) else None for v in ("library", "torch",
+                                                                                          "minimal"))
     return {
-        "title": spec["title"], "params": params_of(spec), "build": build, "runs": runs, "trainer": trainer,
-        "images_per_second": {"onnx-dns": lib, "torch": torch,
+        "title": spec["title"], "params": build["params"], "build": build, "runs": runs, "trainer": trainer,
+        "torch_variants": selection, "torch_variant": selection["fastest"],
+        "images_per_second": {"onnx-dns": lib, "torch": torch, "torch-minimal": minimal,
                               "trainer": trainer["images_per_second"] if trainer else None},
         "ratio": lib / torch, "host_overhead": med("library", "host_overhead"),
         "ms": {"onnx-dns": med_ms("library"), "torch": med_ms("torch")},
         "peak_rss_mb": {"onnx-dns": max(x["peak_rss_mb"] for x in runs["library"]),
                         "torch": max(x["peak_rss_mb"] for x in runs["torch"]), "build": build["peak_rss_mb"]},
-        "first_loss": {"onnx-dns": runs["library"][0]["first_loss"], "torch": runs["torch"][0]["first_loss"]},
+        "first_loss": {side: runs[variant][0]["first_loss"] for side, variant in
+                       (("onnx-dns", "library"), ("torch", "torch"), ("torch-minimal", "minimal")) if runs.get(variant)},
+        "first_losses": {side: runs[variant][0]["losses"] for side, variant in
+                         (("torch", "torch"), ("torch-minimal", "minimal")) if runs.get(variant)},
         "kept_fraction": {"onnx-dns": runs["library"][0]["kept_fraction"], "torch": runs["torch"][0]["kept_fraction"]},
     }
 
@@ -656,6 +697,9 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--min-seconds", type=float, default=None)
+    parser.add_argument("--torch-variants", nargs="+", default=["eager", "channels_last"],
+                        choices=("eager", "channels_last", "compile"),
+                        help="PyTorch variants to time per model; the fastest is measured (compile: minutes per model)")
     parser.add_argument("--trainer-steps", type=int, default=None, help="steps of the Trainer.run row (0: skip)")
     parser.add_argument("--no-fold", dest="fold", action="store_false")
     parser.add_argument("--no-train", dest="train", action="store_false", help="fold and write only")
@@ -719,7 +763,8 @@ def main() -> None:
         for key in keys:
             a = argparse.Namespace(**vars(args))
             if a.trainer_steps is None:  # about as long as a measurement: more steps on the small models
-                a.trainer_steps = {"lenet300": 2000, "lenet5": 200, "vgg_bn": 15, "wide_mlp": 10}[key]
+                a.trainer_steps = {"lenet300": 500, "lenet5": 100, "vgg_bn": 10, "wide_mlp": 5, "mobilenet": 20,
+                                   speed_recognizer.KEY: 0}[key]
             models[key] = measure_model(key, specs[key], a, torch_python, scratch)
         fold = measure_fold(args, scratch) if args.fold else []
     finally:
