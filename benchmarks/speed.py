@@ -49,8 +49,10 @@ from pathlib import Path
 import numpy as np
 
 import speed_recognizer
+from speed_report import goals, write_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the onnx_dns of this checkout, not whichever one is installed
 RESULTS = ROOT / "benchmarks" / "results"
 TORCH_VENV = ROOT / "benchmarks" / ".torch-venv"
 TORCH_VERSION = "2.13.0"
@@ -600,93 +602,6 @@ def measure_fold(args, scratch: Path) -> list[dict]:
     return out
 
 
-def fmt(x: float | None, digits: int = 0) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
-
-
-def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
-    """Markdown table lines; `align` has one letter per column, l (left) or r (right)."""
-    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
-    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def write_markdown(report: dict, path: Path) -> None:
-    models = list(report["models"].values())
-    lines = ["# onnx-dns training step vs PyTorch (issue 5)", "",
-             f"Run {report['started']} to {report['finished']} on {report['machine']}. "
-             f"Command: `{report['command']}`.", "",
-             "Same DNS step on both sides: forward with W*T, backward straight-through, momentum SGD with weight "
-             "decay, mask update at every step (a=0.9t, b=1.1t). Batch 64, synthetic data, "
-             f"{report['threads']} threads. Median of {report['repeats']} interleaved repeats (each in its own "
-             "process, warm-up excluded). `Trainer.run`: the library's real loop (its surgery schedule, progress "
-             "events and bookkeeping included). The run before the host-side fixes: `speed-before.md`.", ""]
-    lines += table(
-        ["model", "params", "onnx-dns img/s", "PyTorch img/s", "onnx-dns/PyTorch", "host overhead",
-         "Trainer.run img/s"], "lrrrrrr",
-        [[m["title"], f"{m['params']:,}", fmt(m["images_per_second"]["onnx-dns"]),
-          fmt(m["images_per_second"]["torch"]), f"{m['ratio']:.2f}x", f"{100 * m['host_overhead']:.1f}%",
-          fmt(m["images_per_second"]["trainer"])] for m in models])
-    lines += ["", "Time per step in ms (mean within a run, median over repeats):", ""]
-    lines += table(
-        ["model", "onnx-dns: module", "optimizer", "mask update", "data+targets", "step", "PyTorch: fwd+bwd",
-         "optimizer", "mask update", "step"], "lrrrrrrrrr",
-        [[m["title"], *(f"{m['ms']['onnx-dns'][k]:.3f}" for k in ("module", "optimizer", "mask_update",
-                                                                    "data_other", "step")),
-          *(f"{m['ms']['torch'][k]:.3f}" for k in ("forward_backward", "optimizer", "mask_update", "step"))]
-         for m in models])
-    lines += ["", "Memory and artifact building:", ""]
-    lines += table(
-        ["model", "peak RSS onnx-dns (train)", "peak RSS PyTorch", "peak RSS building", "build_artifacts",
-         "artifact files", "first loss onnx-dns / PyTorch"], "lrrrrrr",
-        [[m["title"], *(f"{m['peak_rss_mb'][k]:,.0f} MB" for k in ("onnx-dns", "torch", "build")),
-          f"{m['build']['artifact_seconds']:.2f} s", f"{m['build']['artifact_mb']:,.1f} MB",
-          f"{m['first_loss']['onnx-dns']:.4f} / {m['first_loss']['torch']:.4f}"] for m in models])
-    lines += ["", "Fold and write (`fold_masks` + `save_model`), 4-layer MLPs, 90% of the masks at 0 "
-              "(save-only rows: `save_model` alone of a dense model without masks):", ""]
-    rows = []
-    for f in report["fold"]:
-        what = "save only (dense)" if f.get("save_only") else f"fold+save ({f['storage']})"
-        size = f"{f['input_model_gb']:.2f} GB" if "input_model_gb" in f else "-"
-        if "error" in f:
-            rows.append([f"{f['params']:,}", what, size, f"failed: {f['error'].splitlines()[-1][:200]}",
-                         *[""] * 6])
-            continue
-        rows.append([f"{f['params']:,}", what, size, f"{f['fold_seconds']:.2f} s", f"{f['save_seconds']:.2f} s",
-                     f"{f['total_seconds']:.2f} s", f"{f['seconds_per_million']:.3f}", f"{f['file_mb']:,.1f} MB",
-                     "yes" if f["external_data"] else "no", f"{f['peak_rss_mb']:,.0f} MB"])
-    lines += table(["params", "what", "input model", "fold", "save", "total", "s per M params", "file",
-                    "external data", "peak RSS"], "rlrrrrrrlr", rows)
-    lines += ["", "Goals of issue 5:", ""]
-    lines += [f"- {g}" for g in report["goals"]]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def goals(report: dict) -> list[str]:
-    models = report["models"].values()
-    out = []
-    ratios = ", ".join(f"{m['title']} {m['ratio']:.2f}x" for m in models)
-    met = all(m["ratio"] >= 1.3 for m in models)
-    out.append(f"onnx-dns >= 1.3x PyTorch images/s on every model: {'met' if met else 'NOT met'} ({ratios})")
-    over = ", ".join(f"{m['title']} {100 * m['host_overhead']:.1f}%" for m in models)
-    met = all(m["host_overhead"] <= 0.03 for m in models)
-    out.append(f"host overhead <= 3% of step time: {'met' if met else 'NOT met'} ({over})")
-    build = ", ".join(f"{m['title']} {m['build']['artifact_seconds']:.1f} s" for m in models)
-    met = all(m["build"]["artifact_seconds"] < 10 for m in models)
-    out.append(f"artifact building under 10 s: {'met' if met else 'NOT met'} ({build})")
-    folds = [f for f in report["fold"] if "error" not in f and not f.get("save_only") and f["params"] >= 1e6]
-    failed = [f for f in report["fold"] if "error" in f]
-    if failed:
-        out.append("models above 2 GB: NOT handled (" + "; ".join(
-            f"{f['params'] / 1e6:g}M params: {f['error'].splitlines()[-1][:120]}" for f in failed) + ")")
-    if len(folds) >= 2:
-        per = [f["seconds_per_million"] for f in folds]
-        met = max(per) <= 2 * min(per)
-        out.append("fold linear in parameters (sparse, s per M params within 2x across sizes): "
-                   f"{'met' if met else 'NOT met'} (" + ", ".join(f"{f['params'] / 1e6:g}M {p:.3f}"
-                                                                  for f, p in zip(folds, per)) + ")")
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
@@ -751,9 +666,13 @@ def main() -> None:
         return
 
     started = datetime.now(timezone.utc)
+    load_start = os.getloadavg()
     command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + \
         ("" if args.models is None else " --models " + " ".join(args.models)) + \
-        ("" if args.repeats == (1 if args.quick else 3) else f" --repeats {args.repeats}")
+        ("" if args.repeats == (1 if args.quick else 3) else f" --repeats {args.repeats}") + \
+        ("" if args.threads == 2 else f" --threads {args.threads}") + ("" if args.fold else " --no-fold") + \
+        "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items()
+                if k != "repeats" and getattr(args, k) != v)
     torch_python = ensure_torch_venv()
     specs = model_specs(args.quick)
     keys = (args.models or list(specs)) if args.train else []
@@ -776,8 +695,13 @@ def main() -> None:
         "machine": f"a shared {os.cpu_count()}-core {platform.machine()} box ({platform.processor() or 'cpu'}), "
                    f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch {TORCH_VERSION}",
         "command": command, "threads": args.threads, "repeats": args.repeats, "batch": BATCH, "quick": args.quick,
+        "load_average": {"start": load_start, "end": os.getloadavg()}, "torch_variants_tried": args.torch_variants,
         "models": models, "fold": fold,
     }
+    previous = args.out / "speed.json"
+    if not args.fold and previous.exists():  # the fold table is kept from the run that measured it
+        old = json.loads(previous.read_text())
+        report["fold"], report["fold_measured"] = old.get("fold", []), old.get("fold_measured", old["started"])
     report["goals"] = goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
