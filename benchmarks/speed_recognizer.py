@@ -44,8 +44,9 @@ def graph_order(model) -> list[str]:
     return list(seen)
 
 
-def build(work: Path, loss_spec, peak_rss_mb) -> dict:
-    """Artifacts, weights, thresholds, batches and the reference output of the recognizer, written into WORK."""
+def build(work: Path, loss_spec, peak_rss_mb, speed_rewrites: bool = False) -> dict:
+    """Artifacts, weights, thresholds, batches and the reference output of the recognizer, written into WORK
+    (`speed_rewrites`: build_artifacts's rewrites for speed, benchmarks/depthwise_rewrite.py)."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -76,7 +77,8 @@ def build(work: Path, loss_spec, peak_rss_mb) -> dict:
     # the batch too: symbolic sizes break pooling gradients in onnxruntime-training 1.19 (as pipeline.build_stage)
     pinned = pin_input_shapes(masked, {model.graph.input[0].name: (BATCH, *INPUT_SHAPE)}).model
     t1 = time.perf_counter()
-    art = build_artifacts(pinned, loss_spec(spec), work / "artifacts", update_bn_stats=True)
+    art = build_artifacts(pinned, loss_spec(spec), work / "artifacts", update_bn_stats=True,
+                          speed_rewrites=speed_rewrites)
     t2 = time.perf_counter()
     spec["trainable"] = list(art.trainable)
     thresholds = {}
