@@ -1,14 +1,15 @@
-"""Speed of one DNS training step in onnx-dns against a plain PyTorch implementation of DNS (issue 5).
+"""Speed of one DNS training step in onnx-dns against a competent PyTorch implementation of DNS (issues 5, 14).
 
-    python benchmarks/speed.py            # the full run (about 10 minutes on a 2-core machine, 3 repeats)
-    python benchmarks/speed.py --repeats 5   # what results/speed.md was made with
-    python benchmarks/speed.py --quick    # tiny sizes, a smoke run of a minute or two
+    python benchmarks/speed.py            # the full run (3 repeats, with the fold and write measurements)
+    python benchmarks/speed.py --threads 1 --no-fold --warmup 2 --min-steps 4 --min-seconds 2
+                                          # what results/speed.md was made with (18 minutes on a loaded machine)
+    python benchmarks/speed.py --quick    # tiny sizes, a smoke run
 
 The step, identical on both sides: forward with W * T, cross-entropy, backward with the straight-through
 gradient (every entry of W gets it), momentum SGD with weight decay on every entry (momentum 0.9, decay 5e-4,
 lr 0.01), then the surgery rule on every masked tensor at every iteration with fixed thresholds a = 0.9 t,
 b = 1.1 t (t = mean + 1 * std of |w| of the layer's initial weights and biases). Same model, same random
-weights, same synthetic batches (batch 64), 2 threads on each side.
+weights, same synthetic batches (batch 64; the recognizer 16), the same number of threads on each side.
 
 - onnx-dns side: the library's own pieces, as compress.py and trainer.py put them together: the model built
   with onnx.helper, `find_layers`, `insert_masks`, `build_artifacts` with a classification LossSpec, then
@@ -16,8 +17,13 @@ weights, same synthetic batches (batch 64), 2 threads on each side.
   `surgery.update_mask`; each step is timed in parts (module call, optimizer, mask update, data and targets).
 - PyTorch side: benchmarks/speed_torch.py, run in its own virtual environment benchmarks/.torch-venv
   (created on first use with `pip install torch==2.13.0 numpy`); torch is never a dependency of onnx-dns.
+  Its variants (--torch-variants) are timed per model first and the fastest is measured; an independent
+  minimal loop (benchmarks/speed_torch_minimal.py) is measured beside it as a check.
+- Rows: LeNet-300-100, LeNet-5, a VGG-style CNN with BatchNorm, a 50M-parameter MLP, a MobileNet-style CNN
+  (depthwise + pointwise blocks) and PP-OCRv4's real recognizer (benchmarks/speed_recognizer.py; its PyTorch
+  side is the hand-written twin of benchmarks/speed_torch_twin.py).
 - Each measurement runs in its own subprocess (so peak resident memory is that side's alone), interleaved
-  per model as A B A B A B; warm-up steps are excluded; the median images/s of the repeats is reported.
+  per model as A B C A B C A B C; warm-up steps are excluded; the median images/s of the repeats is reported.
 - One more onnx-dns row: `Trainer.run`, the library's real training loop (with its surgery schedule, progress
   events and bookkeeping).
 - The run before the host-side fixes (whole-array optimizer, masked-copy mask update) is kept in
@@ -25,7 +31,8 @@ weights, same synthetic batches (batch 64), 2 threads on each side.
 - Fold and write: `fold_masks` + `save_model` of MLPs of 1M, 10M and 100M parameters at 90% sparsity, and a
   dense one above 2 GB that exercises external data when the machine has the memory for it.
 
-Writes benchmarks/results/speed.json and speed.md.
+Writes benchmarks/results/speed.json and speed.md (speed_report.py); with --no-fold the fold table of the
+previous results is kept and dated.
 """
 
 from __future__ import annotations
@@ -502,11 +509,9 @@ def thread_env(threads: int) -> dict:
     return env
 
 
-def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path) -> dict:
-    work = scratch / key
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"[{key}] building artifacts", file=sys.stderr, flush=True)
-    build = run_json(self_command("--worker", "build", "--work", str(work), "--model", key, *quick_flag(args)))
+def commands_for(key: str, spec: dict, args, torch_python: Path, work: Path) -> tuple[dict, dict]:
+    """The fastest PyTorch variant's timings, and the command of each side to measure (onnx-dns, PyTorch, and the
+    minimal PyTorch loop where it knows the model)."""
     timing = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
               "--min-seconds", str(args.min_seconds)]
     bursts = ["--select-steps", "2"] if args.quick else []
@@ -526,6 +531,16 @@ def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path)
     }
     if spec.get("real"):
         del commands["minimal"]  # the minimal loop knows the layer-list models only
+    return selection, commands
+
+
+def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path) -> dict:
+    work = scratch / key
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"[{key}] building artifacts", file=sys.stderr, flush=True)
+    build = run_json(self_command("--worker", "build", "--work", str(work), "--model", key, *quick_flag(args)))
+    selection, commands = commands_for(key, spec, args, torch_python, work)
+    env = thread_env(args.threads)
     runs = {variant: [] for variant in commands}
     for r in range(args.repeats):
         for variant, cmd in commands.items():

@@ -11,8 +11,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def fmt(x: float | None, digits: int = 0) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
+def fmt(x: float | None) -> str:
+    """A rate with about three significant digits below 100 (the recognizer runs at a few images a second)."""
+    if x is None:
+        return "-"
+    return f"{x:,.{2 if x < 10 else 1 if x < 100 else 0}f}"
 
 
 def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
