@@ -1,14 +1,15 @@
-"""Speed of one DNS training step in onnx-dns against a plain PyTorch implementation of DNS (issue 5).
+"""Speed of one DNS training step in onnx-dns against a competent PyTorch implementation of DNS (issues 5, 14).
 
-    python benchmarks/speed.py            # the full run (about 10 minutes on a 2-core machine, 3 repeats)
-    python benchmarks/speed.py --repeats 5   # what results/speed.md was made with
-    python benchmarks/speed.py --quick    # tiny sizes, a smoke run of a minute or two
+    python benchmarks/speed.py            # the full run (3 repeats, with the fold and write measurements)
+    python benchmarks/speed.py --threads 1 --no-fold --warmup 2 --min-steps 4 --min-seconds 2
+                                          # what results/speed.md was made with (18 minutes on a loaded machine)
+    python benchmarks/speed.py --quick    # tiny sizes, a smoke run
 
 The step, identical on both sides: forward with W * T, cross-entropy, backward with the straight-through
 gradient (every entry of W gets it), momentum SGD with weight decay on every entry (momentum 0.9, decay 5e-4,
 lr 0.01), then the surgery rule on every masked tensor at every iteration with fixed thresholds a = 0.9 t,
 b = 1.1 t (t = mean + 1 * std of |w| of the layer's initial weights and biases). Same model, same random
-weights, same synthetic batches (batch 64), 2 threads on each side.
+weights, same synthetic batches (batch 64; the recognizer 16), the same number of threads on each side.
 
 - onnx-dns side: the library's own pieces, as compress.py and trainer.py put them together: the model built
   with onnx.helper, `find_layers`, `insert_masks`, `build_artifacts` with a classification LossSpec, then
@@ -16,8 +17,13 @@ weights, same synthetic batches (batch 64), 2 threads on each side.
   `surgery.update_mask`; each step is timed in parts (module call, optimizer, mask update, data and targets).
 - PyTorch side: benchmarks/speed_torch.py, run in its own virtual environment benchmarks/.torch-venv
   (created on first use with `pip install torch==2.13.0 numpy`); torch is never a dependency of onnx-dns.
+  Its variants (--torch-variants) are timed per model first and the fastest is measured; an independent
+  minimal loop (benchmarks/speed_torch_minimal.py) is measured beside it as a check.
+- Rows: LeNet-300-100, LeNet-5, a VGG-style CNN with BatchNorm, a 50M-parameter MLP, a MobileNet-style CNN
+  (depthwise + pointwise blocks) and PP-OCRv4's real recognizer (benchmarks/speed_recognizer.py; its PyTorch
+  side is the hand-written twin of benchmarks/speed_torch_twin.py).
 - Each measurement runs in its own subprocess (so peak resident memory is that side's alone), interleaved
-  per model as A B A B A B; warm-up steps are excluded; the median images/s of the repeats is reported.
+  per model as A B C A B C A B C; warm-up steps are excluded; the median images/s of the repeats is reported.
 - One more onnx-dns row: `Trainer.run`, the library's real training loop (with its surgery schedule, progress
   events and bookkeeping).
 - The run before the host-side fixes (whole-array optimizer, masked-copy mask update) is kept in
@@ -25,7 +31,8 @@ weights, same synthetic batches (batch 64), 2 threads on each side.
 - Fold and write: `fold_masks` + `save_model` of MLPs of 1M, 10M and 100M parameters at 90% sparsity, and a
   dense one above 2 GB that exercises external data when the machine has the memory for it.
 
-Writes benchmarks/results/speed.json and speed.md.
+Writes benchmarks/results/speed.json and speed.md (speed_report.py); with --no-fold the fold table of the
+previous results is kept and dated.
 """
 
 from __future__ import annotations
@@ -48,7 +55,11 @@ from pathlib import Path
 
 import numpy as np
 
+import speed_recognizer
+from speed_report import goals, write_markdown
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the onnx_dns of this checkout, not whichever one is installed
 RESULTS = ROOT / "benchmarks" / "results"
 TORCH_VENV = ROOT / "benchmarks" / ".torch-venv"
 TORCH_VERSION = "2.13.0"
@@ -65,11 +76,12 @@ def fc(name: str, n_in: int, n_out: int) -> dict:
     return {"op": "fc", "name": name, "in": n_in, "out": n_out}
 
 
-def conv(name: str, c_in: int, c_out: int, k: int, pad: int = 0) -> dict:
-    return {"op": "conv", "name": name, "in": c_in, "out": c_out, "k": k, "pad": pad}
+def conv(name: str, c_in: int, c_out: int, k: int, pad: int = 0, stride: int = 1, group: int = 1) -> dict:
+    return {"op": "conv", "name": name, "in": c_in, "out": c_out, "k": k, "pad": pad, "stride": stride,
+            "group": group}
 
 
-RELU, FLATTEN = {"op": "relu"}, {"op": "flatten"}
+RELU, FLATTEN, GAP = {"op": "relu"}, {"op": "flatten"}, {"op": "gap"}
 
 
 def maxpool(k: int = 2) -> dict:
@@ -89,6 +101,14 @@ def model_specs(quick: bool) -> dict[str, dict]:
                 conv(f"conv{i}b", w, w, 3, 1), bn(f"bn{i}b", w), RELU, maxpool()]
         c_in = w
     vgg += [FLATTEN, fc("fc1", widths[-1] * 16, 256), RELU, fc("fc2", 256, 10)]
+    stages = ((16, 1), (32, 2), (64, 2), (64, 1), (128, 2)) if quick else \
+        ((32, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2))
+    mobile, c_in = [conv("stem", 3, stages[0][0], 3, 1, 2), bn("stem_bn", stages[0][0]), RELU], stages[0][0]
+    for i, (w, stride) in enumerate(stages[1:], start=1):
+        mobile += [conv(f"dw{i}", c_in, c_in, 3, 1, stride, c_in), bn(f"dw{i}_bn", c_in), RELU,
+                   conv(f"pw{i}", c_in, w, 1), bn(f"pw{i}_bn", w), RELU]
+        c_in = w
+    mobile += [GAP, FLATTEN, fc("fc", c_in, 10)]
     return {
         "lenet300": {"title": "LeNet-300-100", "input": [784], "classes": 10,
                      "layers": [fc("fc1", 784, 300), RELU, fc("fc2", 300, 100), RELU, fc("fc3", 100, 10)]},
@@ -100,6 +120,9 @@ def model_specs(quick: bool) -> dict[str, dict]:
         "wide_mlp": {"title": f"wide MLP ({wide}x4)", "input": [wide], "classes": 10,
                      "layers": [fc("fc1", wide, wide), RELU, fc("fc2", wide, wide), RELU, fc("fc3", wide, wide),
                                 RELU, fc("fc4", wide, 10)]},
+        "mobilenet": {"title": f"MobileNet-style CIFAR ({len(stages) - 1} dw+pw blocks, {stages[-1][0]} ch)",
+                      "input": [3, 32, 32], "classes": 10, "layers": mobile},
+        speed_recognizer.KEY: {"title": "PP-OCRv4 recognizer", "real": True},
     }
 
 
@@ -109,8 +132,8 @@ def make_weights(spec: dict, seed: int = 0) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for layer in spec["layers"]:
         if layer["op"] in ("fc", "conv"):
-            shape = (layer["out"], layer["in"]) if layer["op"] == "fc" else (layer["out"], layer["in"], layer["k"],
-                                                                                layer["k"])
+            shape = (layer["out"], layer["in"]) if layer["op"] == "fc" else \
+                (layer["out"], layer["in"] // layer["group"], layer["k"], layer["k"])
             fan_in = int(np.prod(shape[1:]))
             scale = math.sqrt(3.0 / fan_in)
             out[layer["name"] + ".weight"] = rng.uniform(-scale, scale, shape).astype(np.float32)
@@ -140,7 +163,7 @@ def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
         elif op == "conv":
             n, p, k = layer["name"], layer["pad"], layer["k"]
             nodes.append(helper.make_node("Conv", [x, n + ".weight", n + ".bias"], [y], name=n, kernel_shape=[k, k],
-                                          pads=[p, p, p, p]))
+                                          pads=[p, p, p, p], strides=[layer["stride"]] * 2, group=layer["group"]))
         elif op == "bn":
             n = layer["name"]
             nodes.append(helper.make_node("BatchNormalization", [x] + [f"{n}.{s}" for s in ("scale", "shift", "mean",
@@ -159,6 +182,8 @@ def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
                                           strides=[layer["k"]] * 2))
         elif op == "flatten":
             nodes.append(helper.make_node("Flatten", [x], [y], name=f"flatten{i}", axis=1))
+        elif op == "gap":
+            nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"gap{i}"))
         x = y
     inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
     if os.environ.get("SPEED_RELU") == "mul":
@@ -173,8 +198,18 @@ def onnx_model(spec: dict, weights: dict[str, np.ndarray]):
     return model
 
 
-def params_of(spec: dict) -> int:
-    return sum(int(v.size) for k, v in make_weights(spec).items() if not k.endswith((".mean", ".var")))
+def loss_spec(spec: dict):
+    """Cross-entropy on labels for the model's output: per sample, or per position for a sequence output."""
+    from onnx_dns.losses import LossSpec
+
+    return LossSpec("classify", spec.get("output", OUTPUT), 1.0, 0.0, num_classes=spec["classes"],
+                    rank=3 if spec.get("positions") else 2)
+
+
+def targets_of(spec: dict):
+    from onnx_dns.targets import Targets
+
+    return Targets(loss_spec(spec), None, (*([spec["positions"]] if spec.get("positions") else []), spec["classes"]))
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -187,11 +222,12 @@ def worker_build(work: Path, spec: dict) -> dict:
     """Weights, thresholds, batches and the training artifacts of one model, written into `work`."""
     from onnx_dns.artifacts import build_artifacts
     from onnx_dns.insert_masks import insert_masks
-    from onnx_dns.losses import LossSpec
     from onnx_dns.normalize import pin_input_shapes
     from onnx_dns.prunable import find_layers
     from onnx_dns.criteria.paper import HIGH, LOW, magnitude_stats, paper_threshold
 
+    if spec.get("real"):
+        return speed_recognizer.build(work, loss_spec, peak_rss_mb)
     weights = make_weights(spec)
     rng = np.random.default_rng(1)
     n_batches = 8
@@ -207,8 +243,7 @@ def worker_build(work: Path, spec: dict) -> dict:
     masked = insert_masks(model, [t.name for layer in layers for t in layer.tensors]).model
     pinned = pin_input_shapes(masked, {INPUT: (None, *spec["input"])}).model
     t1 = time.perf_counter()
-    loss = LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"])
-    art = build_artifacts(pinned, loss, work / "artifacts", update_bn_stats=True)  # batch statistics, as torch
+    art = build_artifacts(pinned, loss_spec(spec), work / "artifacts", update_bn_stats=True)  # batch statistics, as torch
     t2 = time.perf_counter()
     thresholds = {}
     for layer in layers:
@@ -220,6 +255,7 @@ def worker_build(work: Path, spec: dict) -> dict:
         pickle.dump(art, handle)
     files = sum(f.stat().st_size for f in (work / "artifacts").iterdir())
     return {"prepare_seconds": t1 - t0, "artifact_seconds": t2 - t1, "peak_rss_mb": peak_rss_mb(),
+            "params": sum(int(v.size) for k, v in weights.items() if not k.endswith((".mean", ".var"))),
             "layers": [layer.name for layer in layers], "masked_tensors": len(thresholds),
             "trainable": len(art.trainable), "artifact_mb": files / 2**20}
 
@@ -242,10 +278,8 @@ def _open_module(work: Path, threads: int, profile: Path | None = None):
 def worker_onnx(work: Path, args) -> dict:
     """The DNS step from the library's pieces, timed in parts."""
     from onnx_dns.chunked import ChunkedRunner
-    from onnx_dns.losses import LossSpec
     from onnx_dns.optimizers import SGD
     from onnx_dns.surgery import update_mask
-    from onnx_dns.targets import Targets
 
     spec = json.loads((work / "spec.json").read_text())
     thresholds = json.loads((work / "thresholds.json").read_text())
@@ -258,7 +292,7 @@ def worker_onnx(work: Path, args) -> dict:
     assert set(thresholds) == set(masks), (sorted(thresholds), sorted(masks))
     runner = ChunkedRunner(args.threads)
     optimizer = SGD(params, momentum=0.9, weight_decay=5e-4, runner=runner)
-    targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
+    targets = targets_of(spec)
     with np.load(work / "data.npz") as data:
         xs, ys = list(data["x"]), list(data["y"])
     name = art.inputs[0]
@@ -299,8 +333,8 @@ def worker_onnx(work: Path, args) -> dict:
     total = sum(m.size for m in masks.values())
     step = a[:, 0].sum()
     return {
-        "side": "onnx-dns", "variant": "library", "threads": args.threads, "steps": len(rows), "batch": BATCH,
-        "images_per_second": BATCH * len(rows) / loop_seconds, "median_step_ms": 1000 * float(np.median(a[:, 0])),
+        "side": "onnx-dns", "variant": "library", "threads": args.threads, "steps": len(rows), "batch": len(xs[0]),
+        "images_per_second": len(xs[0]) * len(rows) / loop_seconds, "median_step_ms": 1000 * float(np.median(a[:, 0])),
         "ms": {"step": 1000 * float(a[:, 0].mean()), "data_other": 1000 * float(a[:, 1].mean()),
                "module": 1000 * float(a[:, 2].mean()), "optimizer": 1000 * float(a[:, 3].mean()),
                "mask_update": 1000 * float(a[:, 4].mean())},
@@ -330,12 +364,10 @@ def summarize_profile(work: Path, steps: int) -> list:
 def worker_trainer(work: Path, args) -> dict:
     """The library's own loop, TrainingLoop.run, timed from its per-step progress events (evaluations excluded)."""
     from onnx_dns.dataset import Dataset
-    from onnx_dns.losses import LossSpec
     from onnx_dns.prunable import find_layers
     from onnx_dns.criteria.paper import Paper
     from onnx_dns.options import TrainConfig
     from onnx_dns.surgery import LayerPlan, Surgeon
-    from onnx_dns.targets import Targets
     from onnx_dns.trainer import Trainer
     from onnx_dns.training import TrainingLoop
 
@@ -355,7 +387,7 @@ def worker_trainer(work: Path, args) -> dict:
     steps = args.warmup + args.trainer_steps
     config = TrainConfig(iterations=steps, batch_size=BATCH, lr=LR, schedule="constant", eval_every=10**9,
                          checkpoint_every=10**9, eval_batch_size=BATCH, threads=args.threads)
-    targets = Targets(LossSpec("classify", OUTPUT, 1.0, 0.0, num_classes=spec["classes"]), None, (spec["classes"],))
+    targets = targets_of(spec)
     stamps = []
 
     def progress(event: dict) -> None:
@@ -477,25 +509,46 @@ def thread_env(threads: int) -> dict:
     return env
 
 
+def commands_for(key: str, spec: dict, args, torch_python: Path, work: Path) -> tuple[dict, dict]:
+    """The fastest PyTorch variant's timings, and the command of each side to measure (onnx-dns, PyTorch, and the
+    minimal PyTorch loop where it knows the model)."""
+    timing = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
+              "--min-seconds", str(args.min_seconds)]
+    bursts = ["--select-steps", "2"] if args.quick else []
+    if spec.get("real"):  # seconds per step: fewer steps, so that the whole run stays near ten minutes
+        timing = ["--threads", str(args.threads), "--warmup", "1", "--min-steps", "2", "--min-seconds", "0"]
+        bursts = ["--select-steps", "1", "--select-rounds", "2"]
+    env = thread_env(args.threads)
+    selection = run_json([str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), "--select",
+                          *args.torch_variants, "--threads", str(args.threads), *bursts], env)
+    print(f"[{key}] PyTorch variants (median ms/step): {json.dumps(selection['median_step_ms'])}; "
+          f"fastest {selection['fastest']}", file=sys.stderr, flush=True)
+    commands = {
+        "library": self_command("--worker", "onnx", "--work", str(work), *timing),
+        "torch": [str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), "--variant",
+                  selection["fastest"], *timing],
+        "minimal": [str(torch_python), str(ROOT / "benchmarks" / "speed_torch_minimal.py"), str(work), *timing],
+    }
+    if spec.get("real"):
+        del commands["minimal"]  # the minimal loop knows the layer-list models only
+    return selection, commands
+
+
 def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path) -> dict:
     work = scratch / key
     work.mkdir(parents=True, exist_ok=True)
     print(f"[{key}] building artifacts", file=sys.stderr, flush=True)
     build = run_json(self_command("--worker", "build", "--work", str(work), "--model", key, *quick_flag(args)))
-    timing = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
-              "--min-seconds", str(args.min_seconds)]
+    selection, commands = commands_for(key, spec, args, torch_python, work)
     env = thread_env(args.threads)
-    runs = {"library": [], "torch": []}
+    runs = {variant: [] for variant in commands}
     for r in range(args.repeats):
-        for variant in ("library", "torch"):
-            if variant == "torch":
-                cmd = [str(torch_python), str(ROOT / "benchmarks" / "speed_torch.py"), str(work), *timing]
-            else:
-                cmd = self_command("--worker", "onnx", "--work", str(work), *timing)
+        for variant, cmd in commands.items():
             result = run_json(cmd, env)
             runs[variant].append(result)
             print(f"[{key}] repeat {r + 1} {variant:8s} {result['images_per_second']:9.1f} img/s  "
-                  f"{json.dumps({k: round(v, 3) for k, v in result['ms'].items()})}", file=sys.stderr, flush=True)
+                  f"{json.dumps({k: round(v, 3) for k, v in result.get('ms', {}).items()})}", file=sys.stderr,
+                  flush=True)
     trainer = None
     if args.trainer_steps:
         trainer = run_json(self_command("--worker", "trainer", "--work", str(work), "--threads", str(args.threads),
@@ -509,16 +562,21 @@ def measure_model(key: str, spec: dict, args, torch_python: Path, scratch: Path)
     def med_ms(variant: str) -> dict:
         return {k: statistics.median(x["ms"][k] for x in runs[variant]) for k in runs[variant][0]["ms"]}
 
-    lib, torch = (med(v, "images_per_second") for v in ("library", "torch"))
+    lib, torch, minimal = (med(v, "images_per_second") if runs.get(v) else None for v in ("library", "torch",
+                                                                                          "minimal"))
     return {
-        "title": spec["title"], "params": params_of(spec), "build": build, "runs": runs, "trainer": trainer,
-        "images_per_second": {"onnx-dns": lib, "torch": torch,
+        "title": spec["title"], "params": build["params"], "build": build, "runs": runs, "trainer": trainer,
+        "torch_variants": selection, "torch_variant": selection["fastest"],
+        "images_per_second": {"onnx-dns": lib, "torch": torch, "torch-minimal": minimal,
                               "trainer": trainer["images_per_second"] if trainer else None},
         "ratio": lib / torch, "host_overhead": med("library", "host_overhead"),
         "ms": {"onnx-dns": med_ms("library"), "torch": med_ms("torch")},
         "peak_rss_mb": {"onnx-dns": max(x["peak_rss_mb"] for x in runs["library"]),
                         "torch": max(x["peak_rss_mb"] for x in runs["torch"]), "build": build["peak_rss_mb"]},
-        "first_loss": {"onnx-dns": runs["library"][0]["first_loss"], "torch": runs["torch"][0]["first_loss"]},
+        "first_loss": {side: runs[variant][0]["first_loss"] for side, variant in
+                       (("onnx-dns", "library"), ("torch", "torch"), ("torch-minimal", "minimal")) if runs.get(variant)},
+        "first_losses": {side: runs[variant][0]["losses"] for side, variant in
+                         (("torch", "torch"), ("torch-minimal", "minimal")) if runs.get(variant)},
         "kept_fraction": {"onnx-dns": runs["library"][0]["kept_fraction"], "torch": runs["torch"][0]["kept_fraction"]},
     }
 
@@ -559,93 +617,6 @@ def measure_fold(args, scratch: Path) -> list[dict]:
     return out
 
 
-def fmt(x: float | None, digits: int = 0) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
-
-
-def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
-    """Markdown table lines; `align` has one letter per column, l (left) or r (right)."""
-    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
-    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def write_markdown(report: dict, path: Path) -> None:
-    models = list(report["models"].values())
-    lines = ["# onnx-dns training step vs PyTorch (issue 5)", "",
-             f"Run {report['started']} to {report['finished']} on {report['machine']}. "
-             f"Command: `{report['command']}`.", "",
-             "Same DNS step on both sides: forward with W*T, backward straight-through, momentum SGD with weight "
-             "decay, mask update at every step (a=0.9t, b=1.1t). Batch 64, synthetic data, "
-             f"{report['threads']} threads. Median of {report['repeats']} interleaved repeats (each in its own "
-             "process, warm-up excluded). `Trainer.run`: the library's real loop (its surgery schedule, progress "
-             "events and bookkeeping included). The run before the host-side fixes: `speed-before.md`.", ""]
-    lines += table(
-        ["model", "params", "onnx-dns img/s", "PyTorch img/s", "onnx-dns/PyTorch", "host overhead",
-         "Trainer.run img/s"], "lrrrrrr",
-        [[m["title"], f"{m['params']:,}", fmt(m["images_per_second"]["onnx-dns"]),
-          fmt(m["images_per_second"]["torch"]), f"{m['ratio']:.2f}x", f"{100 * m['host_overhead']:.1f}%",
-          fmt(m["images_per_second"]["trainer"])] for m in models])
-    lines += ["", "Time per step in ms (mean within a run, median over repeats):", ""]
-    lines += table(
-        ["model", "onnx-dns: module", "optimizer", "mask update", "data+targets", "step", "PyTorch: fwd+bwd",
-         "optimizer", "mask update", "step"], "lrrrrrrrrr",
-        [[m["title"], *(f"{m['ms']['onnx-dns'][k]:.3f}" for k in ("module", "optimizer", "mask_update",
-                                                                    "data_other", "step")),
-          *(f"{m['ms']['torch'][k]:.3f}" for k in ("forward_backward", "optimizer", "mask_update", "step"))]
-         for m in models])
-    lines += ["", "Memory and artifact building:", ""]
-    lines += table(
-        ["model", "peak RSS onnx-dns (train)", "peak RSS PyTorch", "peak RSS building", "build_artifacts",
-         "artifact files", "first loss onnx-dns / PyTorch"], "lrrrrrr",
-        [[m["title"], *(f"{m['peak_rss_mb'][k]:,.0f} MB" for k in ("onnx-dns", "torch", "build")),
-          f"{m['build']['artifact_seconds']:.2f} s", f"{m['build']['artifact_mb']:,.1f} MB",
-          f"{m['first_loss']['onnx-dns']:.4f} / {m['first_loss']['torch']:.4f}"] for m in models])
-    lines += ["", "Fold and write (`fold_masks` + `save_model`), 4-layer MLPs, 90% of the masks at 0 "
-              "(save-only rows: `save_model` alone of a dense model without masks):", ""]
-    rows = []
-    for f in report["fold"]:
-        what = "save only (dense)" if f.get("save_only") else f"fold+save ({f['storage']})"
-        size = f"{f['input_model_gb']:.2f} GB" if "input_model_gb" in f else "-"
-        if "error" in f:
-            rows.append([f"{f['params']:,}", what, size, f"failed: {f['error'].splitlines()[-1][:200]}",
-                         *[""] * 6])
-            continue
-        rows.append([f"{f['params']:,}", what, size, f"{f['fold_seconds']:.2f} s", f"{f['save_seconds']:.2f} s",
-                     f"{f['total_seconds']:.2f} s", f"{f['seconds_per_million']:.3f}", f"{f['file_mb']:,.1f} MB",
-                     "yes" if f["external_data"] else "no", f"{f['peak_rss_mb']:,.0f} MB"])
-    lines += table(["params", "what", "input model", "fold", "save", "total", "s per M params", "file",
-                    "external data", "peak RSS"], "rlrrrrrrlr", rows)
-    lines += ["", "Goals of issue 5:", ""]
-    lines += [f"- {g}" for g in report["goals"]]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def goals(report: dict) -> list[str]:
-    models = report["models"].values()
-    out = []
-    ratios = ", ".join(f"{m['title']} {m['ratio']:.2f}x" for m in models)
-    met = all(m["ratio"] >= 1.3 for m in models)
-    out.append(f"onnx-dns >= 1.3x PyTorch images/s on every model: {'met' if met else 'NOT met'} ({ratios})")
-    over = ", ".join(f"{m['title']} {100 * m['host_overhead']:.1f}%" for m in models)
-    met = all(m["host_overhead"] <= 0.03 for m in models)
-    out.append(f"host overhead <= 3% of step time: {'met' if met else 'NOT met'} ({over})")
-    build = ", ".join(f"{m['title']} {m['build']['artifact_seconds']:.1f} s" for m in models)
-    met = all(m["build"]["artifact_seconds"] < 10 for m in models)
-    out.append(f"artifact building under 10 s: {'met' if met else 'NOT met'} ({build})")
-    folds = [f for f in report["fold"] if "error" not in f and not f.get("save_only") and f["params"] >= 1e6]
-    failed = [f for f in report["fold"] if "error" in f]
-    if failed:
-        out.append("models above 2 GB: NOT handled (" + "; ".join(
-            f"{f['params'] / 1e6:g}M params: {f['error'].splitlines()[-1][:120]}" for f in failed) + ")")
-    if len(folds) >= 2:
-        per = [f["seconds_per_million"] for f in folds]
-        met = max(per) <= 2 * min(per)
-        out.append("fold linear in parameters (sparse, s per M params within 2x across sizes): "
-                   f"{'met' if met else 'NOT met'} (" + ", ".join(f"{f['params'] / 1e6:g}M {p:.3f}"
-                                                                  for f, p in zip(folds, per)) + ")")
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
@@ -656,6 +627,9 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--min-seconds", type=float, default=None)
+    parser.add_argument("--torch-variants", nargs="+", default=["eager", "channels_last"],
+                        choices=("eager", "channels_last", "compile"),
+                        help="PyTorch variants to time per model; the fastest is measured (compile: minutes per model)")
     parser.add_argument("--trainer-steps", type=int, default=None, help="steps of the Trainer.run row (0: skip)")
     parser.add_argument("--no-fold", dest="fold", action="store_false")
     parser.add_argument("--no-train", dest="train", action="store_false", help="fold and write only")
@@ -707,9 +681,13 @@ def main() -> None:
         return
 
     started = datetime.now(timezone.utc)
+    load_start = os.getloadavg()
     command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + \
         ("" if args.models is None else " --models " + " ".join(args.models)) + \
-        ("" if args.repeats == (1 if args.quick else 3) else f" --repeats {args.repeats}")
+        ("" if args.repeats == (1 if args.quick else 3) else f" --repeats {args.repeats}") + \
+        ("" if args.threads == 2 else f" --threads {args.threads}") + ("" if args.fold else " --no-fold") + \
+        "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items()
+                if k != "repeats" and getattr(args, k) != v)
     torch_python = ensure_torch_venv()
     specs = model_specs(args.quick)
     keys = (args.models or list(specs)) if args.train else []
@@ -719,7 +697,8 @@ def main() -> None:
         for key in keys:
             a = argparse.Namespace(**vars(args))
             if a.trainer_steps is None:  # about as long as a measurement: more steps on the small models
-                a.trainer_steps = {"lenet300": 2000, "lenet5": 200, "vgg_bn": 15, "wide_mlp": 10}[key]
+                a.trainer_steps = {"lenet300": 500, "lenet5": 100, "vgg_bn": 10, "wide_mlp": 5, "mobilenet": 20,
+                                   speed_recognizer.KEY: 0}[key]
             models[key] = measure_model(key, specs[key], a, torch_python, scratch)
         fold = measure_fold(args, scratch) if args.fold else []
     finally:
@@ -731,8 +710,13 @@ def main() -> None:
         "machine": f"a shared {os.cpu_count()}-core {platform.machine()} box ({platform.processor() or 'cpu'}), "
                    f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch {TORCH_VERSION}",
         "command": command, "threads": args.threads, "repeats": args.repeats, "batch": BATCH, "quick": args.quick,
+        "load_average": {"start": load_start, "end": os.getloadavg()}, "torch_variants_tried": args.torch_variants,
         "models": models, "fold": fold,
     }
+    previous = args.out / "speed.json"
+    if not args.fold and previous.exists():  # the fold table is kept from the run that measured it
+        old = json.loads(previous.read_text())
+        report["fold"], report["fold_measured"] = old.get("fold", []), old.get("fold_measured", old["started"])
     report["goals"] = goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
