@@ -44,9 +44,8 @@ def graph_order(model) -> list[str]:
     return list(seen)
 
 
-def build(work: Path, loss_spec, peak_rss_mb, speed_rewrites: bool = False) -> dict:
-    """Artifacts, weights, thresholds, batches and the reference output of the recognizer, written into WORK
-    (`speed_rewrites`: build_artifacts's rewrites for speed, benchmarks/depthwise_rewrite.py)."""
+def build(work: Path, loss_spec, peak_rss_mb) -> dict:
+    """Artifacts, weights, thresholds, batches and the reference output of the recognizer, written into WORK."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -77,8 +76,7 @@ def build(work: Path, loss_spec, peak_rss_mb, speed_rewrites: bool = False) -> d
     # the batch too: symbolic sizes break pooling gradients in onnxruntime-training 1.19 (as pipeline.build_stage)
     pinned = pin_input_shapes(masked, {model.graph.input[0].name: (BATCH, *INPUT_SHAPE)}).model
     t1 = time.perf_counter()
-    art = build_artifacts(pinned, loss_spec(spec), work / "artifacts", update_bn_stats=True,
-                          speed_rewrites=speed_rewrites)
+    art = build_artifacts(pinned, loss_spec(spec), work / "artifacts", update_bn_stats=True)
     t2 = time.perf_counter()
     spec["trainable"] = list(art.trainable)
     thresholds = {}
