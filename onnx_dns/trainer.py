@@ -56,7 +56,7 @@ class Trainer:
         self.config = config
         self.targets = targets
         _, api = training_api()
-        options = session_options(config.threads)
+        options = session_options(config.threads, arena=False)
         self.state = api.CheckpointState.load_checkpoint(str(art.checkpoint))
         self.module = api.Module(str(art.training_model), self.state, str(art.eval_model), session_options=options)
         parameters = self.state.parameters
@@ -152,4 +152,6 @@ class Trainer:
         self.optimizer.load_state_dict(state)
 
     def close(self) -> None:
+        """Stop the host threads and let the training sessions go (the parameter views stay readable)."""
         self.runner.close()
+        self.module = None
