@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_dns.dataset import Dataset
+from onnx_dns.dataset import Dataset, release_pages
 from onnx_dns.losses import HARD_TARGET, LossSpec
 from onnx_dns.pass_progress import PassProgress
 
@@ -121,6 +121,7 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
         if store is None:
             store = _allocate((len(data), *out.shape[1:]), out.dtype, folder)
         store[start:start + n] = out
+        release_pages(store)
         start += n
         reporter.advance(n)
     return data.with_aligned(TEACHER, store)

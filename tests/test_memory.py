@@ -151,3 +151,20 @@ def test_reading_memory_mapped_rows_does_not_keep_them_resident(tmp_path):
     mapped = np.load(path, mmap_mode="r")
     assert float(np.array(mapped).sum()) == 256 * 65536  # the same read without release stays resident
     assert _resident_file_mb() - before > 48
+
+
+def test_outputs_written_to_a_file_stay_written_and_do_not_stay_resident(tmp_path, monkeypatch):
+    monkeypatch.setattr(targets, "IN_MEMORY_BYTES", 0)
+    data = Dataset({"x": np.arange(256, dtype=np.float32)[:, None]}, None, "train")
+
+    def teacher(inputs):
+        return np.repeat(inputs["x"], 65536, axis=1)  # 256 KB a sample, 64 MB in all
+
+    before = _resident_file_mb()
+    taught = with_teacher(data, teacher, 16, tmp_path)
+    assert _resident_file_mb() - before < 16
+    store = taught.aligned[TEACHER]
+    assert isinstance(store, np.memmap)
+    reread = np.load(tmp_path / "teacher.npy", mmap_mode="r")
+    np.testing.assert_array_equal(reread[:, 12345], np.arange(256, dtype=np.float32))
+    np.testing.assert_array_equal(taught.batch(3, 16, 0)[0][TEACHER][:, -1], taught.batch(3, 16, 0)[0]["x"][:, 0])
