@@ -7,9 +7,9 @@ import types
 
 import numpy as np
 import pytest
-
 from graphs import init_arrays, mlp, set_initializer
 
+from onnx_dns import objective as objective_stage
 from onnx_dns import pass_progress, targets
 from onnx_dns.dataset import Dataset
 from onnx_dns.evaluate import measure, session_runner
@@ -168,3 +168,35 @@ def test_outputs_written_to_a_file_stay_written_and_do_not_stay_resident(tmp_pat
     reread = np.load(tmp_path / "teacher.npy", mmap_mode="r")
     np.testing.assert_array_equal(reread[:, 12345], np.arange(256, dtype=np.float32))
     np.testing.assert_array_equal(taught.batch(3, 16, 0)[0][TEACHER][:, -1], taught.batch(3, 16, 0)[0]["x"][:, 0])
+
+
+def test_label_free_compression_trains_the_same_with_outputs_computed_on_the_fly(monkeypatch):
+    from engine_fixtures import blobs
+    from engine_fixtures import mlp as classifier
+    from onnx import numpy_helper
+
+    import onnx_dns
+
+    model = classifier(6, 32, 3, seed=2)
+    x, _ = blobs(400, 6, 3, seed=1)
+
+    def compress():
+        result = onnx_dns.compress(model, {"x": x}, target=2, iterations=40, batch_size=32, lr=0.01,
+                                   eval_every=20, format="dense")
+        return result, {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+
+    calls = []
+    monkeypatch.setattr(objective_stage, "with_teacher", lambda data, *a, **k: calls.append(len(data)) or
+                        with_teacher(data, *a, **k))
+    stored, stored_weights = compress()
+    assert len(calls) == 2  # training and validation outputs stored
+    monkeypatch.setattr(targets, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(targets, "ON_DISK_BYTES", 0)
+    computed, computed_weights = compress()
+    assert len(calls) == 2  # none stored this time
+    assert len(stored.history) == 2
+    assert stored.metrics["before"].fidelity == computed.metrics["before"].fidelity == 100
+    assert stored.metrics["after"].fidelity == computed.metrics["after"].fidelity
+    assert [h["loss"] for h in stored.history] == pytest.approx([h["loss"] for h in computed.history], rel=1e-4)
+    for name, value in stored_weights.items():
+        np.testing.assert_allclose(computed_weights[name], value, rtol=1e-4, atol=1e-5)
