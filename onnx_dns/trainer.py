@@ -152,6 +152,4 @@ class Trainer:
         self.optimizer.load_state_dict(state)
 
     def close(self) -> None:
-        """Stop the host threads and let the training sessions go (the parameter views stay readable)."""
         self.runner.close()
-        self.module = None
