@@ -54,6 +54,9 @@ class Progress:
             self._clear()
             self._echo(f"iteration {event['iteration']}: masks fixed; kept weights now train as {2 ** event['bits']} "
                        "shared values per tensor")
+        elif kind == "prepared":
+            self._echo(f"{event['layers']} prunable layers; reading the data and running the original model on a "
+                       "first batch ...")
         elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":

@@ -5,8 +5,8 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events teacher, building, built, lr-probe, lr-chosen, start,
-step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is also how
+Each stage announces itself through `progress` (events prepared, teacher, building, built, lr-probe, lr-chosen,
+start, step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is also how
 benchmarks time the stages.
 """
 
@@ -51,6 +51,7 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     started = time.perf_counter()
     progress = progress or (lambda event: None)
     prepared = prepare(original, source, options)
+    progress({"event": "prepared", "layers": len(prepared.layers)})
     batch_size = training_batch_size(prepared, options.train.batch_size)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
