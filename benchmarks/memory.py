@@ -187,7 +187,10 @@ def write(args: argparse.Namespace, command: str, rows: list[dict]) -> None:
         f"`{command}` on {results['machine']}; label-free (distillation), {args.iterations} iterations, "
         f"validation {'on ' + str(args.val_size) + ' separate lines' if args.val_size else '10% held out'}.\n"
         "Peak RSS is the child's own high-water mark (getrusage, as /proc's VmHWM); anonymous and file-backed "
-        "peaks are sampled every 0.1 s. A pass's longest silence is the longest time it printed nothing.\n\n"
+        "peaks are sampled every 0.1 s. A pass's longest silence is the longest time it printed nothing: passes "
+        "report after each batch, so it is the time of one batch (the evaluation of the model being trained runs "
+        "at the training batch, the original model's outputs and the final measurement at --eval-batch-size, "
+        "64).\n\n"
         + "\n".join(table) + "\n\nWhere the original model's outputs went:\n\n" + "\n".join(notes) + "\n")
 
 
