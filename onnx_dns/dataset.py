@@ -28,7 +28,7 @@ class Dataset:
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
-        """The input arrays of this dataset's samples (a copy of the rows when it is a subset)."""
+        """A copy of the input arrays of this dataset's samples (and the aligned ones)."""
         return {**self._take(slice(None))[0]}
 
     @property
