@@ -36,7 +36,10 @@ class Progress:
         if self.verbosity == 0:
             return
         kind = event["event"]
-        if kind == "teacher":
+        if kind == "teacher" and event.get("where") == "on the fly":
+            self._echo(f"the original model's outputs on {event['samples']} {event['data']} samples would take "
+                       f"{event['bytes'] / 1e9:.1f} GB: computed batch by batch as needed, not stored")
+        elif kind == "teacher":
             self._echo(f"computing the original model's outputs on {event['samples']} {event['data']} samples ...")
         elif kind == "pass":
             self._clear()
@@ -56,6 +59,9 @@ class Progress:
             self._clear()
             self._echo(f"iteration {event['iteration']}: masks fixed; kept weights now train as {2 ** event['bits']} "
                        "shared values per tensor")
+        elif kind == "prepared":
+            self._echo(f"{event['layers']} prunable layers; reading the data and running the original model on a "
+                       "first batch ...")
         elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":

@@ -3,6 +3,7 @@ that keep an index instead of copying, and arrays aligned with the samples (the 
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,7 +32,7 @@ class Dataset:
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
-        """The input arrays of this dataset's samples (a copy of the rows when it is a subset)."""
+        """A copy of the input arrays of this dataset's samples (and the aligned ones)."""
         return {**self._take(slice(None))[0]}
 
     @property
@@ -72,8 +73,10 @@ class Dataset:
 
     def _take(self, positions: np.ndarray | slice) -> Batch:
         rows = self._rows(positions)
-        arrays = {n: np.asarray(a[rows]) for n, a in self._inputs.items()}
-        arrays |= {n: np.asarray(a[positions]) for n, a in self.aligned.items()}
+        arrays = {n: np.array(a[rows]) for n, a in self._inputs.items()}
+        arrays |= {n: np.array(a[positions]) for n, a in self.aligned.items()}
+        for source in (*self._inputs.values(), *self.aligned.values()):
+            release_pages(source)
         return arrays, None if self._labels is None else np.asarray(self._labels[rows])
 
     def batch(self, iteration: int, batch_size: int, seed: int) -> Batch:
@@ -91,6 +94,14 @@ class Dataset:
         """One ordered pass over all samples."""
         for start in range(0, len(self), batch_size):
             yield self._take(slice(start, start + batch_size))
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap the pages a memory-mapped array has read (they stay in the page cache, and a later read maps them
+    again): else every row read stays in this process's resident memory, which then grows with the data."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and getattr(array, "mode", "c") != "c" and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 _PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}

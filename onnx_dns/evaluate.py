@@ -10,7 +10,6 @@ the score. Metrics are tallied batch by batch, so memory does not grow with the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,10 +21,10 @@ from onnx_dns.data import CallableData, model_inputs
 from onnx_dns.dataset import Dataset
 from onnx_dns.fidelity import LABELS, accumulator
 from onnx_dns.ort_training import runtime, session_options
+from onnx_dns.pass_progress import PassProgress
 from onnx_dns.targets import TEACHER, Targets, batch_first
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
-PASS_PROGRESS_AFTER = 2.0  # seconds: a longer pass over the data reports its progress
 
 
 @dataclass
@@ -142,13 +141,14 @@ def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,
 
 def session_runner(model: onnx.ModelProto, output: str) -> Run:
     """A plain onnxruntime session of `model` as a function from a batch to the tensor `output`
-    (made a graph output when it is an intermediate, such as the logits before a final Softmax)."""
+    (made a graph output when it is an intermediate, such as the logits before a final Softmax). The session
+    keeps no memory between runs: as the original model it lives through training."""
     if output not in [o.name for o in model.graph.output]:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(output))
         model = probe
-    session = runtime().InferenceSession(model.SerializeToString(), session_options(),
+    session = runtime().InferenceSession(model.SerializeToString(), session_options(arena=False),
                                            providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     axes = {s.name: s.batch_axis for s in model_inputs(model)}
@@ -164,19 +164,14 @@ def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | No
     """(feed, labels, stored original outputs, n) per batch; a fixed-batch model gets full batches, the last one
     padded (n is the number of real samples). A pass longer than 2 s reports its progress."""
     size = fixed_batch or batch_size
-    total = len(data) if isinstance(data, Dataset) else None
-    started, done, reported = time.perf_counter(), 0, 0.0
+    reporter = PassProgress(progress, what, len(data) if isinstance(data, Dataset) else None)
     for inputs, y in data.iterate(size):
         n = len(next(iter(inputs.values())))
         feed = {k: v for k, v in inputs.items() if k != TEACHER}
         if fixed_batch and n < fixed_batch:
             feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed_batch - n, axis=0)]) for k, v in feed.items()}
         yield feed, y, inputs.get(TEACHER), n
-        done += n
-        elapsed = time.perf_counter() - started
-        if progress is not None and elapsed > PASS_PROGRESS_AFTER and elapsed - reported > PASS_PROGRESS_AFTER:
-            reported = elapsed
-            progress({"event": "pass", "what": what, "done": done, "total": total, "seconds": elapsed})
+        reporter.advance(n)
 
 
 def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,

@@ -28,7 +28,7 @@ from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
-from onnx_dns.targets import Targets, batch_axis, with_teacher
+from onnx_dns.targets import Targets, batch_axis, caching, stored_bytes, with_teacher
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +90,33 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
 
 def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int | None, work: Path | None,
                          progress: Callable[[dict], None] | None = None) -> Objective:
-    """The original model's outputs computed once beside data held in memory: the training set's when the loss
-    distills, the validation set's when it has no labels (large ones memory-mapped under `work`). A model with
-    a fixed batch size runs on batches of that size, the last one padded."""
+    """The original model's outputs computed once beside data held in arrays: the training set's when the loss
+    distills, the validation set's when it has no labels (large ones memory-mapped under `work`; beyond
+    `targets.ON_DISK_BYTES` left to be computed batch by batch). A model with a fixed batch size runs on batches
+    of that size, the last one padded."""
     train, val = objective.train, objective.val
-    size, pad = fixed_batch or batch_size, fixed_batch is not None
     if isinstance(train, Dataset) and objective.spec.distill_weight > 0 and not objective.sequence:
-        _announce(progress, "train", len(train))
-        train = with_teacher(train, objective.teacher, size, work / "teacher-train" if work else None, pad)
+        train = _taught(objective, train, "train", batch_size, fixed_batch, work, progress)
     if isinstance(val, Dataset) and val.labels is None:
-        _announce(progress, "validation", len(val))
-        val = with_teacher(val, objective.teacher, size, work / "teacher-val" if work else None, pad)
+        val = _taught(objective, val, "validation", batch_size, fixed_batch, work, progress)
     return replace(objective, train=train, val=val)
 
 
-def _announce(progress: Callable[[dict], None] | None, which: str, samples: int) -> None:
+def _taught(objective: Objective, data: Dataset, which: str, batch_size: int, fixed_batch: int | None,
+            work: Path | None, progress: Callable[[dict], None] | None) -> Dataset:
+    """`data` with the original model's outputs stored beside it, or as it is when they are too large to store."""
+    size = stored_bytes(len(data), objective.targets.sample_shape, objective.targets.dtype)
+    where = caching(size)
+    if where == "on the fly":
+        log.info("the original model's outputs on %d %s samples would take %.1f GB: computed batch by batch when "
+                 "needed (one extra forward pass per batch) instead of stored", len(data), which, size / 1e9)
     if progress is not None:
-        progress({"event": "teacher", "data": which, "samples": samples})
+        progress({"event": "teacher", "data": which, "samples": len(data), "bytes": size, "where": where})
+    if where == "on the fly":
+        return data
+    folder = work / f"teacher-{'train' if which == 'train' else 'val'}" if work else None
+    return with_teacher(data, objective.teacher, fixed_batch or batch_size, folder, fixed_batch is not None,
+                        progress)
 
 
 def split_data(options: CompressOptions, prepared: Prepared,

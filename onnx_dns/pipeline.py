@@ -5,9 +5,9 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events teacher, building, built, sized, lr-probe, lr-chosen, start,
-step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is also how
-benchmarks time the stages.
+Each stage announces itself through `progress` (events prepared, teacher, building, built, sized, lr-probe,
+lr-chosen, start, step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is
+also how benchmarks time the stages.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     """The stages before training, shared by `run` and the sweep: prepare, objective, work folder, teacher
     outputs, training graphs."""
     prepared = prepare(original, source, options)
+    progress({"event": "prepared", "layers": len(prepared.layers)})
     batch_size = training_batch_size(prepared, options.train.batch_size)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)

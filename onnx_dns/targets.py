@@ -1,9 +1,11 @@
 """The loss inputs fed beside each training batch: one-hot labels and/or the original model's softened outputs.
 
-For data held in memory the original model's outputs are computed once, batch by batch, and stored beside the
-inputs of a copy of the data (`with_teacher`): in memory when small, else in a memory-mapped file of the work
-folder, so memory does not grow with the data. Streamed data gets them batch by batch. Outputs are stored batch
-first; a model whose output has its batch on another axis ([T, B, C]) gets its targets in its own layout.
+For data held in arrays the original model's outputs are computed once, batch by batch, and stored beside the
+inputs of a copy of the data (`with_teacher`): in memory up to 256 MB, in a memory-mapped file of the work folder
+up to 512 MB. Beyond that (the [40, 6625] outputs of a text recognizer take 21 GB for 20,000 images) and for
+streamed data they are computed batch by batch when needed, one extra forward pass per batch, so neither memory
+nor disk grows with the data (`caching`). Outputs are stored batch first; a model whose output has its batch on
+another axis ([T, B, C]) gets its targets in its own layout.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_dns.dataset import Dataset
+from onnx_dns.dataset import Dataset, release_pages
 from onnx_dns.losses import HARD_TARGET, LossSpec
+from onnx_dns.pass_progress import PassProgress
 
 TEACHER = "__dns_teacher__"
 IN_MEMORY_BYTES = 256 << 20  # larger sets of original outputs go to a memory-mapped file
+ON_DISK_BYTES = 512 << 20  # larger ones are not stored but computed batch by batch when needed
 
 
 def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -88,10 +92,22 @@ class Targets:
         return [np.zeros(shape, dtype=self.dtype) for _ in self.spec.targets]
 
 
+def stored_bytes(samples: int, sample_shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The bytes that the original model's outputs for `samples` samples take."""
+    return samples * int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
+
+
+def caching(size: int) -> str:
+    """Where original outputs of `size` bytes go: "memory", "file" (memory-mapped) or "on the fly" (not stored:
+    computed for each batch when it is needed)."""
+    return "memory" if size <= IN_MEMORY_BYTES else "file" if size <= ON_DISK_BYTES else "on the fly"
+
+
 def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int,
-                 folder: str | Path | None = None, pad: bool = True) -> Dataset:
+                 folder: str | Path | None = None, pad: bool = True,
+                 progress: Callable[[dict], None] | None = None) -> Dataset:
     """A copy of `data` with the original model's outputs for every sample beside the inputs, computed once in
-    batches of `batch_size`.
+    batches of `batch_size` (a pass over 2 s reports to `progress`).
 
     With `pad`, the last batch is padded with copies of its last sample (whose outputs are dropped), so that a
     model exported with a fixed batch size runs on any number of samples. Outputs over 256 MB go to a
@@ -99,6 +115,7 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
     """
     store = None
     start = 0
+    reporter = PassProgress(progress, "original outputs", len(data))
     for inputs, _ in data.iterate(batch_size):
         n = len(next(iter(inputs.values())))
         if pad and n < batch_size:
@@ -107,7 +124,9 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
         if store is None:
             store = _allocate((len(data), *out.shape[1:]), out.dtype, folder)
         store[start:start + n] = out
+        release_pages(store)
         start += n
+        reporter.advance(n)
     return data.with_aligned(TEACHER, store)
 
 
