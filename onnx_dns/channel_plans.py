@@ -45,7 +45,8 @@ def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: Compress
         inner = Target(keep[gid]) if options.target else Paper(options.c.get(group.name, options.default_c))
         stop = min(options.stop.get(group.name, default_stop), iterations)
         plans[group.name] = LayerPlan([t for t, _ in group.masked], stop, Channels(inner, block_multiple(group.size)),
-                                      tuple(a for _, a in group.masked))
+                                      tuple(a for _, a in group.masked),
+                                      tuple(group.spans.get(t, (0, group.size)) for t, _ in group.masked))
     return groups, plans
 
 
@@ -87,5 +88,5 @@ def _step_down(count: int, size: int) -> int | None:
 
 
 def _fraction(layout: Layout, fractions: dict[int, float]) -> float:
-    total = sum(n for _, n in layout.segments)
-    return float(np.sum([n * fractions.get(g, 1.0) for g, n in layout.segments])) / total
+    total = sum(n for *_, n in layout.segments)
+    return float(np.sum([n * fractions.get(g, 1.0) for g, _, n in layout.segments])) / total

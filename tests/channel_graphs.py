@@ -120,11 +120,12 @@ def refused(kind: str, seed: int = 0) -> onnx.ModelProto:
         x = n.conv(x, 6, 6, group=2)
     elif kind == "softmax":
         x = n.op("Softmax", [x], axis=1)
-    elif kind == "split":
-        x = n.op("Concat", n.op("Split", [x, n.const("sizes", np.array([2, 4]))], 2, axis=1)[::-1], axis=1)
+    elif kind == "split":  # channel i of one half added to channel i of the other: no slicing keeps that exact
+        x = n.op("Concat", [x, n.op("Add", n.op("Split", [x, n.const("sizes", np.array([3, 3]))], 2, axis=1))],
+                 axis=1)
     elif kind == "add_constant":
         x = n.op("Add", [x, n.const("one", np.array(1.0, dtype=np.float32))])
-    y = n.op("Relu", [n.conv(x, 6, 6)])
+    y = n.op("Relu", [n.conv(x, 9 if kind == "split" else 6, 6)])
     return n.model({"x": ["N", 3, 6, 6]}, [head(n, y, 6)])
 
 
@@ -132,14 +133,26 @@ def silu(net: Net, x: str) -> str:
     return net.op("Mul", [x, net.op("Sigmoid", [x])])
 
 
-def c2f(seed: int = 0) -> onnx.ModelProto:
-    """YOLOv8's C2f block with SiLU: cv1 -> Split in halves -> a residual bottleneck on the second half ->
-    Concat of all three -> cv2."""
+def c2f(seed: int = 0, shortcut: bool = True, sizes_input: bool = True) -> onnx.ModelProto:
+    """YOLOv8's C2f block with SiLU: cv1 -> Split in halves -> two bottlenecks on the second half (residual when
+    `shortcut`, as in the backbone; plain in the neck) -> Concat of all four -> cv2. Without `sizes_input` the
+    Split parts in equal halves by its output count."""
     n = Net(seed)
     stem = silu(n, n.bn(n.conv("x", 3, 8), 8))
-    first, second = n.op("Split", [silu(n, n.bn(n.conv(stem, 8, 8, k=1), 8)), n.const("halves", np.array([4, 4]))],
-                         2, axis=1)
-    inner = silu(n, n.bn(n.conv(second, 4, 4), 4))
-    bottleneck = n.op("Add", [second, silu(n, n.bn(n.conv(inner, 4, 4), 4))])
-    out = silu(n, n.bn(n.conv(n.op("Concat", [first, second, bottleneck], axis=1), 12, 8, k=1), 8))
+    halves = [n.const("halves", np.array([4, 4]))] if sizes_input else []
+    first, second = n.op("Split", [silu(n, n.bn(n.conv(stem, 8, 8, k=1), 8)), *halves], 2, axis=1)
+    parts = [first, second]
+    for _ in range(2):
+        inner = silu(n, n.bn(n.conv(parts[-1], 4, 4), 4))
+        out = silu(n, n.bn(n.conv(inner, 4, 4), 4))
+        parts.append(n.op("Add", [parts[-1], out]) if shortcut else out)
+    out = silu(n, n.bn(n.conv(n.op("Concat", parts, axis=1), 16, 8, k=1), 8))
     return n.model({"x": ["N", 3, 6, 6]}, [head(n, out, 8)])
+
+
+def swapped_halves(seed: int = 0) -> onnx.ModelProto:
+    """A conv's channels split unevenly and concatenated in the other order before the next conv."""
+    n = Net(seed)
+    x = silu(n, n.conv("x", 3, 6))
+    swapped = n.op("Concat", n.op("Split", [x, n.const("sizes", np.array([2, 4]))], 2, axis=1)[::-1], axis=1)
+    return n.model({"x": ["N", 3, 6, 6]}, [head(n, n.op("Relu", [n.conv(swapped, 6, 6)]), 6)])

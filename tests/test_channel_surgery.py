@@ -33,6 +33,23 @@ def test_channel_norms_add_the_squares_of_every_tensor_of_the_group():
     np.testing.assert_allclose(channel_norms([w, b, fc], [0, 0, 1]), want)
 
 
+def test_a_tensor_holding_part_of_a_group_adds_to_its_channels_only():
+    w = np.arange(24, dtype=np.float32).reshape(4, 6) - 10  # all 4 channels
+    half = np.array([[2.0, 1.0], [-3.0, 5.0]], np.float32)  # channels 2, 3 on axis 1
+    want = [np.sqrt((w[i] ** 2).sum() + ((half[:, i - 2] ** 2).sum() if i >= 2 else 0)) for i in range(4)]
+    np.testing.assert_allclose(channel_norms([w, half], [0, 1], [(0, 4), (2, 2)]), want)
+
+
+def test_surgery_writes_each_tensor_the_verdicts_of_its_own_channels():
+    weights = {"w": np.repeat(np.array([[1.0], [9.0], [8.0], [0.5]], np.float32), 2, axis=1),
+               "half": np.array([[0.0, 0.0]], np.float32)}  # channels 2, 3 of the group, on axis 1
+    masks = {"w": np.ones((4, 1), np.float32), "half": np.ones((1, 2), np.float32)}
+    plan = LayerPlan(["w", "half"], 100, Channels(Target(0.5)), (0, 1), ((0, 4), (2, 2)))
+    Surgeon({"g": plan}).keep_above("g", 5.0, weights, masks)
+    np.testing.assert_array_equal(masks["w"][:, 0], [0, 1, 1, 0])
+    np.testing.assert_array_equal(masks["half"][0], [1, 0])  # channel 2 kept, channel 3 pruned
+
+
 def surgeon_for(criterion, stop=100):
     return Surgeon({"g": LayerPlan(["w", "b"], stop, Channels(criterion), (0, 0))})
 

@@ -1,7 +1,9 @@
 """Channel surgery: the paper's rule applied to whole channels, on the vector of channel norms.
 
 For a group whose masked tensors W_j hold the channels on axis a_j, channel c has the norm
-    n_c = sqrt(sum_j ||W_j[c]||^2)
+    n_c = sqrt(sum_j ||W_j[c - s_j]||^2)
+over the tensors whose span s_j .. s_j + m_j - 1 holds c (every tensor holds all channels, but a layer joined
+with a piece of a split group: that layer holds the piece's channels only).
 and its mask follows the surgery rule on n: prune n_c < a, splice n_c > b. The thresholds come from an inner
 criterion run on the norms as on magnitudes (`Paper`: 0.9 t and 1.1 t with t = mu + c * sigma of the pretrained
 norms; `Target`: the scheduled number of largest norms). Both are capped just below the largest norm, so a group
@@ -22,13 +24,15 @@ import numpy as np
 from onnx_dns.criteria.base import Criterion
 
 
-def channel_norms(arrays: Sequence[np.ndarray], axes: Sequence[int]) -> np.ndarray:
-    """The L2 norm of each channel over all of a group's tensors (tensor j holds the channels on axes[j])."""
-    total = None
-    for array, axis in zip(arrays, axes):
+def channel_norms(arrays: Sequence[np.ndarray], axes: Sequence[int],
+                  spans: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """The L2 norm of each channel over all of a group's tensors (tensor j holds the channels on axes[j], the
+    group's channels spans[j] = (start, count); without spans, all of them)."""
+    spans = list(spans) or [(0, np.shape(arrays[0])[axes[0]])] * len(arrays)
+    total = np.zeros(max(start + count for start, count in spans))
+    for array, axis, (start, count) in zip(arrays, axes, spans):
         values = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0)
-        squares = np.square(values).reshape(values.shape[0], -1).sum(axis=1)
-        total = squares if total is None else total + squares
+        total[start:start + count] += np.square(values).reshape(values.shape[0], -1).sum(axis=1)
     return np.sqrt(total)
 
 
