@@ -156,3 +156,27 @@ def swapped_halves(seed: int = 0) -> onnx.ModelProto:
     x = silu(n, n.conv("x", 3, 6))
     swapped = n.op("Concat", n.op("Split", [x, n.const("sizes", np.array([2, 4]))], 2, axis=1)[::-1], axis=1)
     return n.model({"x": ["N", 3, 6, 6]}, [head(n, n.op("Relu", [n.conv(swapped, 6, 6)]), 6)])
+
+
+def yolo_head(seed: int = 0, reg: int = 4, classes: int = 3) -> onnx.ModelProto:
+    """YOLOv8's detection head on one level: box and class branches (two convs each, then a 1x1 conv to
+    4 * reg and to classes), Concat, Reshape to [N, 4 * reg + classes, anchors], Split, DFL (Reshape, Transpose,
+    Softmax over the bins, a 1x1 conv with fixed weights 0 .. reg - 1), the anchor maths, Sigmoid of the classes
+    and the output Concat [N, 4 + classes, anchors]."""
+    n = Net(seed)
+    x = silu(n, n.conv("x", 3, 8))
+    box = n.conv(silu(n, n.conv(silu(n, n.conv(x, 8, 8)), 8, 8)), 8, 4 * reg, k=1)
+    cls = n.conv(silu(n, n.conv(silu(n, n.conv(x, 8, 8)), 8, 8)), 8, classes, k=1)
+    flat = n.op("Reshape", [n.op("Concat", [box, cls], axis=1), n.const("flat", np.array([0, 4 * reg + classes, -1]))])
+    dist, scores = n.op("Split", [flat, n.const("parts", np.array([4 * reg, classes]))], 2, axis=1)
+    bins = n.op("Transpose", [n.op("Reshape", [dist, n.const("bins", np.array([0, 4, reg, -1]))])], perm=[0, 2, 1, 3])
+    dfl = n.const("dfl.w", np.arange(reg, dtype=np.float32).reshape(1, reg, 1, 1))
+    ltrb = n.op("Reshape", [n.op("Conv", [n.op("Softmax", [bins], axis=1), dfl]), n.const("ltrb", np.array([0, 4, -1]))])
+    lt, rb = n.op("Split", [ltrb, n.const("pairs", np.array([2, 2]))], 2, axis=1)
+    anchors = n.const("anchors", (np.random.default_rng(seed).random((1, 2, 36)) * 6).astype(np.float32))
+    x1y1, x2y2 = n.op("Sub", [anchors, lt]), n.op("Add", [anchors, rb])
+    centre = n.op("Div", [n.op("Add", [x1y1, x2y2]), n.const("two", np.array(2.0, np.float32))])
+    boxes = n.op("Mul", [n.op("Concat", [centre, n.op("Sub", [x2y2, x1y1])], axis=1),
+                         n.const("stride", np.array(8.0, np.float32))])
+    out = n.op("Concat", [boxes, n.op("Sigmoid", [scores])], axis=1)
+    return n.model({"x": ["N", 3, 6, 6]}, [out])

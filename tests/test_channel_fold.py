@@ -43,7 +43,7 @@ def structured(model):
 GRAPHS = {"residual": cg.residual, "concat": cg.concat, "flatten": cg.flatten_gemm,
           "reshape": lambda: cg.flatten_gemm(reshape=True), "channels_last": cg.channels_last, "c2f": cg.c2f,
           "c2f_plain": lambda: cg.c2f(shortcut=False), "c2f_equal_halves": lambda: cg.c2f(sizes_input=False),
-          "swapped_halves": cg.swapped_halves}
+          "swapped_halves": cg.swapped_halves, "yolo_head": cg.yolo_head}
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))
@@ -86,7 +86,7 @@ def test_without_masking_the_batchnorm_the_pruned_channels_would_leak():
 def test_c2f_split_sizes_follow_the_channels_each_half_keeps(sizes_input):
     model = cg.c2f(sizes_input=sizes_input)
     groups = find_channel_groups(model)
-    gid, cv1 = next((g, group) for g, group in groups.groups.items() if group.name == "conv5")
+    gid = next(g for g, group in groups.groups.items() if group.name == "conv5")
     keeps = {gid: np.array([1, 0, 1, 1, 0, 1, 0, 0], bool)}
     small = fold_channels(model, groups, keeps).model
     split = next(n for n in small.graph.node if n.op_type == "Split")

@@ -110,6 +110,14 @@ def test_union_places_a_group_inside_a_piece_and_refuses_what_would_only_overlap
     assert walk.find(other) == other
 
 
+def test_the_yolo_head_prunes_its_branches_and_keeps_box_class_and_dfl_channels():
+    groups, found = by_name(cg.yolo_head())
+    assert set(groups) == {"conv1", "conv4", "conv7", "conv11", "conv14"}  # stem and the branches' 3x3 convs
+    for fixed in ("conv10", "conv17", "conv24"):  # 4 * reg_max box outputs, class outputs, the DFL conv
+        assert "Reshape other than a flatten" in found.refused[fixed]
+    assert not any(t in ("dfl.w", "conv10.w", "conv17.w") for g in groups.values() for t, _ in g.masked)
+
+
 def test_graph_outputs_keep_their_channels():
     _, found = by_name(cg.residual())
     assert "graph output" in found.refused["gemm19"]
