@@ -12,7 +12,9 @@ never loses its last channel.
 Dense kernels run fastest on channel counts that fill their vector blocks (onnxruntime's blocked convolutions:
 measured, a residual CNN at 7 and 14 channels ran 4.5x slower than at 8 and 16), so at the stop iteration a group
 keeps the multiple of `multiple` nearest to what its rule keeps (at least one multiple), the largest norms;
-`block_multiple` gives 8 for groups of 16 channels or more, 4 for groups of 8 to 15.
+`block_multiple` gives 8 for groups of 16 channels or more, 4 for groups of 8 to 15. A group that a Split parts
+(`pieces`: the stretches that become tensors of their own, as C2f's halves) rounds each piece by its own size
+instead, so that every layer reading or writing a piece runs on whole blocks too.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ def channel_norms(arrays: Sequence[np.ndarray], axes: Sequence[int],
 class Channels(Criterion):
     """`inner`'s thresholds on a group's channel norms (its only array), capped to keep the largest channel."""
 
-    def __init__(self, inner: Criterion, multiple: int = 1) -> None:
+    def __init__(self, inner: Criterion, multiple: int = 1, pieces: Sequence[tuple[int, int]] = ()) -> None:
         self.inner = inner
         self.multiple = multiple
+        self.pieces = tuple(pieces)
 
     def initialize(self, arrays: Sequence[np.ndarray]) -> None:
         self.inner.initialize(arrays)
@@ -51,15 +54,24 @@ class Channels(Criterion):
         cap = _cap(arrays[0])
         return min(low, cap), min(high, cap)
 
-    def final_threshold(self, iteration: int, stop: int, arrays: Sequence[np.ndarray]) -> float | None:
+    def final_threshold(self, iteration: int, stop: int, arrays: Sequence[np.ndarray]) -> float | np.ndarray | None:
+        """The inner rule's final threshold; at the stop, rounded to whole blocks: one threshold, or with
+        `pieces` one per channel (each piece's own)."""
         norms = arrays[0]
         threshold = self.inner.final_threshold(iteration, stop, arrays)
-        if iteration != stop - 1 or self.multiple <= 1:
+        if iteration != stop - 1 or (self.multiple <= 1 and not self.pieces):
             return None if threshold is None else min(threshold, float(np.max(norms)))
         if threshold is None:
             threshold = self.thresholds(iteration, stop, arrays)[0]
-        count = round_channels(int(np.count_nonzero(norms >= threshold)), norms.size, self.multiple)
-        return float(np.sort(norms)[norms.size - count])
+        if not self.pieces:
+            count = round_channels(int(np.count_nonzero(norms >= threshold)), norms.size, self.multiple)
+            return float(np.sort(norms)[norms.size - count])
+        per_channel = np.empty(norms.size)
+        for start, size in self.pieces:
+            part = norms[start:start + size]
+            count = round_channels(int(np.count_nonzero(part >= threshold)), size, block_multiple(size))
+            per_channel[start:start + size] = np.sort(part)[size - count]
+        return per_channel
 
     def state_dict(self) -> dict:
         return self.inner.state_dict()
