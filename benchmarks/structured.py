@@ -185,10 +185,14 @@ def run_real(args: argparse.Namespace, done: Callable[[list[dict]], None]) -> li
         start = time.perf_counter()
         result = onnx_dns.compress(model, train, structure="channel", target=target, iterations=args.iterations,
                                    batch_size=spec.batch_size, eval_batch_size=64, threads=args.threads,
-                                   output_name=spec.output, max_accuracy_drop=None)
+                                   output_name=args.output_name or spec.output, max_accuracy_drop=None,
+                                   surgery_stop=args.surgery_stop)
+        (DEFAULT_CACHE / "runs" / spec.name).mkdir(parents=True, exist_ok=True)
+        result.save(DEFAULT_CACHE / "runs" / spec.name / f"channel-{target}.onnx")
         rows.append(row(spec.name, target, model, result, time.perf_counter() - start, args.repeats, sample))
         rows[-1].update(MEASURES[spec.fidelity](reference, outputs(result.model), path))
-        rows[-1]["fidelity_measure"], rows[-1]["iterations"] = spec.fidelity, args.iterations
+        rows[-1].update(fidelity_measure=spec.fidelity, iterations=args.iterations, surgery_stop=args.surgery_stop,
+                        distilled=args.output_name or spec.output)
         print(json.dumps(rows[-1]), flush=True)
         done(rows)
     return rows
@@ -210,7 +214,8 @@ def markdown(rows: list[dict], command: str) -> str:
         (a1, b1), (a32, b32), (m32, n32) = one["median"] if one else ("-", "-"), big["median"], big["min"]
         score = f"{r['score_before']} -> {r['score_after']}" + (
             f"; boxes of the original reproduced {r['fidelity']:.1%} ({r['boxes_reproduced']}/{r['boxes_original']}, "
-            f"{r['boxes_compressed']} found)" if "boxes_original" in r else "")
+            f"{r['boxes_compressed']} found; distilled on {r.get('distilled', 'output0')}, {r.get('iterations')} "
+            f"iterations)" if "boxes_original" in r else "")
         lines.append(f"| {r['model']} | {r['target']} | {r['compression']}x | {r['macs'][0]:,} -> {r['macs'][1]:,} "
                      f"| {score} | {r['drop_points']} | {a1} -> {b1} "
                      f"| {a32} -> {b32} (batch {batch}) | {a32 / b32:.2f}x (min {m32 / n32:.2f}x) |")
@@ -225,6 +230,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["2x", "3x", "4x"])
     parser.add_argument("--iterations", type=int, default=None, help="per target (default 400, --quick 150)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-name", default="", help="--real: the tensor to distil (default: the corpus output)")
+    parser.add_argument("--surgery-stop", type=int, default=None, help="--real: the iteration masks stop changing")
     args = parser.parse_args()
     args.width, args.train, args.val = (8, 800, 400) if args.quick else (16, 2000, 1000)
     args.pretrain, default_iterations, args.repeats = (150, 150, 10) if args.quick else (400, 400, 100)
@@ -234,7 +241,8 @@ def main() -> None:
     if args.real:
         args.train, args.val, args.repeats = 256, 128, 10
         previous = json.loads((RESULTS / "structured.json").read_text())
-        kept = [r for r in previous["rows"] if r["model"] != args.real]
+        kept = [r for r in previous["rows"] if r["model"] != args.real or r["target"] not in args.targets
+                or r.get("distilled", "output0") != (args.output_name or "output0")]
         command = f"{previous['command']} && {command}"
         run_real(args, lambda rows: write(kept + rows, command))
     else:
