@@ -23,16 +23,23 @@ from onnx_dns.passes import PassResult
 
 
 def kept_channels(groups: ChannelGroups, masks: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
-    """Each group's kept channels, read from the mask of its first masked tensor (weight name -> mask)."""
+    """Each group's kept channels, read from the masks of its masked tensors (weight name -> mask). A stretch of
+    a group that a Split piece or a layer holds keeps one channel at least (its first, all zeros when pruned,
+    which leaves the outputs as they were): no tensor is left without channels."""
     keeps = {}
     for gid, group in groups.groups.items():
-        tensor, axis = group.masked[0]
-        mask = np.asarray(masks[tensor])
-        other = tuple(i for i in range(mask.ndim) if i != axis)
-        keep = np.any(mask != 0, axis=other) if other else mask != 0
+        keep = np.zeros(group.size, dtype=bool)
+        for tensor, axis in group.masked:
+            start, count = group.spans.get(tensor, (0, group.size))
+            mask = np.moveaxis(np.asarray(masks[tensor]), axis, 0).reshape(count, -1)
+            keep[start:start + count] = np.any(mask != 0, axis=1)
         if not keep.any():
             raise ValueError(f"channel fold: group {group.name} would lose every channel")
         keeps[gid] = keep
+    layouts = [s.layout for s in groups.slots] + [x for e in groups.edits for x in e.layouts]
+    for gid, start, count in {segment for layout in layouts for segment in layout.segments}:
+        if gid in keeps and not keeps[gid][start:start + count].any():
+            keeps[gid][start] = True
     return keeps
 
 

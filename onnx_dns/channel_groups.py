@@ -65,7 +65,8 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
 def _assemble(walk: Walk) -> ChannelGroups:
     """Resolve the union-find, refuse groups whose slots cannot be masked or sliced consistently."""
     def resolve(layout: Layout) -> Layout:
-        return replace(layout, segments=tuple((walk.find(g), n) for g, n in layout.segments))
+        located = [(walk.locate(g), start, n) for g, start, n in layout.segments]
+        return replace(layout, segments=tuple((root, offset + start, n) for (root, offset), start, n in located))
 
     slots = [replace(s, layout=resolve(s.layout)) for s in walk.slots]
     edits = [replace(e, layouts=tuple(resolve(x) for x in e.layouts)) for e in walk.edits]
@@ -82,10 +83,11 @@ def _assemble(walk: Walk) -> ChannelGroups:
     groups: dict[int, ChannelGroup] = {}
     for slot in slots:
         if slot.masked:
-            gid = slot.layout.segments[0][0]
+            gid, start, count = slot.layout.segments[0]
             group = groups.setdefault(gid, ChannelGroup(walk.names[gid], walk.sizes[gid]))
             if (slot.tensor, slot.axis) not in group.masked:
                 group.masked.append((slot.tensor, slot.axis))
+                group.spans[slot.tensor] = (start, count)
     refused = {}
     for gid in range(len(walk.parent)):
         why = walk.refusals.get(walk.find(gid)) if walk.find(gid) == gid else None

@@ -3,8 +3,11 @@
 Add/Sub/Max/Min of two tracked values unify their groups (a residual block's branches must lose the same
 channels); pruned channels stay zero when both sides are zero. Mul is zero where either side is. With a constant
 operand, a per-channel constant is sliced (and masked under Add/Sub, so pruned channels stay zero); a constant
-without channel extent passes. Concat lays its inputs' groups side by side; Split parts them again, but only at
-group boundaries.
+without channel extent passes. Concat lays its inputs' segments side by side; Split parts them again, anywhere:
+a piece that cuts through a group holds a segment of it (YOLO's C2f splits cv1's channels in halves), so pruning
+channel c of the group removes it from the piece that holds c, and the fold rewrites the Split's sizes.
+Joining a piece with another value (a residual Add) places that value's group inside the piece's group; when
+that cannot be done exactly (two pieces of one group added, groups that would overlap in part) both are refused.
 """
 
 from __future__ import annotations
@@ -49,14 +52,17 @@ def elementwise(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> l
 
 
 def _unify(walk: Walk, node: onnx.NodeProto, a: Layout, b: Layout) -> Layout | None:
-    sizes_a, sizes_b = [n for _, n in a.segments], [n for _, n in b.segments]
+    sizes_a, sizes_b = [n for *_, n in a.segments], [n for *_, n in b.segments]
     if (a.axis - a.rank != b.axis - b.rank or (a.outer, a.inner) != (b.outer, b.inner) or sizes_a != sizes_b
             or node.op_type not in ADDING | {"Mul"}):
         for layout in (a, b):
             walk.refuse(layout, f"{node.op_type} of values whose channels do not line up")
         return None
-    for (ga, _), (gb, _) in zip(a.segments, b.segments):
-        walk.union(ga, gb)
+    if not all(walk.union(sa, sb) for sa, sb in zip(a.segments, b.segments)):
+        for layout in (a, b):
+            walk.refuse(layout, f"{node.op_type} joins different channels of one group, or groups that overlap "
+                                "in part")
+        return None
     zero = (a.zero and b.zero) if node.op_type in ADDING else (a.zero or b.zero)
     rank = max(a.rank, b.rank)
     return replace(a, axis=a.axis + rank - a.rank, rank=rank, zero=zero)
@@ -68,11 +74,11 @@ def concat(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> list[L
         return [None]
     rank = tracked[0].rank
     axis = attribute(node, "axis", 0) % rank
-    segments: list[tuple[int, int]] = []
+    segments: list[tuple[int, int, int]] = []
     for name, x in zip(node.input, ins):
         shape = walk.shape(name)
         if x is None and shape and len(shape) == rank and shape[axis] is not None:
-            segments.append((walk.new_group(shape[axis], fixed=True), shape[axis]))
+            segments.append((walk.new_group(shape[axis], fixed=True), 0, shape[axis]))
         elif x is not None and x.axis == axis and x.plain and x.rank == rank:
             segments += x.segments
         else:
@@ -89,20 +95,32 @@ def split(walk: Walk, node: onnx.NodeProto, ins: list[Layout | None]) -> list[La
     if attribute(node, "axis", 0) % x.rank != x.axis:
         return [x] * count
     given = walk.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attribute(node, "split", None)
-    sizes = [int(s) for s in given] if given is not None else [x.channels // count] * count
-    cuts = set(np.cumsum(sizes).tolist())
-    bounds = set(np.cumsum([n for _, n in x.segments]).tolist())
-    if not x.plain or sum(sizes) != x.channels or not cuts <= bounds:
-        walk.refuse(x, "Split cuts through a group of channels (split the producing layer instead)")
+    if given is None and (len(node.input) > 1 and node.input[1] or x.channels % count):
+        walk.refuse(x, "Split with computed sizes, or parts of unequal size")
         return [None] * count
-    outs, rest = [], list(x.segments)
-    for size in sizes:
-        taken = []
-        while sum(n for _, n in taken) < size:
-            taken.append(rest.pop(0))
-        outs.append(replace(x, segments=tuple(taken)))
+    sizes = [int(s) for s in given] if given is not None else [x.channels // count] * count
+    if not x.plain or sum(sizes) != x.channels or min(sizes) < 1:
+        walk.refuse(x, "Split of a flattened channel axis, or with sizes that do not add up to its channels")
+        return [None] * count
+    outs = [replace(x, segments=piece) for piece in _pieces(x.segments, sizes)]
     walk.edit(node, "split", *outs)
     return outs
+
+
+def _pieces(segments: tuple[tuple[int, int, int], ...], sizes: list[int]) -> list[tuple[tuple[int, int, int], ...]]:
+    """The segments each part of `sizes` holds: whole segments, or a stretch of one where a cut falls inside it."""
+    rest, pieces = list(segments), []
+    for size in sizes:
+        taken: list[tuple[int, int, int]] = []
+        while size:
+            group, start, n = rest.pop(0)
+            if n > size:
+                rest.insert(0, (group, start + size, n - size))
+                n = size
+            taken.append((group, start, n))
+            size -= n
+        pieces.append(tuple(taken))
+    return pieces
 
 
 JOIN_HANDLERS = {**{op: elementwise for op in ("Add", "Sub", "Mul", "Div", "Max", "Min")},

@@ -46,7 +46,7 @@ def _read(walk: Walk, layout: Layout | None, weight: str, axis: int, want_axis: 
 def _produce(walk: Walk, out_axis: int, rank: int, size: int, tensors: list[tuple[str, int]]) -> Layout:
     """A new group of `size` channels whose producing tensors are masked."""
     gid = walk.new_group(size)
-    layout = Layout(out_axis, rank, ((gid, size),))
+    layout = Layout(out_axis, rank, ((gid, 0, size),))
     for tensor, axis in tensors:
         if not walk.can_mask(tensor):
             walk.refuse(layout, f"{tensor!r} is not trained")

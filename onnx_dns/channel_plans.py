@@ -10,6 +10,8 @@ criterion rounds them at the stop): dense kernels run fastest on whole blocks.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import onnx
 
@@ -44,9 +46,23 @@ def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: Compress
     for gid, group in groups.groups.items():
         inner = Target(keep[gid]) if options.target else Paper(options.c.get(group.name, options.default_c))
         stop = min(options.stop.get(group.name, default_stop), iterations)
-        plans[group.name] = LayerPlan([t for t, _ in group.masked], stop, Channels(inner, block_multiple(group.size)),
-                                      tuple(a for _, a in group.masked))
+        criterion = Channels(inner, block_multiple(group.size), split_pieces(groups, gid))
+        plans[group.name] = LayerPlan([t for t, _ in group.masked], stop, criterion,
+                                      tuple(a for _, a in group.masked),
+                                      tuple(group.spans.get(t, (0, group.size)) for t, _ in group.masked))
     return groups, plans
+
+
+def split_pieces(groups: ChannelGroups, gid: int) -> list[tuple[int, int]]:
+    """The stretches (start, count) of group `gid` between the cuts of the Splits that part it; none when no
+    Split cuts through it."""
+    cuts = {edge for edit in groups.edits if edit.kind == "split" for layout in edit.layouts
+            for g, start, n in layout.segments if g == gid for edge in (start, start + n)}
+    size = groups.groups[gid].size
+    if not cuts - {0, size}:
+        return []
+    edges = sorted(cuts | {0, size})
+    return [(a, b - a) for a, b in pairwise(edges)]
 
 
 def channel_keep(groups: ChannelGroups, layers: list[Layer], target: float) -> dict[int, float]:
@@ -87,5 +103,5 @@ def _step_down(count: int, size: int) -> int | None:
 
 
 def _fraction(layout: Layout, fractions: dict[int, float]) -> float:
-    total = sum(n for _, n in layout.segments)
-    return float(np.sum([n * fractions.get(g, 1.0) for g, n in layout.segments])) / total
+    total = sum(n for *_, n in layout.segments)
+    return float(np.sum([n * fractions.get(g, 1.0) for g, _, n in layout.segments])) / total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -20,16 +21,27 @@ from onnx_dns.normalize import pin_input_shapes
 LATENCY_BATCHES = (1, 32)
 
 
-def batch_shapes(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, ...]]:
-    """Each graph input's shape with a symbolic first axis set to `batch` (other symbolic axes: 1)."""
+Sample = Mapping[str, np.ndarray]
+
+
+def batch_shapes(model: onnx.ModelProto, batch: int, sample: Sample | None = None) -> dict[str, tuple[int, ...]]:
+    """Each graph input's shape with a symbolic first axis set to `batch`, other symbolic axes to the size the
+    same input has in `sample` (a batch of real inputs: a detector's image size), else 1."""
     inits = initializers(model.graph)
-    return {v.name: tuple(d.dim_value or (batch if i == 0 else 1) for i, d in enumerate(v.type.tensor_type.shape.dim))
+
+    def size(name: str, axis: int) -> int:
+        if axis == 0:
+            return batch
+        known = np.shape(sample[name]) if sample is not None and name in sample else ()
+        return int(known[axis]) if axis < len(known) else 1
+
+    return {v.name: tuple(d.dim_value or size(v.name, i) for i, d in enumerate(v.type.tensor_type.shape.dim))
             for v in model.graph.input if v.name not in inits}
 
 
-def model_macs(model: onnx.ModelProto) -> dict[str, int]:
+def model_macs(model: onnx.ModelProto, sample: Sample | None = None) -> dict[str, int]:
     """Multiply-accumulates of each Conv, Gemm and MatMul at batch 1."""
-    pinned = pin_input_shapes(model, batch_shapes(model, 1)).model
+    pinned = pin_input_shapes(model, batch_shapes(model, 1, sample)).model
     values = inferred_values(pinned)
     inits = initializers(model.graph)
 
@@ -56,13 +68,16 @@ def model_macs(model: onnx.ModelProto) -> dict[str, int]:
     return macs
 
 
-def interleaved_latency(models: list[onnx.ModelProto], batch: int, repeats: int, threads: int = 0) -> list[float]:
+def interleaved_latency(models: list[onnx.ModelProto], batch: int, repeats: int, threads: int = 0,
+                        sample: Sample | None = None) -> list[float]:
     """Median milliseconds of one run of each model at `batch`, runs interleaved model by model."""
-    return [statistics.median(t) for t in interleaved_times(models, batch, repeats, threads)]
+    return [statistics.median(t) for t in interleaved_times(models, batch, repeats, threads, sample)]
 
 
-def interleaved_times(models: list[onnx.ModelProto], batch: int, repeats: int, threads: int = 0) -> list[list[float]]:
-    """Milliseconds of each run of each model at `batch`, after one warm-up run each, interleaved."""
+def interleaved_times(models: list[onnx.ModelProto], batch: int, repeats: int, threads: int = 0,
+                      sample: Sample | None = None) -> list[list[float]]:
+    """Milliseconds of each run of each model at `batch`, after one warm-up run each, interleaved (random
+    inputs shaped as `batch_shapes` says)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -71,7 +86,7 @@ def interleaved_times(models: list[onnx.ModelProto], batch: int, repeats: int, t
                 for m in models]
     rng = np.random.default_rng(0)
     feeds = {name: rng.standard_normal(shape).astype(np.float32)
-             for name, shape in batch_shapes(models[0], batch).items()}
+             for name, shape in batch_shapes(models[0], batch, sample).items()}
     times: list[list[float]] = [[] for _ in models]
     for session in sessions:
         session.run(None, feeds)
@@ -84,13 +99,15 @@ def interleaved_times(models: list[onnx.ModelProto], batch: int, repeats: int, t
 
 
 def channel_record(groups: ChannelGroups, keeps: dict[int, np.ndarray], before: onnx.ModelProto,
-                   after: onnx.ModelProto, repeats: int = 20) -> dict:
-    """Channels kept per group, MACs and latency before and after, as the written model records them."""
-    macs_before, macs_after = sum(model_macs(before).values()), sum(model_macs(after).values())
+                   after: onnx.ModelProto, repeats: int = 20, sample: Sample | None = None) -> dict:
+    """Channels kept per group, MACs and latency before and after, as the written model records them; symbolic
+    sizes other than the batch are those of `sample`, a batch of the training inputs."""
+    macs_before, macs_after = sum(model_macs(before, sample).values()), sum(model_macs(after, sample).values())
     latency = {}
     for batch in LATENCY_BATCHES:
-        actual = next(iter(batch_shapes(before, batch).values()))[0]
-        latency[str(actual)] = interleaved_latency([before, after], batch, max(3, repeats // (1 + batch // 8)))
+        actual = next(iter(batch_shapes(before, batch, sample).values()))[0]
+        latency[str(actual)] = interleaved_latency([before, after], batch, max(3, repeats // (1 + batch // 8)),
+                                                   sample=sample)
     return {
         "structure": "channel",
         "channels": {g.name: [int(keeps[gid].sum()), g.size] for gid, g in groups.groups.items()},

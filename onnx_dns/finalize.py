@@ -63,7 +63,7 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
         layers_after = layer_stats(folded, prepared.layers)
         progress({"event": "latency"})
         record = _record(layers_after) | channel_record(prepared.channels, _keeps(prepared, values),
-                                                        prepared.model, folded)
+                                                        prepared.model, folded, sample=objective.sample)
         write_metadata(folded, (read_metadata(folded) or {}) | record)
     progress({"event": "measuring"})
     cfg = options.train

@@ -64,8 +64,8 @@ class Prepared:
     def mask_shapes(self) -> dict[str, tuple[int, ...]]:
         """The broadcast shape of each channel mask (none with weight-level surgery)."""
         inits = initializers(self.model.graph)
-        return {t: group.mask_shape(len(inits[t].dims), axis) for group in (self.channels.groups.values()
-                if self.channels is not None else ()) for t, axis in group.masked}
+        return {t: group.mask_shape(t, len(inits[t].dims)) for group in (self.channels.groups.values()
+                if self.channels is not None else ()) for t, _ in group.masked}
 
 
 def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) -> Prepared:

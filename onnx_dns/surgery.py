@@ -11,7 +11,8 @@ iteration. Which thresholds a layer uses is its criterion's business (`onnx_dns.
 around mu + c * sigma, or target mode's scheduled fraction of largest magnitudes).
 
 A channel plan (`LayerPlan.axes` set: one channel axis per tensor) applies the same rule to the group's channel
-norms (`criteria.channel`) and writes each channel's verdict into every tensor's broadcast mask.
+norms (`criteria.channel`) and writes each channel's verdict into every tensor's broadcast mask (`spans`: the
+channels of the group each tensor holds, when some hold only a part).
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ class LayerPlan:
     stop: int
     criterion: Criterion
     axes: tuple[int, ...] = ()
+    spans: tuple[tuple[int, int], ...] = ()
 
     def arrays(self, weights: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """What the criterion sees: the tensors, or for a channel plan the vector of channel norms."""
         arrays = [weights[t] for t in self.tensors]
-        return [channel_norms(arrays, self.axes)] if self.axes else arrays
+        return [channel_norms(arrays, self.axes, self.spans)] if self.axes else arrays
 
 
 class Surgeon:
@@ -144,12 +146,15 @@ def _channel_update(plan: LayerPlan, norms: np.ndarray, masks: Mapping[str, np.n
                     iteration: int) -> None:
     """The surgery rule on channel norms, written into every tensor of the group (masks broadcast over the
     channel axis: 1 on every other axis)."""
-    first = masks[plan.tensors[0]]
-    keep = np.moveaxis(first, plan.axes[0], 0).reshape(first.shape[plan.axes[0]], -1)[:, 0].astype(norms.dtype)
+    spans = plan.spans or ((0, norms.size),) * len(plan.tensors)
+    keep = np.zeros(norms.size, dtype=norms.dtype)
+    for tensor, axis, (start, count) in zip(plan.tensors, plan.axes, spans):
+        mask = masks[tensor]
+        keep[start:start + count] = np.moveaxis(mask, axis, 0).reshape(count, -1)[:, 0]
     if final is not None:
         keep = (norms >= final).astype(norms.dtype)
     else:
         update_mask(norms, keep, *plan.criterion.thresholds(iteration, plan.stop, [norms]))
-    for tensor, axis in zip(plan.tensors, plan.axes):
+    for tensor, axis, (start, count) in zip(plan.tensors, plan.axes, spans):
         mask = masks[tensor]
-        mask[...] = keep.reshape([-1 if i == axis else 1 for i in range(mask.ndim)])
+        mask[...] = keep[start:start + count].reshape([-1 if i == axis else 1 for i in range(mask.ndim)])

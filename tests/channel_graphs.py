@@ -120,11 +120,12 @@ def refused(kind: str, seed: int = 0) -> onnx.ModelProto:
         x = n.conv(x, 6, 6, group=2)
     elif kind == "softmax":
         x = n.op("Softmax", [x], axis=1)
-    elif kind == "split":
-        x = n.op("Concat", n.op("Split", [x, n.const("sizes", np.array([2, 4]))], 2, axis=1)[::-1], axis=1)
+    elif kind == "split":  # channel i of one half added to channel i of the other: no slicing keeps that exact
+        x = n.op("Concat", [x, n.op("Add", n.op("Split", [x, n.const("sizes", np.array([3, 3]))], 2, axis=1))],
+                 axis=1)
     elif kind == "add_constant":
         x = n.op("Add", [x, n.const("one", np.array(1.0, dtype=np.float32))])
-    y = n.op("Relu", [n.conv(x, 6, 6)])
+    y = n.op("Relu", [n.conv(x, 9 if kind == "split" else 6, 6)])
     return n.model({"x": ["N", 3, 6, 6]}, [head(n, y, 6)])
 
 
@@ -132,14 +133,50 @@ def silu(net: Net, x: str) -> str:
     return net.op("Mul", [x, net.op("Sigmoid", [x])])
 
 
-def c2f(seed: int = 0) -> onnx.ModelProto:
-    """YOLOv8's C2f block with SiLU: cv1 -> Split in halves -> a residual bottleneck on the second half ->
-    Concat of all three -> cv2."""
+def c2f(seed: int = 0, shortcut: bool = True, sizes_input: bool = True) -> onnx.ModelProto:
+    """YOLOv8's C2f block with SiLU: cv1 -> Split in halves -> two bottlenecks on the second half (residual when
+    `shortcut`, as in the backbone; plain in the neck) -> Concat of all four -> cv2. Without `sizes_input` the
+    Split parts in equal halves by its output count."""
     n = Net(seed)
     stem = silu(n, n.bn(n.conv("x", 3, 8), 8))
-    first, second = n.op("Split", [silu(n, n.bn(n.conv(stem, 8, 8, k=1), 8)), n.const("halves", np.array([4, 4]))],
-                         2, axis=1)
-    inner = silu(n, n.bn(n.conv(second, 4, 4), 4))
-    bottleneck = n.op("Add", [second, silu(n, n.bn(n.conv(inner, 4, 4), 4))])
-    out = silu(n, n.bn(n.conv(n.op("Concat", [first, second, bottleneck], axis=1), 12, 8, k=1), 8))
+    halves = [n.const("halves", np.array([4, 4]))] if sizes_input else []
+    first, second = n.op("Split", [silu(n, n.bn(n.conv(stem, 8, 8, k=1), 8)), *halves], 2, axis=1)
+    parts = [first, second]
+    for _ in range(2):
+        inner = silu(n, n.bn(n.conv(parts[-1], 4, 4), 4))
+        out = silu(n, n.bn(n.conv(inner, 4, 4), 4))
+        parts.append(n.op("Add", [parts[-1], out]) if shortcut else out)
+    out = silu(n, n.bn(n.conv(n.op("Concat", parts, axis=1), 16, 8, k=1), 8))
     return n.model({"x": ["N", 3, 6, 6]}, [head(n, out, 8)])
+
+
+def swapped_halves(seed: int = 0) -> onnx.ModelProto:
+    """A conv's channels split unevenly and concatenated in the other order before the next conv."""
+    n = Net(seed)
+    x = silu(n, n.conv("x", 3, 6))
+    swapped = n.op("Concat", n.op("Split", [x, n.const("sizes", np.array([2, 4]))], 2, axis=1)[::-1], axis=1)
+    return n.model({"x": ["N", 3, 6, 6]}, [head(n, n.op("Relu", [n.conv(swapped, 6, 6)]), 6)])
+
+
+def yolo_head(seed: int = 0, reg: int = 4, classes: int = 3) -> onnx.ModelProto:
+    """YOLOv8's detection head on one level: box and class branches (two convs each, then a 1x1 conv to
+    4 * reg and to classes), Concat, Reshape to [N, 4 * reg + classes, anchors], Split, DFL (Reshape, Transpose,
+    Softmax over the bins, a 1x1 conv with fixed weights 0 .. reg - 1), the anchor maths, Sigmoid of the classes
+    and the output Concat [N, 4 + classes, anchors]."""
+    n = Net(seed)
+    x = silu(n, n.conv("x", 3, 8))
+    box = n.conv(silu(n, n.conv(silu(n, n.conv(x, 8, 8)), 8, 8)), 8, 4 * reg, k=1)
+    cls = n.conv(silu(n, n.conv(silu(n, n.conv(x, 8, 8)), 8, 8)), 8, classes, k=1)
+    flat = n.op("Reshape", [n.op("Concat", [box, cls], axis=1), n.const("flat", np.array([0, 4 * reg + classes, -1]))])
+    dist, scores = n.op("Split", [flat, n.const("parts", np.array([4 * reg, classes]))], 2, axis=1)
+    bins = n.op("Transpose", [n.op("Reshape", [dist, n.const("bins", np.array([0, 4, reg, -1]))])], perm=[0, 2, 1, 3])
+    dfl = n.const("dfl.w", np.arange(reg, dtype=np.float32).reshape(1, reg, 1, 1))
+    ltrb = n.op("Reshape", [n.op("Conv", [n.op("Softmax", [bins], axis=1), dfl]), n.const("ltrb", np.array([0, 4, -1]))])
+    lt, rb = n.op("Split", [ltrb, n.const("pairs", np.array([2, 2]))], 2, axis=1)
+    anchors = n.const("anchors", (np.random.default_rng(seed).random((1, 2, 36)) * 6).astype(np.float32))
+    x1y1, x2y2 = n.op("Sub", [anchors, lt]), n.op("Add", [anchors, rb])
+    centre = n.op("Div", [n.op("Add", [x1y1, x2y2]), n.const("two", np.array(2.0, np.float32))])
+    boxes = n.op("Mul", [n.op("Concat", [centre, n.op("Sub", [x2y2, x1y1])], axis=1),
+                         n.const("stride", np.array(8.0, np.float32))])
+    out = n.op("Concat", [boxes, n.op("Sigmoid", [scores])], axis=1)
+    return n.model({"x": ["N", 3, 6, 6]}, [out])

@@ -38,7 +38,7 @@ def test_readers_and_statistics_are_sliced_on_the_right_axis():
 def test_concat_lays_groups_side_by_side_and_split_parts_them_again():
     groups, found = by_name(cg.concat())
     reader = next(s for s in found.slots if s.tensor == "conv8.w" and s.axis == 1)
-    sizes = [n for _, n in reader.layout.segments]
+    sizes = [n for *_, n in reader.layout.segments]
     assert sizes == [6, 3, 4]  # conv1, the graph input (kept whole), conv3
     assert {"conv1", "conv3", "conv8"} <= set(groups)
     assert [len(e.layouts) for e in found.edits if e.kind == "split"] == [2]
@@ -62,7 +62,7 @@ def test_channels_last_transposes_move_the_channel_axis():
 
 @pytest.mark.parametrize("kind, why", [
     ("sigmoid", "not zero where pruned"), ("grouped", "grouped convolution"), ("softmax", "Softmax has no channel"),
-    ("split", "Split cuts through"), ("add_constant", "not zero where pruned")])
+    ("split", "add3: Add joins different channels of one group"), ("add_constant", "not zero where pruned")])
 def test_unsafe_groups_are_refused_and_logged_with_the_node(kind, why, caplog):
     with caplog.at_level(logging.INFO, logger="onnx_dns.channel_groups"):
         groups, found = by_name(cg.refused(kind))
@@ -71,12 +71,51 @@ def test_unsafe_groups_are_refused_and_logged_with_the_node(kind, why, caplog):
     assert len(groups) == 1  # the conv after it is still prunable
 
 
-def test_yolo_c2f_block_prunes_what_it_can_and_names_the_split_it_cannot_cross():
+def test_yolo_c2f_split_parts_cv1s_channels_and_the_residual_bottlenecks_join_the_second_half():
     groups, found = by_name(cg.c2f())
-    assert "split9" in found.refused["conv5"] and "Split cuts through" in found.refused["conv5"]
-    assert "split9_out1" in found.refused["conv14"]  # the bottleneck's residual joins the fixed half
-    assert {"conv1", "conv10", "conv20"} <= set(groups)  # SiLU (x * Sigmoid(x)) keeps pruned channels zero
-    assert not any(s.tensor == "conv20.w" and s.axis == 1 for s in found.slots)  # cv2 keeps its inputs
+    cv1 = groups["conv5"]  # the conv before the Split
+    assert cv1.size == 8 and not found.refused.keys() - {"gemm35"}
+    assert cv1.spans["conv5.w"] == (0, 8) and cv1.spans["bn6.scale"] == (0, 8)
+    for bottleneck_out in ("conv14", "conv23"):  # x + cv2(cv1(x)): their filters are the second half's channels
+        assert (f"{bottleneck_out}.w", 0) in cv1.masked and cv1.spans[f"{bottleneck_out}.w"] == (4, 4)
+        assert bottleneck_out not in groups
+    assert {"conv10", "conv19", "conv29"} <= set(groups)  # inner bottleneck convs, cv2
+    gid = next(g for g, group in found.groups.items() if group is cv1)
+    split = next(e for e in found.edits if e.kind == "split")
+    assert [x.segments for x in split.layouts] == [((gid, 0, 4),), ((gid, 4, 4),)]
+    reader = next(s for s in found.slots if s.tensor == "conv29.w" and s.axis == 1)  # cv2 reads the Concat
+    assert reader.layout.segments == ((gid, 0, 4), (gid, 4, 4), (gid, 4, 4), (gid, 4, 4))
+
+
+@pytest.mark.parametrize("sizes_input", [True, False])
+def test_c2f_without_shortcut_keeps_each_bottleneck_its_own_group(sizes_input):
+    groups, found = by_name(cg.c2f(shortcut=False, sizes_input=sizes_input))
+    assert {"conv5", "conv10", "conv14", "conv18", "conv22", "conv27"} <= set(groups)
+    assert set(groups["conv5"].spans.values()) == {(0, 8)}
+    reader = next(s for s in found.slots if s.tensor == "conv27.w" and s.axis == 1)
+    named = [(found.groups[g].name, start, n) for g, start, n in reader.layout.segments]
+    assert named == [("conv5", 0, 4), ("conv5", 4, 4), ("conv14", 0, 4), ("conv22", 0, 4)]
+
+
+def test_union_places_a_group_inside_a_piece_and_refuses_what_would_only_overlap():
+    from onnx_dns.channel_layout import Walk
+
+    walk = Walk(cg.residual(), None)
+    big, small, other = walk.new_group(8), walk.new_group(4), walk.new_group(8)
+    assert walk.union((small, 0, 4), (big, 4, 4))  # small becomes channels 4..7 of big
+    assert walk.locate(small) == (big, 4)
+    assert walk.union((small, 2, 2), (big, 6, 2))  # the same channels again: consistent
+    assert not walk.union((small, 0, 2), (big, 0, 2))  # channels 4, 5 of big are not 0, 1
+    assert not walk.union((other, 0, 4), (small, 0, 4))  # other would hang half outside big
+    assert walk.find(other) == other
+
+
+def test_the_yolo_head_prunes_its_branches_and_keeps_box_class_and_dfl_channels():
+    groups, found = by_name(cg.yolo_head())
+    assert set(groups) == {"conv1", "conv4", "conv7", "conv11", "conv14"}  # stem and the branches' 3x3 convs
+    for fixed in ("conv10", "conv17", "conv24"):  # 4 * reg_max box outputs, class outputs, the DFL conv
+        assert "Reshape other than a flatten" in found.refused[fixed]
+    assert not any(t in ("dfl.w", "conv10.w", "conv17.w") for g in groups.values() for t, _ in g.masked)
 
 
 def test_graph_outputs_keep_their_channels():

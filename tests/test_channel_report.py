@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import channel_graphs as cg
+import numpy as np
 import pytest
 
 from onnx_dns.channel_plans import plan_channels
-from onnx_dns.channel_report import model_macs
+from onnx_dns.channel_report import batch_shapes, model_macs
 from onnx_dns.errors import OptionError
 from onnx_dns.options import CompressOptions
 from onnx_dns.prunable import find_layers
@@ -22,6 +23,22 @@ def test_depthwise_macs_count_one_input_channel_per_output():
     macs = model_macs(cg.residual(0, width=8))
     depthwise = next(v for k, v in macs.items() if k == "conv11")
     assert depthwise == 8 * 8 * 8 * 9
+
+
+def symbolic_image_size():
+    """conv1 of the C2f graph on an input [N, 3, H, W] with H and W symbolic."""
+    model = cg.c2f()
+    for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], "HW"):
+        dim.ClearField("dim_value")
+        dim.dim_param = name
+    return model
+
+
+def test_symbolic_image_sizes_are_those_of_the_training_inputs():
+    model, sample = symbolic_image_size(), {"x": np.zeros((1, 3, 10, 12), np.float32)}
+    assert batch_shapes(model, 4, sample) == {"x": (4, 3, 10, 12)}
+    assert batch_shapes(model, 4) == {"x": (4, 3, 1, 1)}
+    assert model_macs(model, sample)["conv1"] == 8 * 10 * 12 * 27  # 8 filters of 3x3x3 on a 10x12 image
 
 
 @pytest.mark.parametrize("given, message", [

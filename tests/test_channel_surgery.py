@@ -10,7 +10,7 @@ from graphs import set_initializer
 
 from onnx_dns.artifacts import build_artifacts
 from onnx_dns.channel_groups import find_channel_groups
-from onnx_dns.channel_plans import channel_keep
+from onnx_dns.channel_plans import channel_keep, split_pieces
 from onnx_dns.criteria.channel import Channels, block_multiple, channel_norms
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target
@@ -31,6 +31,23 @@ def test_channel_norms_add_the_squares_of_every_tensor_of_the_group():
     fc = np.arange(6, dtype=np.float32).reshape(3, 2)  # channels on axis 1
     want = [np.sqrt((w[i] ** 2).sum() + b[i] ** 2 + (fc[:, i] ** 2).sum()) for i in range(2)]
     np.testing.assert_allclose(channel_norms([w, b, fc], [0, 0, 1]), want)
+
+
+def test_a_tensor_holding_part_of_a_group_adds_to_its_channels_only():
+    w = np.arange(24, dtype=np.float32).reshape(4, 6) - 10  # all 4 channels
+    half = np.array([[2.0, 1.0], [-3.0, 5.0]], np.float32)  # channels 2, 3 on axis 1
+    want = [np.sqrt((w[i] ** 2).sum() + ((half[:, i - 2] ** 2).sum() if i >= 2 else 0)) for i in range(4)]
+    np.testing.assert_allclose(channel_norms([w, half], [0, 1], [(0, 4), (2, 2)]), want)
+
+
+def test_surgery_writes_each_tensor_the_verdicts_of_its_own_channels():
+    weights = {"w": np.repeat(np.array([[1.0], [9.0], [8.0], [0.5]], np.float32), 2, axis=1),
+               "half": np.array([[0.0, 0.0]], np.float32)}  # channels 2, 3 of the group, on axis 1
+    masks = {"w": np.ones((4, 1), np.float32), "half": np.ones((1, 2), np.float32)}
+    plan = LayerPlan(["w", "half"], 100, Channels(Target(0.5)), (0, 1), ((0, 4), (2, 2)))
+    Surgeon({"g": plan}).keep_above("g", 5.0, weights, masks)
+    np.testing.assert_array_equal(masks["w"][:, 0], [0, 1, 1, 0])
+    np.testing.assert_array_equal(masks["half"][0], [1, 0])  # channel 2 kept, channel 3 pruned
 
 
 def surgeon_for(criterion, stop=100):
@@ -127,3 +144,21 @@ def test_at_the_stop_a_large_group_keeps_a_whole_number_of_vector_blocks():
         9, np.random.default_rng(0), channel_weights(np.arange(1, 11)), small)
     np.testing.assert_array_equal(small["b"], [0] * 6 + [1] * 4)  # 3 -> one block of 4
     assert [block_multiple(n) for n in (6, 8, 15, 16, 64)] == [1, 4, 4, 8, 8]
+
+
+def test_a_split_group_rounds_each_piece_to_whole_blocks():
+    norms = np.concatenate([np.linspace(10, 11, 16), np.linspace(1, 2, 16)])  # strong first half, weak second
+    pieces = Channels(Target(0.5), 8, [(0, 16), (16, 16)])  # Target keeps the 16 largest: the whole first half
+    pieces.initialize([norms])
+    keep = norms >= pieces.final_threshold(9, 10, [norms])
+    assert keep[:16].sum() == 16 and keep[16:].sum() == 8  # the second half keeps one block, not nothing
+    whole = Channels(Target(0.5), 8)
+    whole.initialize([norms])
+    assert (norms >= whole.final_threshold(9, 10, [norms]))[16:].sum() == 0
+
+
+def test_the_pieces_of_a_group_are_the_stretches_between_split_cuts():
+    groups = find_channel_groups(cg.c2f())
+    pieces = {groups.groups[g].name: split_pieces(groups, g) for g in groups.groups}
+    assert pieces["conv5"] == [(0, 4), (4, 4)] and pieces["conv1"] == [] and pieces["conv29"] == []
+
