@@ -175,8 +175,8 @@ def _fixed_batch(model: onnx.ModelProto, inputs: tuple[str, ...]) -> int | None:
     """The batch size the graphs were built for, when the first dimension of an input is fixed."""
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
-        if value.name in inputs and dims and dims[0].HasField("dim_value"):
-            return dims[0].dim_value
+        if value.name in inputs and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value  # some exporters write -1 for a dynamic batch
     return None
 
 

@@ -19,6 +19,7 @@ import onnx
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.data import CallableData, model_inputs
 from onnx_dns.dataset import Dataset
+from onnx_dns.errors import DataError
 from onnx_dns.fidelity import LABELS, accumulator
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.pass_progress import PassProgress
@@ -188,6 +189,8 @@ def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, 
         if y is None:
             ref = stored if stored is not None else batch_first(reference(feed), len(next(iter(feed.values()))))[:n]
         tally.add(out, y, ref)
+    if tally.samples == 0:  # a score of nothing would read as 0% and steer the bound
+        raise DataError("the validation data gave no samples to evaluate; give --val with at least one sample")
     return tally.metrics(bool(labelled))
 
 
