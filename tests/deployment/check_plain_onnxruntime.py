@@ -1,8 +1,9 @@
 """Deployment check, run by .ci/run in a separate environment with the newest plain `onnxruntime` (it cannot share
 an environment with onnxruntime-training): the bundled compressed models load there and give the outputs and
-test error the benchmark recorded; the packed models (4-bit shared weights) give the test error models/README.md
-records, and onnxruntime folds their rebuild subgraph into constants (its optimized graph holds only the
-model's own operators).
+test error the benchmark recorded; the record models (the `record` run of benchmarks/paper_table.py) give the
+test error it recorded, within the paper's; the packed models (4-bit shared weights) give the test error
+models/README.md records, and onnxruntime folds their rebuild subgraph into constants (its optimized graph holds
+only the model's own operators).
 
     python tests/deployment/check_plain_onnxruntime.py
 """
@@ -24,6 +25,8 @@ from onnx_dns.idx import load_mnist_split  # noqa: E402  (numpy only; no onnxrun
 
 SHAPES = {"lenet5": (1, 28, 28), "lenet300": (784,)}
 PACKED_ERROR = {"lenet5": 0.89, "lenet300": 1.96}  # models/README.md, measured by `onnx-dns evaluate`
+PAPER_ERROR = {"lenet5": 0.91, "lenet300": 1.99}  # DNS.md: the paper's DNS test errors
+RECORD_COMPRESSION = {"lenet5": 200.0, "lenet300": 70.0}  # issue 15: the least compression a record may have
 REBUILD_OPS = {"Range", "CumSum", "ScatterND", "ConstantOfShape", "Where", "Split", "Equal", "Not", "Mod", "Div"}
 
 
@@ -42,6 +45,19 @@ def check_packed(name: str, feed: dict, labels: np.ndarray) -> bool:
     return not left and abs(error - PACKED_ERROR[name]) <= 0.005
 
 
+def check_record(name: str, feed: dict, labels: np.ndarray, recorded: dict) -> bool:
+    """The record model's test error equals the benchmark's and is within the paper's error, and the benchmark
+    recorded at least the record's compression."""
+    path = ROOT / "models" / name / "model.dns.record.onnx"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    error = 100 * float(np.mean(session.run(None, feed)[0].argmax(1) != labels))
+    expected = recorded["error_after"]
+    print(f"{name} record: {recorded['compression']:.3f}x, {path.stat().st_size:,} bytes, test error {error:.2f}% "
+          f"(recorded {expected:.2f}%, paper {PAPER_ERROR[name]:.2f}%)")
+    return (abs(error - expected) <= 0.005 and error <= PAPER_ERROR[name] + 0.005
+            and recorded["compression"] >= RECORD_COMPRESSION[name])
+
+
 def _op_types(path: Path) -> list[str]:
     """The rebuild operators a model file holds, read without the onnx package (absent here): a NodeProto's
     op_type is field 4, serialized as the byte 0x22, the name's length, and the name."""
@@ -52,6 +68,7 @@ def _op_types(path: Path) -> list[str]:
 def main() -> int:
     results = json.loads((ROOT / "benchmarks" / "results" / "paper_table.json").read_text())["results"]
     recorded = {r["model"]: r for r in results if r["recipe"] == "onnx-dns"}
+    records = {r["model"]: r for r in results if r["recipe"] == "record"}
     images, labels = load_mnist_split(ROOT / "models" / "data" / "mnist", "t10k")
     x = images.astype(np.float32) * np.float32(1 / 256)
     failures = []
@@ -71,6 +88,8 @@ def main() -> int:
             failures.append(name)
         if not check_packed(name, feed, labels):
             failures.append(f"{name} packed")
+        if name in records and not check_record(name, feed, labels, records[name]):
+            failures.append(f"{name} record")
     if failures:
         print(f"deployment check failed for {', '.join(failures)}", file=sys.stderr)
         return 1
