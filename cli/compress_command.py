@@ -127,7 +127,8 @@ TRAINING_OPTIONS = [
                                                        "same result.")),
     click.option("--eval-every", type=click.IntRange(min=1), help="Validate every N iterations.  [default: a "
                  "tenth of the iterations, at most 1,000]"),
-    click.option("--checkpoint-every", type=click.IntRange(min=1), help="Write a checkpoint every N iterations.  [default: a tenth of the iterations, at most 1,000]"),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), help="Write a checkpoint every N iterations.  "
+                 "[default: a tenth of the iterations, at most 1,000]"),
     click.option("--eval-batch-size", type=click.IntRange(min=1), help=with_default("eval_batch_size", "")),
     click.option("--threads", type=click.IntRange(min=0), help=with_default("threads", "onnxruntime threads; 0 lets "
                                                                             "it choose.")),
