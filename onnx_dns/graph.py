@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 
 import numpy as np
 import onnx
@@ -25,6 +26,15 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, in
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """Map each value name to the node that writes it."""
     return {name: node for node in graph.node for name in node.output if name}
+
+
+def source(made_by: dict[str, onnx.NodeProto], name: str, through: Collection[str]) -> onnx.NodeProto | None:
+    """The node behind the value `name`, seen through nodes whose type is in `through` (each followed by its first
+    input); None for a graph input or initializer. `made_by` is `producers(graph)`."""
+    node = made_by.get(name)
+    while node is not None and node.op_type in through:
+        node = made_by.get(node.input[0])
+    return node
 
 
 def initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

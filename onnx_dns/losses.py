@@ -26,7 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_dns.errors import ModelError
-from onnx_dns.graph import FLOAT_TYPES, attribute, default_opset, inferred_values, producers
+from onnx_dns.graph import FLOAT_TYPES, attribute, default_opset, inferred_values, producers, source
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ def logits_name(model: onnx.ModelProto, output: str) -> str:
     nodes, or of the Exp of a softmax written out as Exp(z) / ReduceSum(Exp(z), last axis) (jax2tf's, behind a
     Sub of the row maximum), else `output`."""
     made_by = producers(model.graph)
-    node = made_by.get(output)
-    while node is not None and node.op_type == "Identity":
-        node = made_by.get(node.input[0])
+    node = source(made_by, output, ("Identity",))
     if node is not None and node.op_type == "Softmax":
         return node.input[0]
     if node is not None and node.op_type == "Div":
@@ -101,9 +99,7 @@ def ends_in_softmax(model: onnx.ModelProto, output: str, rank: int) -> bool:
     """Whether `output` (of rank `rank`) is made by a Softmax or LogSoftmax over its last axis alone, seen
     through Identity nodes (before opset 13 the default axis 1 flattens the axes after it)."""
     made_by = producers(model.graph)
-    node = made_by.get(output)
-    while node is not None and node.op_type == "Identity":
-        node = made_by.get(node.input[0])
+    node = source(made_by, output, ("Identity",))
     if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
         return False
     axis = attribute(node, "axis", -1 if (default_opset(model) or 13) >= 13 else 1)
@@ -161,10 +157,10 @@ def _float_source(model: onnx.ModelProto, names: list[str]) -> str | None:
         if current not in names and value is not None and _is_float_tensor(value) and current in made_by:
             return current
         node = made_by.get(current)
-        for source in node.input if node is not None else ():
-            if source and source not in seen and source not in inits:
-                seen.add(source)
-                queue.append(source)
+        for name in node.input if node is not None else ():
+            if name and name not in seen and name not in inits:
+                seen.add(name)
+                queue.append(name)
     return None
 
 

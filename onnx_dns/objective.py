@@ -23,7 +23,7 @@ from onnx_dns.dataset import Dataset
 from onnx_dns.errors import DataError, ModelError, OptionError
 from onnx_dns.evaluate import Metrics, measure, session_runner
 from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
-from onnx_dns.graph import producers
+from onnx_dns.graph import producers, source
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
@@ -154,10 +154,7 @@ def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, s
 def is_embedding(model: onnx.ModelProto, output: str) -> bool:
     """Whether `output` comes, through layout operators, from a pooling or a normalization (a sentence or image
     embedding such as mean-pooled tokens or GlobalAveragePool + Flatten) rather than from a classifier layer."""
-    made_by = producers(model.graph)
-    node = made_by.get(output)
-    while node is not None and node.op_type in LAYOUT_OPS | {"Concat"}:
-        node = made_by.get(node.input[0])
+    node = source(producers(model.graph), output, LAYOUT_OPS | {"Concat"})
     return node is not None and node.op_type in EMBEDDING_OPS
 
 
@@ -204,11 +201,10 @@ def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> 
     """Whether `output` is a Sigmoid's, or has values in [0, 1] and comes from a Sigmoid or HardSigmoid through
     layout operators only (Reshape, Transpose, Slice ...)."""
     made_by = producers(model.graph)
-    node = made_by.get(output)
-    if node is not None and node.op_type == "Sigmoid":
+    first = made_by.get(output)
+    if first is not None and first.op_type == "Sigmoid":
         return True
-    while node is not None and node.op_type in LAYOUT_OPS:
-        node = made_by.get(node.input[0])
+    node = source(made_by, output, LAYOUT_OPS)
     in_unit = bool(np.all((sample >= 0) & (sample <= 1)))
     return node is not None and node.op_type in SIGMOIDS and in_unit
 
@@ -216,10 +212,7 @@ def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> 
 def spatial_last_axis(model: onnx.ModelProto, output: str) -> bool:
     """Whether `output`'s last axis is a spatial axis: it comes from a convolution, pooling or resize (channels
     first) through operators that keep the layout."""
-    made_by = producers(model.graph)
-    node = made_by.get(output)
-    while node is not None and node.op_type in KEEPS_LAYOUT:
-        node = made_by.get(node.input[0])
+    node = source(producers(model.graph), output, KEEPS_LAYOUT)
     return node is not None and node.op_type in SPATIAL_OPS
 
 
