@@ -22,11 +22,11 @@ from onnx_dns.evaluate import Metrics
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.latency import median_latency, sample_feed
 from onnx_dns.options import CompressOptions, parse_target
-from onnx_dns.pipeline import set_up
+from onnx_dns.pipeline import set_up, sized
 from onnx_dns.plans import plans_for
 from onnx_dns.result import CompressResult
 from onnx_dns.selection import within_bound
-from onnx_dns.sizing import size_run, with_iterations
+from onnx_dns.sizing import with_iterations
 from onnx_dns.surgery import Surgeon
 from onnx_dns.trainer import Trainer
 from onnx_dns.training import TrainingLoop, TrainResult
@@ -113,10 +113,8 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         plans = plans_for(prepared.layers, step)
         trainer = Trainer(art, Surgeon(plans), step.train, objective.targets)
         if options.train.iterations is None:  # sized once, from the first target's trainer: the budget is per target
-            options = with_iterations(options, size_run(trainer, objective.train, options, work, False).iterations)
-            step = replace(options, target=target)
-            plans = plans_for(prepared.layers, step)
-            trainer.reconfigure(step.train, Surgeon(plans))
+            step, planned = sized(trainer, replace(prepared, plans=plans), objective, step, work, False, progress)
+            options, plans = with_iterations(options, step.train.iterations), planned.plans
         warmed = warm_start and previous is not None
         if warmed:
             warm(trainer, previous)
