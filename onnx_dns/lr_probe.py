@@ -2,9 +2,13 @@
 batches are runs of one sequence, whose losses differ too much to compare), from the largest rate down.
 
 The probe starts from the weights as pruned at the end of the surgery (each layer keeps what its criterion would
-keep at its stop iteration), so the loss has something to recover. For each candidate rate, from 1 down to 1e-5
-in steps of sqrt(10), it trains STEPS iterations from the same starting point (weights, masks and optimizer state
-restored before each), and a rate passes when the loss falls steadily: finite, never above 1.5 times its first
+keep at its stop iteration), so the loss has something to recover. Cut all at once, a network can sit on a steep
+wall that training, which prunes gradually and recovers as it goes, never meets: Silero's VAD cut to 2x has a
+gradient norm of 37 there (training at a good rate sees at most 2), and one step of any rate from 3e-4 up
+throws it off the wall. STEPS steps at the smallest candidate first settle the cut (the norm falls to 1.5), and
+every rate is tried from that settled point. For each candidate rate, from 1 down to 1e-5 in steps of sqrt(10),
+it trains STEPS iterations from the same starting point (weights, masks and optimizer state restored before
+each), and a rate passes when the loss falls steadily: finite, never above 1.5 times its first
 value, and the mean of the last three below 0.98 times the mean of the first two. The largest passing rate times
 SAFETY is chosen (if none falls, the largest whose loss stays flat; else the smallest candidate), among the rates
 below the smallest one whose loss rose or diverged. The gradient norm is then bounded at CLIP times the median
@@ -44,9 +48,9 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
     batches = [data.batch(0 if windows else i, batch_size, seed) for i in range(STEPS)]
     tried = []
     try:
+        start = _settled_cut(trainer, saved, batches)
         for lr in CANDIDATES:
-            trainer.restore_state(saved)
-            _prune_for_probe(trainer)
+            trainer.restore_state(start)
             losses, norms = _run(trainer, batches, lr)
             tried.append({"lr": lr, "losses": losses, "verdict": _verdict(losses), "norms": norms})
             if tried[-1]["verdict"] == "falls":
@@ -54,6 +58,19 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
     finally:
         trainer.restore_state(saved)
     return _choose(tried)
+
+
+def _settled_cut(trainer: Trainer, saved: dict, batches: list) -> dict:
+    """The state the candidates start from: `saved` pruned as at the end of the surgery, then STEPS steps at the
+    smallest candidate (kept only when their losses stay finite), with the optimizer's state as in `saved`."""
+    trainer.restore_state(saved)
+    _prune_for_probe(trainer)
+    cut = trainer.save_state()
+    losses, _ = _run(trainer, batches, CANDIDATES[-1])
+    if len(losses) < STEPS or not all(np.isfinite(losses)):
+        return cut
+    trainer.load_optimizer(saved["optimizer"])
+    return trainer.save_state()
 
 
 def _run(trainer: Trainer, batches: list, lr: float) -> tuple[list[float], list[float]]:

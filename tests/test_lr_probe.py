@@ -117,3 +117,53 @@ def test_runs_of_a_sequence_are_probed_on_the_first_run_repeated(tmp_path, windo
     first = data.batch(0, 32, 0)[0]
     same = [all(np.array_equal(inputs[k], first[k]) for k in first) for inputs in seen]
     assert len(seen) >= 8 and (all(same) if windows else not all(same[1:]))
+
+
+class WallAtTheCut:
+    """A trainer whose pruned start sits on a steep wall (loss A * (1 - x/S)^2, gradient 1,000) that a few small
+    steps leave for good, beside a gentle bowl 0.5 * (y - 1)^2; a step past x = CLIFF kills it (loss 2, no
+    gradient), as one step of 3e-4 killed Silero's VAD cut to 2x. Momentum SGD, as the library's."""
+
+    A, S, CLIFF = 0.5, 1e-3, 0.5
+
+    def __init__(self) -> None:
+        self.params = {"w": np.zeros(2)}
+        self.velocity = np.zeros(2)
+        self.clip, self.grad_norm = None, 0.0
+        self.surgeon = type("NoPlans", (), {"plans": {}})()
+
+    def save_state(self) -> dict:
+        return {"w": self.params["w"].copy(), "optimizer": {"v": self.velocity.copy()}, "clip": self.clip}
+
+    def restore_state(self, saved: dict) -> None:
+        self.params["w"][...] = saved["w"]
+        self.load_optimizer(saved["optimizer"])
+        self.clip = saved["clip"]
+
+    def load_optimizer(self, state: dict) -> None:
+        self.velocity[...] = state["v"]
+
+    def step(self, iteration: int, inputs, labels, lr: float, surgery: bool = True) -> float:
+        x, y = self.params["w"]
+        if x > self.CLIFF:
+            self.grad_norm = 0.0
+            return 2.0
+        wall = max(0.0, 1 - x / self.S)
+        grad = np.array([-2 * self.A * wall / self.S, y - 1])
+        self.grad_norm = float(np.linalg.norm(grad))
+        self.velocity[...] = 0.9 * self.velocity + lr * grad
+        self.params["w"] -= self.velocity
+        return self.A * wall ** 2 + 0.5 * (y - 1) ** 2
+
+
+class NoData:
+    def batch(self, iteration: int, batch_size: int, seed: int):
+        return {}, None
+
+
+def test_the_probe_settles_the_cut_before_trying_rates_so_a_wall_there_does_not_fail_every_rate():
+    trainer = WallAtTheCut()
+    found = probe_learning_rate(trainer, NoData(), 8, 0)
+    # from the raw cut every rate from 1e-4 up is thrown over the cliff; from the settled cut the bowl decides
+    assert found.lr >= 0.1 * SAFETY
+    assert np.array_equal(trainer.params["w"], [0.0, 0.0]) and not trainer.velocity.any()
