@@ -58,11 +58,14 @@ class Dataset:
         """A copy whose batches are runs of consecutive samples (see the class)."""
         return Dataset(self._inputs, self._labels, self.source, self.index, self.aligned, windows=True)
 
-    def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-        """Hold out `fraction` of the samples (at least one), chosen with `seed` (the last ones with `windows`), as
-        a validation set."""
+    def split(self, fraction: float, seed: int, run: int = 1) -> tuple[Dataset, Dataset]:
+        """Hold out `fraction` of the samples (at least one), chosen with `seed`, as a validation set; with
+        `windows` the last ones, at least `run` of them (but no more than half) so that the held-out stretch is
+        as long as the runs trained on: a shorter one scores only the first steps of a run, on few decisions."""
         order = np.random.default_rng([seed, 7]).permutation(len(self))
         n_val = max(1, int(round(fraction * len(self))))
+        if self.windows:
+            n_val = max(n_val, min(run, len(self) // 2))
         if n_val >= len(self):
             raise DataError(f"{self.source}: {len(self)} samples are too few to hold out a validation set; "
                             "give --val")

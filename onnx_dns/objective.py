@@ -37,6 +37,7 @@ YOLO_STRIDES = (8, 16, 32)
 FEATURE_WIDTH = 16  # a last axis at least this wide may be a feature vector
 LAYOUT_OPS = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Cast"}
 SIGMOIDS = {"Sigmoid", "HardSigmoid"}
+AVERAGES = {"ReduceMean", "AveragePool", "GlobalAveragePool"}  # a mean of probabilities is a probability
 EMBEDDING_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "Div", "LpNormalization", "GlobalAveragePool",
                  "GlobalMaxPool", "LayerNormalization"}
 KEEPS_LAYOUT = {"Identity", "Cast", "Dropout", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Sigmoid",
@@ -137,7 +138,7 @@ def split_data(options: CompressOptions, prepared: Prepared,
             return train, as_data(options.data, specs, "t10k")
     if isinstance(train, CallableData):
         raise DataError(f"{train.source}: streamed data needs a validation set; give --val")
-    return train.split(options.val_fraction, options.train.seed)
+    return train.split(options.val_fraction, options.train.seed, options.train.batch_size)
 
 
 def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, sample: np.ndarray) -> str:
@@ -199,12 +200,12 @@ def is_yolo_head(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool:
 
 def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> bool:
     """Whether `output` is a Sigmoid's, or has values in [0, 1] and comes from a Sigmoid or HardSigmoid through
-    layout operators only (Reshape, Transpose, Slice ...)."""
+    layout operators (Reshape, Transpose, Slice ...) and means only (Silero's op18 VAD averages its Sigmoid)."""
     made_by = producers(model.graph)
     first = made_by.get(output)
     if first is not None and first.op_type == "Sigmoid":
         return True
-    node = source(made_by, output, LAYOUT_OPS)
+    node = source(made_by, output, LAYOUT_OPS | AVERAGES)
     in_unit = bool(np.all((sample >= 0) & (sample <= 1)))
     return node is not None and node.op_type in SIGMOIDS and in_unit
 

@@ -102,6 +102,17 @@ def test_windows_are_runs_of_consecutive_samples_and_the_held_out_part_is_the_en
     assert (np.diff(shuffled[:, 0]) > 1).any()  # the negative control: independent samples are shuffled
 
 
+def test_a_held_out_stretch_is_at_least_one_run_long_but_at_most_half_the_sequence():
+    data = Dataset({"x": np.arange(256, dtype=np.float32)[:, None]}, None, "seq").as_windows()
+    train, val = data.split(0.1, seed=0, run=64)  # 10% would be 26 steps, fewer than a training run of 64
+    np.testing.assert_array_equal(val.inputs["x"][:, 0], np.arange(192, 256))
+    assert len(train) == 192
+    _, short = data.split(0.1, seed=0, run=200)
+    assert len(short) == 128
+    _, independent = Dataset({"x": np.arange(256, dtype=np.float32)[:, None]}, None, "iid").split(0.1, 0, run=64)
+    assert len(independent) == 26  # independent samples keep the fraction
+
+
 def test_samples_interact_when_an_output_depends_on_earlier_samples():
     x = {"x": np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)}
 

@@ -171,6 +171,14 @@ def test_auto_scores_a_sigmoid_map_by_decisions():
     assert auto(conv_model("Sigmoid"), X, labels=np.zeros((2, 1, 8, 8), np.float32)) == "relative-error"
 
 
+def test_auto_scores_a_mean_of_sigmoids_by_decisions_as_silero_op18_writes_its_vad_output():
+    mean = conv_model("Sigmoid", extra=[helper.make_node("ReduceMean", ["p"], ["m"], axes=[2, 3], keepdims=0)])
+    assert auto(mean, X) == "decisions"
+    summed = conv_model("Sigmoid", extra=[helper.make_node("ReduceSum", ["p", "axes"], ["m"], keepdims=0)])
+    summed.graph.initializer.append(tensor("axes", np.array([2, 3], np.int64)))
+    assert auto(summed, X) == "relative-error"  # a sum of probabilities is not one
+
+
 def test_auto_does_not_take_the_rows_of_a_convolution_for_feature_vectors():
     wide = {"x": np.random.default_rng(3).standard_normal((2, 2, 8, 32)).astype(np.float32)}
     assert auto(conv_model("Relu", width=32), wide) == "relative-error"
