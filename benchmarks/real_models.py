@@ -166,7 +166,7 @@ def prepare(model: corpus.Model, args: argparse.Namespace) -> tuple[Path, Path, 
     generate = GENERATORS[model.inputs]
     train, _ = generate(args.train_samples, 0, model_path, args.cache)
     np.savez(work / "train.npz", **train)
-    held_out, truth = generate(args.eval_samples, 1, model_path, args.cache)
+    held_out, truth = generate(max(args.eval_samples, model.min_eval_samples), 1, model_path, args.cache)
     reference = _run_model(model_path, model, held_out)
     facts = {**graph_facts(model_path), **inspect_facts(model_path),
              "original_vs_truth": against_truth(model_path, reference, truth)}
