@@ -11,6 +11,7 @@ import numpy as np
 from onnx_dns.errors import DataError
 
 Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
+SCORED = "__scored__"  # an aligned mask of the samples a validation pass scores (the others only run)
 
 
 class Dataset:
@@ -58,10 +59,12 @@ class Dataset:
         """A copy whose batches are runs of consecutive samples (see the class)."""
         return Dataset(self._inputs, self._labels, self.source, self.index, self.aligned, windows=True)
 
-    def split(self, fraction: float, seed: int, run: int = 1) -> tuple[Dataset, Dataset]:
+    def split(self, fraction: float, seed: int, run: int = 1, burn_in: int = 0) -> tuple[Dataset, Dataset]:
         """Hold out `fraction` of the samples (at least one), chosen with `seed`, as a validation set; with
         `windows` the last ones, at least `run` of them (but no more than half) so that the held-out stretch is
-        as long as the runs trained on: a shorter one scores only the first steps of a run, on few decisions."""
+        as long as the runs trained on: a shorter one scores only the first steps of a run, on few decisions.
+        With `burn_in` the validation set also holds up to that many samples before its stretch, marked unscored
+        (`SCORED`): a stream model runs through them first (`onnx_dns.stream`)."""
         order = np.random.default_rng([seed, 7]).permutation(len(self))
         n_val = max(1, int(round(fraction * len(self))))
         if self.windows:
@@ -69,10 +72,15 @@ class Dataset:
         if n_val >= len(self):
             raise DataError(f"{self.source}: {len(self)} samples are too few to hold out a validation set; "
                             "give --val")
-        if self.windows:
-            order = np.arange(len(self))[::-1]
-        return (self.subset(np.sort(order[n_val:]), self.source),
-                self.subset(np.sort(order[:n_val]), f"{self.source} (held-out {fraction:.0%})"))
+        if not self.windows:
+            return (self.subset(np.sort(order[n_val:]), self.source),
+                    self.subset(np.sort(order[:n_val]), f"{self.source} (held-out {fraction:.0%})"))
+        first = len(self) - n_val
+        start = max(0, first - burn_in)
+        val = self.subset(np.arange(start, len(self)), f"{self.source} (held-out {fraction:.0%})")
+        if start < first:
+            val = val.with_aligned(SCORED, np.arange(start, len(self)) >= first)
+        return self.subset(np.arange(first), self.source), val
 
     def _take(self, positions: np.ndarray | slice) -> Batch:
         rows = self._rows(positions)

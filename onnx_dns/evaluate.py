@@ -18,11 +18,12 @@ import onnx
 
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.data import CallableData, model_inputs
-from onnx_dns.dataset import Dataset
+from onnx_dns.dataset import SCORED, Dataset
 from onnx_dns.errors import DataError
 from onnx_dns.fidelity import LABELS, accumulator
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.pass_progress import PassProgress
+from onnx_dns.stream import Stream, start_pass
 from onnx_dns.targets import TEACHER, Targets, batch_first
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -140,10 +141,11 @@ def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,
     return tally.metrics(labels is not None)
 
 
-def session_runner(model: onnx.ModelProto, output: str) -> Run:
+def session_runner(model: onnx.ModelProto, output: str, stream: dict[str, str] | None = None) -> Run:
     """A plain onnxruntime session of `model` as a function from a batch to the tensor `output`
     (made a graph output when it is an intermediate, such as the logits before a final Softmax). The session
-    keeps no memory between runs: as the original model it lives through training."""
+    keeps no memory between runs: as the original model it lives through training. With `stream` ({state
+    input: output}) a `Stream` that carries the state from batch to batch."""
     if output not in [o.name for o in model.graph.output]:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
@@ -154,24 +156,27 @@ def session_runner(model: onnx.ModelProto, output: str) -> Run:
     names = {i.name for i in session.get_inputs()}
     axes = {s.name: s.batch_axis for s in model_inputs(model)}
 
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([output], model_feed({k: v for k, v in feed.items() if k in names}, axes))[0]
+    wanted = [output, *(stream or {}).values()]
 
-    return run
+    def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(wanted, session.run(wanted, model_feed({k: v for k, v in feed.items() if k in names}, axes))))
+
+    return Stream(run_all, output, stream) if stream else lambda feed: run_all(feed)[output]
 
 
 def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | None = None,
             progress: Callable[[dict], None] | None = None, what: str = "evaluating"):
-    """(feed, labels, stored original outputs, n) per batch; a fixed-batch model gets full batches, the last one
-    padded (n is the number of real samples). A pass longer than 2 s reports its progress."""
+    """(feed, labels, stored original outputs, n, scored) per batch; a fixed-batch model gets full batches, the
+    last one padded (n is the number of real samples); `scored` marks the samples to score (None: all of them).
+    A pass longer than 2 s reports its progress."""
     size = fixed_batch or batch_size
     reporter = PassProgress(progress, what, len(data) if isinstance(data, Dataset) else None)
     for inputs, y in data.iterate(size):
         n = len(next(iter(inputs.values())))
-        feed = {k: v for k, v in inputs.items() if k != TEACHER}
+        feed = {k: v for k, v in inputs.items() if k not in (TEACHER, SCORED)}
         if fixed_batch and n < fixed_batch:
             feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed_batch - n, axis=0)]) for k, v in feed.items()}
-        yield feed, y, inputs.get(TEACHER), n
+        yield feed, y, inputs.get(TEACHER), n, inputs.get(SCORED)
         reporter.advance(n)
 
 
@@ -179,15 +184,19 @@ def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, 
             reference: Run | None = None, progress: Callable[[dict], None] | None = None,
             fidelity: str = "relative-error") -> Metrics:
     """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`;
-    a regression output is also scored by `fidelity`."""
+    a regression output is also scored by `fidelity`. Runs that carry a stream's state start the pass afresh."""
     tally = Tally(task, fidelity)
     labelled = None
-    for feed, y, stored, n in batches(data, batch_size, fixed_batch, progress):
+    start_pass(run)
+    start_pass(reference)
+    for feed, y, stored, n, scored in batches(data, batch_size, fixed_batch, progress):
         labelled = y is not None
         out = batch_first(run(feed), len(next(iter(feed.values()))))[:n]
         ref = None
         if y is None:
             ref = stored if stored is not None else batch_first(reference(feed), len(next(iter(feed.values()))))[:n]
+        if scored is not None:
+            out, y, ref = (None if a is None else a[scored] for a in (out, y, ref))
         tally.add(out, y, ref)
     if tally.samples == 0:  # a score of nothing would read as 0% and steer the bound
         raise DataError("the validation data gave no samples to evaluate; give --val with at least one sample")
@@ -196,13 +205,15 @@ def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, 
 
 def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets, batch_size: int,
                     fixed_batch: int | None = None, progress: Callable[[dict], None] | None = None) -> Metrics:
-    """Metrics of the model being trained, run through the eval graph with the current parameters."""
+    """Metrics of the model being trained, run through the eval graph with the current parameters (carrying a
+    stream model's state from batch to batch, `targets.stream`)."""
     module.eval()
-    index = art.outputs.index(targets.spec.output)
 
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+    def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(feed[art.inputs[0]])
         feed = model_feed(feed, art.batch_axes)
-        return module(*[feed[n] for n in art.inputs], *targets.dummy(batch))[index]
+        return dict(zip(art.outputs, module(*[feed[n] for n in art.inputs], *targets.dummy(batch))))
 
+    output = targets.spec.output
+    run = Stream(run_all, output, targets.stream) if targets.stream else (lambda feed: run_all(feed)[output])
     return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress, targets.fidelity)

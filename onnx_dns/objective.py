@@ -28,6 +28,7 @@ from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
+from onnx_dns.stream import BURN_IN_RUNS, state_pairs
 from onnx_dns.targets import Targets, batch_axis, caching, stored_bytes, with_teacher
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Objective:
     batch_size: int
     sample: dict[str, np.ndarray]
     sequence: bool = False  # the batch axis is a sequence (sequence_batch.py)
+    val_teacher: Teacher | None = None  # the original as the validation set is scored (a stream: `onnx_dns.stream`)
 
 
 def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
@@ -71,10 +73,11 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
     raw = teacher(first_inputs)
     sequence = prepared.fixed_batch is None and samples_interact(teacher, first_inputs, raw)
+    pairs = state_pairs(prepared.model) if sequence else {}
     if sequence:
         log.warning("%s: a sample's output depends on the other samples of its batch (the batch axis is a "
                     "sequence): training on runs of %d consecutive samples", prepared.source, batch_size)
-        train, val = split_data(options, prepared, windows=True)
+        train, val = split_data(options, prepared, windows=True, burn_in=BURN_IN_RUNS * batch_size if pairs else 0)
         first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
         raw = teacher(first_inputs)
     axis = batch_axis(raw, len(next(iter(first_inputs.values()))))
@@ -86,7 +89,9 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     fidelity = choose_fidelity(options.fidelity, prepared.model, prepared.output, task, first_labels, sample,
                                first_inputs)
     targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis, fidelity)
-    return Objective(train, val, spec, teacher, targets, batch_size, first_inputs, sequence)
+    targets.stream = pairs
+    val_teacher = session_runner(prepared.model, logits_name(prepared.model, prepared.output), pairs) if pairs else None
+    return Objective(train, val, spec, teacher, targets, batch_size, first_inputs, sequence, val_teacher)
 
 
 def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int | None, work: Path | None,
@@ -99,12 +104,12 @@ def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int
     if isinstance(train, Dataset) and objective.spec.distill_weight > 0 and not objective.sequence:
         train = _taught(objective, train, "train", batch_size, fixed_batch, work, progress)
     if isinstance(val, Dataset) and val.labels is None:
-        val = _taught(objective, val, "validation", batch_size, fixed_batch, work, progress)
+        val = _taught(objective, val, "validation", batch_size, fixed_batch, work, progress, objective.val_teacher)
     return replace(objective, train=train, val=val)
 
 
 def _taught(objective: Objective, data: Dataset, which: str, batch_size: int, fixed_batch: int | None,
-            work: Path | None, progress: Callable[[dict], None] | None) -> Dataset:
+            work: Path | None, progress: Callable[[dict], None] | None, teacher: Teacher | None = None) -> Dataset:
     """`data` with the original model's outputs stored beside it, or as it is when they are too large to store."""
     size = stored_bytes(len(data), objective.targets.sample_shape, objective.targets.dtype)
     where = caching(size)
@@ -116,14 +121,14 @@ def _taught(objective: Objective, data: Dataset, which: str, batch_size: int, fi
     if where == "on the fly":
         return data
     folder = work / f"teacher-{'train' if which == 'train' else 'val'}" if work else None
-    return with_teacher(data, objective.teacher, fixed_batch or batch_size, folder, fixed_batch is not None,
+    return with_teacher(data, teacher or objective.teacher, fixed_batch or batch_size, folder, fixed_batch is not None,
                         progress)
 
 
-def split_data(options: CompressOptions, prepared: Prepared,
-               windows: bool = False) -> tuple[Dataset | CallableData, Dataset | CallableData]:
+def split_data(options: CompressOptions, prepared: Prepared, windows: bool = False,
+               burn_in: int = 0) -> tuple[Dataset | CallableData, Dataset | CallableData]:
     """--data and --val; without --val, an idx folder's test split, else a held-out part of --data (the last
-    samples, and batches of consecutive ones, with `windows`)."""
+    samples, after `burn_in` unscored ones, and batches of consecutive ones, with `windows`)."""
     if options.data is None:
         raise DataError("no training data: give --data (a .npz, a folder of .npy or idx files, or module:function)")
     specs = prepared.specs
@@ -138,7 +143,7 @@ def split_data(options: CompressOptions, prepared: Prepared,
             return train, as_data(options.data, specs, "t10k")
     if isinstance(train, CallableData):
         raise DataError(f"{train.source}: streamed data needs a validation set; give --val")
-    return train.split(options.val_fraction, options.train.seed, options.train.batch_size)
+    return train.split(options.val_fraction, options.train.seed, options.train.batch_size, burn_in)
 
 
 def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, sample: np.ndarray) -> str:
@@ -257,5 +262,6 @@ def _name(data: Any) -> str:
 def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int, fixed_batch: int | None,
                   progress: Callable[[dict], None] | None = None) -> Metrics:
     """Metrics of a plain onnxruntime session of `model` on the validation data (what a deployment would see)."""
-    return measure(session_runner(model, objective.spec.output), objective.val, objective.spec.task, batch_size,
-                   fixed_batch, objective.teacher, progress, objective.targets.fidelity)
+    run = session_runner(model, objective.spec.output, objective.targets.stream)
+    return measure(run, objective.val, objective.spec.task, batch_size, fixed_batch,
+                   objective.val_teacher or objective.teacher, progress, objective.targets.fidelity)

@@ -22,9 +22,9 @@ from onnx import numpy_helper
 
 from onnx_dns.criteria.target import magnitude_for_keep
 from onnx_dns.errors import OptionError
-from onnx_dns.evaluate import Metrics, measure, session_runner
+from onnx_dns.evaluate import Metrics
 from onnx_dns.graph import initializers
-from onnx_dns.objective import Objective
+from onnx_dns.objective import Objective, measure_model
 from onnx_dns.prepare import Prepared
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -85,8 +85,7 @@ def layer_sensitivity(prepared: Prepared, objective: Objective, sparsities: Sequ
     progress = progress or (lambda event: None)
 
     def score(model: onnx.ModelProto) -> Metrics:
-        return measure(session_runner(model, objective.spec.output), objective.val, objective.spec.task, batch_size,
-                       prepared.fixed_batch, objective.teacher, fidelity=objective.targets.fidelity)
+        return measure_model(model, objective, batch_size, prepared.fixed_batch)
 
     baseline = score(prepared.model)
     curves = []

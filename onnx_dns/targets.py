@@ -19,6 +19,7 @@ import numpy as np
 from onnx_dns.dataset import Dataset, release_pages
 from onnx_dns.losses import HARD_TARGET, LossSpec
 from onnx_dns.pass_progress import PassProgress
+from onnx_dns.stream import start_pass
 
 TEACHER = "__dns_teacher__"
 IN_MEMORY_BYTES = 256 << 20  # larger sets of original outputs go to a memory-mapped file
@@ -51,8 +52,10 @@ class Targets:
                  fidelity: str = "relative-error") -> None:
         """`teacher` maps a batch to the original model's logits (classify) or outputs (regress);
         `sample_shape` is the shape of one sample's target, `axis` the output's batch axis, `fidelity` how a
-        regression output is scored (`onnx_dns.fidelity`)."""
+        regression output is scored (`onnx_dns.fidelity`). `stream` ({state input: output}, `onnx_dns.stream`)
+        is set for a stream model whose held-out stretch is scored with its state carried along."""
         self.spec = spec
+        self.stream: dict[str, str] = {}
         self.fidelity = fidelity
         self.teacher = teacher
         self.sample_shape = tuple(sample_shape)
@@ -116,6 +119,7 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
     store = None
     start = 0
     reporter = PassProgress(progress, "original outputs", len(data))
+    start_pass(teacher)
     for inputs, _ in data.iterate(batch_size):
         n = len(next(iter(inputs.values())))
         if pad and n < batch_size:
