@@ -5,11 +5,13 @@ The probe starts from the weights as pruned at the end of the surgery (each laye
 keep at its stop iteration), so the loss has something to recover. For each candidate rate, from 1 down to 1e-5
 in steps of sqrt(10), it trains STEPS iterations from the same starting point (weights, masks and optimizer state
 restored before each), and a rate passes when the loss falls steadily: finite, never above 1.5 times its first
-value, and the mean of the last three below 0.98 times the mean of the first two. The largest passing rate times
-SAFETY is chosen (if none falls, the largest whose loss stays flat; else the smallest candidate), among the rates
-below the smallest one whose loss rose or diverged. The gradient norm is then bounded at CLIP times the median
-norm seen at the chosen rate, so one bad batch cannot throw the weights away. Everything the probe changed is
-restored before training starts.
+value, and the mean of the last three below 0.98 times the mean of the first two. Each loss is read relative to
+the loss of its batch at the starting point (measured once, at a rate of 0): batches whose losses differ tenfold,
+as a detector's with and without objects do, would otherwise make every rate look as if it diverged. The
+largest passing rate times SAFETY is chosen (if none falls, the largest whose loss stays flat; else the smallest
+candidate), among the rates below the smallest one whose loss rose or diverged. The gradient norm is then
+bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot throw the weights away.
+Everything the probe changed is restored before training starts.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
     batches = [data.batch(0 if windows else i, batch_size, seed) for i in range(STEPS)]
     tried = []
     try:
+        _prune_for_probe(trainer)
+        start = [trainer.step(i, inputs, labels, 0.0, surgery=False) for i, (inputs, labels) in enumerate(batches)]
         for lr in CANDIDATES:
             trainer.restore_state(saved)
             _prune_for_probe(trainer)
-            losses, norms = _run(trainer, batches, lr)
-            tried.append({"lr": lr, "losses": losses, "verdict": _verdict(losses), "norms": norms})
+            losses, norms = _run(trainer, batches, lr, start)
+            relative = [loss / base for loss, base in zip(losses, start)]
+            tried.append({"lr": lr, "losses": losses, "verdict": _verdict(relative), "norms": norms})
             if tried[-1]["verdict"] == "falls":
                 break
     finally:
@@ -56,13 +61,15 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
     return _choose(tried)
 
 
-def _run(trainer: Trainer, batches: list, lr: float) -> tuple[list[float], list[float]]:
+def _run(trainer: Trainer, batches: list, lr: float, start: list[float]) -> tuple[list[float], list[float]]:
+    """The loss of each batch (stopping early once it is not finite or its ratio to `start` rose past RISE)."""
     trainer.clip, losses, norms = float("inf"), [], []  # an infinite bound measures the norm and clips nothing
     for i, (inputs, labels) in enumerate(batches):
         loss = trainer.step(i, inputs, labels, lr, surgery=False)
         losses.append(loss)
         norms.append(trainer.grad_norm)
-        if not np.isfinite(loss) or loss > RISE * losses[0] + 1e-12:
+        ratio = loss / max(start[i], 1e-12)
+        if not np.isfinite(loss) or ratio > RISE * losses[0] / max(start[0], 1e-12) + 1e-12:
             break
     return losses, norms
 
