@@ -2,8 +2,9 @@
 
 The training and validation sets (`--data`, `--val`, else the idx folder's test split, else a held-out part),
 the task (classification with integer labels or a (batch, classes) output, else regression), the loss (labels,
-distillation from the original model, or both), the original model as teacher, and how a label-free regression
-output is scored (`choose_fidelity`: detections, decisions, cosine or relative error; `onnx_dns.fidelity`).
+distillation from the original model, or both; a YOLO head label-free: `detection_loss`), the original model as
+teacher, and how a label-free regression output is scored (`choose_fidelity`: detections, decisions, cosine or
+relative error; `onnx_dns.fidelity`).
 """
 
 from __future__ import annotations
