@@ -13,7 +13,8 @@ classifiers list an int64 label (ArgMax, Cast) first and may turn probabilities 
 Regression (any output shape): loss = mean((y - target)^2), the target being labels or the teacher's outputs.
 Distilling an output of rank 3 or more ([B, C, ...], e.g. a detection head [B, 4 + K, A] whose box coordinates are
 in pixels and whose class scores are in [0, 1]), the error of each channel c is divided by s_c, the standard
-deviation of the original model's channel c on the first batch, so that no channel's units swamp the others.
+deviation of the original model's channel c on the first batch, so that no channel's units swamp the others;
+a recognised YOLO head is distilled with the detection loss of `onnx_dns.detection_loss` instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_dns.detection_loss import DetectionHead, DetectionTerms
 from onnx_dns.errors import ModelError
 from onnx_dns.graph import FLOAT_TYPES, attribute, default_opset, inferred_values, producers, source
 
@@ -47,6 +49,7 @@ class LossSpec:
     num_classes: int | None = None
     rank: int = 2
     channel_scale: tuple[float, ...] | None = None  # regression: the error of channel c (axis 1) is divided by it
+    detection: DetectionHead | None = None  # distilled with the detection loss (detection_loss.py)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -191,7 +194,7 @@ def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:
             raise ValueError(f"attach_loss: {spec.output!r} is neither an output nor a float tensor of the model")
         out.graph.output.add().CopyFrom(value)
         value = out.graph.output[-1]
-    builder = _LossBuilder(out.graph, value.type.tensor_type.elem_type)
+    builder = _LossBuilder(out.graph, value.type.tensor_type.elem_type, default_opset(model) or 13)
     if spec.task == "classify":
         terms = builder.classify(spec, logits_name(model, spec.output))
     elif spec.task == "regress":
@@ -216,8 +219,9 @@ def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:
 class _LossBuilder:
     """Appends the loss's target inputs and constants to `graph` and collects its nodes (named dns_loss_*)."""
 
-    def __init__(self, graph: onnx.GraphProto, elem: int) -> None:
+    def __init__(self, graph: onnx.GraphProto, elem: int, opset: int) -> None:
         self.graph = graph
+        self.opset = opset
         self.elem = elem
         self.dtype = helper.tensor_dtype_to_np_dtype(elem)
         self.nodes: list[onnx.NodeProto] = []
@@ -267,12 +271,16 @@ class _LossBuilder:
         return terms
 
     def regress(self, spec: LossSpec, shape) -> list[str]:
-        """Mean squared error against labels and/or the teacher's outputs."""
+        """Mean squared error against labels and/or the teacher's outputs (a detection head's teacher outputs:
+        the detection loss)."""
         terms = []
         for target, weight in ((HARD_TARGET, spec.label_weight), (SOFT_TARGET, spec.distill_weight)):
             if weight <= 0:
                 continue
             self.target(target, shape)
+            if target == SOFT_TARGET and spec.detection is not None:
+                terms.append(DetectionTerms(self, self.opset).build(spec.output, target, spec.detection, weight))
+                continue
             diff = self.node("Sub", [spec.output, target], f"{target}_diff")
             if spec.channel_scale is not None:
                 per_channel = np.array(spec.channel_scale, self.dtype).reshape([1, -1] + [1] * (spec.rank - 2))

@@ -16,6 +16,9 @@ rate from 1e-2 up throws the loss to 4-8 times its start on the first step; 1e-2
 and trains to 95.5% of the decisions where the 1e-3 chosen for that spike keeps 70%). There a rate passes when
 every loss is finite and under SPIKE times the first, the later half never above the first, and the mean of the
 last three below 0.98 times the first; it diverges when the later half rises above RISE times the first.
+Each loss is read relative to the loss of its batch at the settled cut (measured once, at a rate of 0): batches
+whose losses differ tenfold, as a detector's with and without objects do, would otherwise make every rate look
+as if it diverged (on a YOLOv8n every rate did, and the fallback 3.3e-6 trained nothing).
 The largest passing rate times SAFETY is chosen (if none falls, the largest whose loss stays flat; else the
 smallest candidate), among the rates below the smallest one whose loss rose or diverged. The gradient norm is
 then bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot throw the weights
@@ -56,10 +59,13 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
     tried = []
     try:
         start = _settled_cut(trainer, saved, batches)
+        trainer.restore_state(start)
+        base = [max(loss, 1e-12) for loss in _run(trainer, batches, 0.0, float("inf"))[0]]
         for lr in CANDIDATES:
             trainer.restore_state(start)
-            losses, norms = _run(trainer, batches, lr, SPIKE if windows else RISE)
-            tried.append({"lr": lr, "losses": losses, "verdict": _verdict(losses, windows), "norms": norms})
+            losses, norms = _run(trainer, batches, lr, SPIKE if windows else RISE, base)
+            relative = [loss / b for loss, b in zip(losses, base)]
+            tried.append({"lr": lr, "losses": losses, "verdict": _verdict(relative, windows), "norms": norms})
             if tried[-1]["verdict"] == "falls":
                 break
     finally:
@@ -73,20 +79,24 @@ def _settled_cut(trainer: Trainer, saved: dict, batches: list) -> dict:
     trainer.restore_state(saved)
     _prune_for_probe(trainer)
     cut = trainer.save_state()
-    losses, _ = _run(trainer, batches, CANDIDATES[-1])
+    losses, _ = _run(trainer, batches, CANDIDATES[-1], float("inf"))
     if len(losses) < STEPS or not all(np.isfinite(losses)):
         return cut
     trainer.load_optimizer(saved["optimizer"])
     return trainer.save_state()
 
 
-def _run(trainer: Trainer, batches: list, lr: float, ceiling: float = RISE) -> tuple[list[float], list[float]]:
+def _run(trainer: Trainer, batches: list, lr: float, ceiling: float,
+         base: list[float] | None = None) -> tuple[list[float], list[float]]:
+    """The loss of each batch, stopping once it is not finite or, relative to `base` (the batch's loss at the
+    start), above `ceiling` times the first."""
+    base = base or [1.0] * len(batches)
     trainer.clip, losses, norms = float("inf"), [], []  # an infinite bound measures the norm and clips nothing
     for i, (inputs, labels) in enumerate(batches):
         loss = trainer.step(i, inputs, labels, lr, surgery=False)
         losses.append(loss)
         norms.append(trainer.grad_norm)
-        if not np.isfinite(loss) or loss > ceiling * losses[0] + 1e-12:
+        if not np.isfinite(loss) or loss / base[i] > ceiling * losses[0] / base[0] + 1e-12:
             break
     return losses, norms
 

@@ -2,8 +2,9 @@
 
 The training and validation sets (`--data`, `--val`, else the idx folder's test split, else a held-out part),
 the task (classification with integer labels or a (batch, classes) output, else regression), the loss (labels,
-distillation from the original model, or both), the original model as teacher, and how a label-free regression
-output is scored (`choose_fidelity`: detections, decisions, cosine or relative error; `onnx_dns.fidelity`).
+distillation from the original model, or both; a YOLO head label-free: `detection_loss`), the original model as
+teacher, and how a label-free regression output is scored (`choose_fidelity`: detections, decisions, cosine or
+relative error; `onnx_dns.fidelity`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import onnx
 
 from onnx_dns.data import CallableData, as_data
 from onnx_dns.dataset import Dataset
+from onnx_dns.detection_loss import FLOOR_FRACTION, DetectionHead, class_logits
 from onnx_dns.errors import DataError, ModelError, OptionError
 from onnx_dns.evaluate import Metrics, measure, session_runner
 from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
@@ -86,6 +88,9 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     spec = loss_spec(task, prepared.output, first_labels, sample, options)
     if axis != 0:  # the channel scale is laid out for a batch-first output
         spec = replace(spec, channel_scale=None)
+    elif spec.channel_scale is not None:
+        head = detection_head(prepared.model, prepared.output, sample.shape, image_size(first_inputs))
+        spec = spec if head is None else replace(spec, channel_scale=None, detection=head)
     fidelity = choose_fidelity(options.fidelity, prepared.model, prepared.output, task, first_labels, sample,
                                first_inputs)
     targets = Targets(spec, teacher, sample.shape[1:], np.dtype(sample.dtype), axis, fidelity)
@@ -201,6 +206,18 @@ def is_yolo_head(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool:
         return False
     anchors = sum(math.ceil(size[0] / s) * math.ceil(size[1] / s) for s in YOLO_STRIDES)
     return (shape[2] == anchors and shape[1] >= 5) or (shape[1] == anchors and shape[2] >= 5)
+
+
+def detection_head(model: onnx.ModelProto, output: str, shape: tuple[int, ...],
+                   size: tuple[int, int] | None) -> DetectionHead | None:
+    """How to distil `output` as a YOLO head (`is_yolo_head`), with the logits of its class scores when a Sigmoid
+    makes them; None when it is not one."""
+    if not is_yolo_head(shape, size):
+        return None
+    anchors_last = shape[2] >= shape[1]
+    classes = (shape[1] if anchors_last else shape[2]) - 4
+    return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size),
+                         class_logits(model, output, anchors_last, classes))
 
 
 def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> bool:

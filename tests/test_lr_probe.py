@@ -208,3 +208,42 @@ def test_a_spike_that_the_later_half_does_not_recover_from_is_no_fall():
     assert _verdict([1.0, 4.0, 0.5, 0.4, 1.1, 0.3, 0.25, 0.2], repeated=True) == "rises"
     assert _verdict([1.0, 4.0, 0.5, 0.4, 1.6, 0.3, 0.25, 0.2], repeated=True) == "diverges"
     assert _verdict([1.0, 11.0, 0.5, 0.4, 0.3, 0.3, 0.25, 0.2], repeated=True) == "diverges"
+
+
+class _Quadratic:
+    """A trainer whose loss on batch i is scale_i * w^2 (gradient 2 scale_i w), trained by plain SGD."""
+
+    surgeon = type("NoPlans", (), {"plans": {}})()
+
+    def __init__(self) -> None:
+        self.w, self.clip, self.grad_norm = 1.0, None, 0.0
+
+    def save_state(self) -> dict:
+        return {"w": self.w, "optimizer": {}}
+
+    def restore_state(self, saved: dict) -> None:
+        self.w = saved["w"]
+
+    def load_optimizer(self, state: dict) -> None:
+        pass
+
+    def step(self, iteration, inputs, labels, lr, surgery=True) -> float:
+        loss = inputs["scale"] * self.w ** 2
+        self.grad_norm = abs(2 * inputs["scale"] * self.w)
+        self.w -= lr * 2 * inputs["scale"] * self.w
+        return loss
+
+
+class _Alternating:
+    """Batches whose losses differ tenfold at the same weights, as a detector's with and without objects."""
+
+    def batch(self, index, batch_size, seed):
+        return {"scale": 10.0 if index % 2 else 1.0}, None
+
+
+def test_batches_whose_losses_differ_tenfold_are_compared_each_with_itself():
+    found = probe_learning_rate(_Quadratic(), _Alternating(), 8, 0)
+    # rates above 0.1 overshoot on the scale-10 batches (|1 - 20 lr| > 1); read raw, every rate would diverge
+    assert _verdict([10.0 if i % 2 else 1.0 for i in range(8)]) == "diverges"
+    assert found.tried[-1]["verdict"] == "falls" and 0.01 <= found.tried[-1]["lr"] <= 0.1
+    assert found.lr == pytest.approx(found.tried[-1]["lr"] * SAFETY)
