@@ -21,14 +21,14 @@ MB = 1e6
 
 
 def _recognizer_like() -> StepMemory:
-    """500 MB held, 100 MB a sample at batch 4 (110 MB with the margin)."""
+    """500 MB held, 100 MB a sample at batch 4 (125 MB with the margin)."""
     return StepMemory(4, int(500 * MB), int(900 * MB))
 
 
 def test_the_largest_batch_whose_step_fits_the_budget():
     measured = _recognizer_like()
-    assert largest_batch(measured, 64, 2000 * MB).batch == 13  # 500 + 13 * 110 = 1930, 14 would be 2040
-    assert largest_batch(measured, 64, 2041 * MB).batch == 14
+    assert largest_batch(measured, 64, 1950 * MB).batch == 11  # 500 + 11 * 125 = 1875, 12 would be 2000
+    assert largest_batch(measured, 64, 2130 * MB).batch == 13
     assert largest_batch(measured, 8, 2000 * MB).batch == 8  # never above the batch wanted
     assert largest_batch(measured, 64, None).batch == 64  # no bound
     assert largest_batch(measured, 64, 100 * MB).batch == 1  # nothing fits: the smallest batch
@@ -39,10 +39,10 @@ def test_the_largest_batch_whose_step_fits_the_budget():
 
 
 def test_the_choice_says_what_the_default_would_need_and_how_to_change_it():
-    choice = largest_batch(_recognizer_like(), 64, 2000 * MB)
+    choice = largest_batch(_recognizer_like(), 64, 1950 * MB)
     text = choice.describe()
-    assert text.startswith("batch 13: a step at 64 would need about 7.5 GB")  # 500 + 64 * 110 MB
-    assert "--max-memory 2.0 GB" in text and "--batch-size" in text
+    assert text.startswith("batch 11: a step at 64 would need about 8.5 GB")  # 500 + 64 * 125 MB
+    assert "--max-memory 1.9 GB" in text and "--batch-size" in text
     assert "would need" not in largest_batch(_recognizer_like(), 64, 9000 * MB).describe()
 
 
@@ -102,8 +102,8 @@ def test_a_step_too_large_for_the_budget_lowers_the_batch_unless_one_is_given(mo
     with caplog.at_level(logging.WARNING, logger="onnx_dns.pipeline"):
         onnx_dns.compress(model, {"x": x, "labels": y}, target="2x", iterations=5, lr=0.05,
                           work_dir=tmp_path / "w")
-    assert seen == [8]  # 1.1 * 200 MB a sample: 100 + 8 * 220 = 1860 MB, 100 + 9 * 220 = 2080 MB
-    assert "batch 8: a step at 64 would need about" in caplog.text
+    assert seen == [7]  # 1.25 * 200 MB a sample: 100 + 7 * 250 = 1850 MB, 100 + 8 * 250 = 2100 MB
+    assert "batch 7: a step at 64 would need about" in caplog.text
     given = onnx_dns.compress(model, {"x": x, "labels": y}, target="2x", iterations=5, lr=0.05, batch_size=32,
                               work_dir=tmp_path / "g")
     assert seen[-1] == 32 and given.iterations == 5 and not (tmp_path / "g" / CHOSEN).exists()
