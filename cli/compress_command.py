@@ -111,8 +111,11 @@ TRAINING_OPTIONS = [
                  "as many as --time-budget holds at the time a step takes]"),
     click.option("--time-budget", metavar="DURATION", help="Training time (30m, 2h, 900s) that sizes the "
                  "iterations when --iterations is not given; evaluations come on top.  [default: 1h]"),
-    click.option("--batch-size", type=click.IntRange(min=1), help=with_default(
-        "batch_size", "A model exported with a fixed batch size trains at that size.")),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Training batch size. A model exported with a "
+                 "fixed batch size trains at that size.  [default: 64, or the largest batch whose training step "
+                 "fits --max-memory; the log says which]"),
+    click.option("--max-memory", metavar="SIZE|none", help="Memory (2GB, 1500MB) that bounds the default batch "
+                 "size, measured on one step at batch 4; none: no bound.  [default: 2GB]"),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate.  [default: chosen by "
                  "a short probe on the first batches, with the gradient norm bounded; see the README]"),
     click.option("--clip-grad-norm", type=float, metavar="X", help="Bound the gradient norm at X.  [default: chosen "

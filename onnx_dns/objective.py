@@ -27,7 +27,7 @@ from onnx_dns.evaluate import Metrics, measure, session_runner
 from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
 from onnx_dns.graph import producers, source
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
-from onnx_dns.options import CompressOptions
+from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.stream import BURN_IN_RUNS, state_pairs
@@ -69,7 +69,7 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     """Open and check the data, and choose the task and the loss (`with_teacher_outputs` adds the original
     model's outputs where the loss or the metrics need them)."""
     cfg = options.train
-    batch_size = cfg.batch_size
+    batch_size = cfg.batch_size or DEFAULT_BATCH_SIZE
     train, val = split_data(options, prepared)
     teacher = session_runner(prepared.model, logits_name(prepared.model, prepared.output))
     first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)

@@ -18,6 +18,8 @@ from onnx_dns.schedules import SCHEDULES
 
 
 DEFAULT_ITERATIONS = 10_000  # the paper's schedule; without --iterations, fewer when the time budget needs it
+DEFAULT_BATCH_SIZE = 64  # the paper's; without --batch-size, smaller when a step would not fit --max-memory
+DEFAULT_MAX_MEMORY = 2e9  # bytes; a fixed bound, not a share of free memory, so that a run repeats on any machine
 
 
 class Range(NamedTuple):
@@ -69,7 +71,8 @@ class TrainConfig:
 
     iterations: int | None = option(None, Range(True, 1))  # None: sized to time_budget (`sizing`)
     time_budget: float = option(3600.0, Range(low=0, low_open=True))  # seconds
-    batch_size: int = option(64, Range(True, 1))
+    batch_size: int | None = option(None, Range(True, 1))  # None: DEFAULT_BATCH_SIZE or less (`batch_memory`)
+    max_memory: float | None = option(DEFAULT_MAX_MEMORY, Range(low=0, low_open=True))  # bytes; None: no bound
     lr: float | None = option(None, Range(low=0, low_open=True))
     schedule: str = option("inv", SCHEDULES)
     warmup: int = option(0, Range(True, 0))
@@ -175,6 +178,21 @@ def parse_duration(value: str | float) -> float:
     return seconds
 
 
+def parse_memory(value: str | float) -> float | None:
+    """'2GB', '1500MB', '2G', a number of bytes, or 'none' (no bound) -> bytes (decimal units), above 0."""
+    text = str(value).strip().lower().removesuffix("b")
+    if text == "none":
+        return None
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}.get(text[-1:], None)
+    try:
+        size = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise OptionError(f"--max-memory {value!r}: give a size such as 2GB or 1500MB, or none") from None
+    if not 0 < size < math.inf:
+        raise OptionError(f"--max-memory {value!r}: the size must be above 0")
+    return size
+
+
 def defaults(cls: type) -> dict[str, Any]:
     """The default of every field of an options dataclass."""
     return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}
@@ -238,6 +256,8 @@ def merge(given: dict[str, Any], settings: dict[str, Any], **extra: Any) -> Comp
         values["max_accuracy_drop"] = None  # the bound turned off
     if isinstance(values["time_budget"], str):
         values["time_budget"] = parse_duration(values["time_budget"])
+    if isinstance(values["max_memory"], str):
+        values["max_memory"] = parse_memory(values["max_memory"])
     check_values(values, TrainConfig, from_settings)
     check_values(values, CompressOptions, from_settings)
     if values["target"] is not None and "target" in from_settings:

@@ -58,17 +58,21 @@ def training_artifacts() -> types.ModuleType:
     return _import_training("artifacts")
 
 
-def session_options(threads: int = 0, arena: bool = True):
+def session_options(threads: int = 0, arena: bool = True, pattern: bool = True):
     """onnxruntime.SessionOptions that log only errors, with `threads` intra-op threads (0: onnxruntime chooses).
 
     Without `arena` a session returns its working memory after each run instead of keeping its largest run's
     worth for good: a training session holds 1.7 GB at batch 16 of a text recognizer, which evaluation and the
-    original model's sessions would otherwise add their own to (one step took as long either way, measured)."""
+    original model's sessions would otherwise add their own to (one step took as long either way, measured).
+    Without `pattern` (memory pattern planning) a run allocates tensor by tensor from the C heap instead of one
+    block mapped afresh each run: a recognizer's step peaks 12% lower at batch 16 and takes 20% less CPU time at
+    batch 4, where the fresh block's page faults cost (measured, benchmarks/results/memory.md)."""
     options = runtime().SessionOptions()
     options.log_severity_level = QUIET
     if threads:
         options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = pattern
     return options
 
 

@@ -24,13 +24,14 @@ import onnx
 
 from onnx_dns.artifacts import TrainingArtifacts, build_artifacts
 from onnx_dns.batch_axes import feed_dims
+from onnx_dns.batch_memory import PROBE_BATCH, largest_batch, load_choice, measure_step, save_choice
 from onnx_dns.errors import Interrupted, OutputError
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
 from onnx_dns.objective import Objective, build_objective, with_teacher_outputs
-from onnx_dns.options import CompressOptions
+from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared, prepare, replan, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
 from onnx_dns.sizing import size_run, with_iterations
@@ -65,16 +66,55 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     outputs, training graphs."""
     prepared = prepare(original, source, options)
     progress({"event": "prepared", "layers": len(prepared.layers)})
-    batch_size = training_batch_size(prepared, options.train.batch_size)
+    bounded = options.train.batch_size is None and prepared.fixed_batch is None
+    batch_size = training_batch_size(prepared, options.train.batch_size or DEFAULT_BATCH_SIZE)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
-    if objective.sequence:  # evaluated on the runs it trains on (sequence_batch.py)
-        options = replace(options, train=replace(options.train, eval_batch_size=batch_size))
     open_work_dir(work, identity, options, resume)
+    built = None
+    if bounded:
+        options, objective, built = bounded_batch(prepared, objective, options, work, resume, progress)
+    if objective.sequence:  # evaluated on the runs it trains on (sequence_batch.py)
+        options = replace(options, train=replace(options.train, eval_batch_size=options.train.batch_size))
     objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
                                      progress)
-    masked, art, artifact_seconds = build_stage(prepared, objective, options, work, progress)
+    masked, art, artifact_seconds = built or build_stage(prepared, objective, options, work, progress)
     return Ready(prepared, options, objective, masked, art, artifact_seconds)
+
+
+def bounded_batch(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path, resume: bool,
+                  progress: Progress) -> tuple[CompressOptions, Objective, tuple | None]:
+    """Without --batch-size: the largest batch up to the default whose step fits --max-memory (`batch_memory`),
+    measured on training graphs built at a small batch (returned when they serve the chosen batch too), or read
+    back when resuming."""
+    wanted = options.train.batch_size
+    choice = load_choice(work) if resume else None
+    built = None
+    if choice is None:
+        probe = min(PROBE_BATCH, wanted)
+        built = build_stage(prepared, replace(objective, batch_size=probe), options, work, progress)
+        trainer = Trainer(built[1], Surgeon(prepared.plans), options.train, objective.targets)
+        inputs, labels = objective.train.batch(0, probe, options.train.seed)
+        try:
+            measured = measure_step(lambda: trainer.step(0, inputs, labels, 0.0, surgery=False), probe)
+        finally:
+            trainer.close()
+        del trainer
+        choice = largest_batch(measured, wanted, options.train.max_memory)
+        save_choice(work, choice)
+        if choice.batch != probe and pinned_batch(prepared, objective):
+            built = None
+    (log.warning if choice.limited else log.info)("%s", choice.describe())
+    progress({"event": "batch", "batch": choice.batch, "wanted": choice.wanted, "needed": choice.needed,
+              "needed_wanted": choice.needed_wanted, "budget": choice.budget})
+    options = replace(options, train=replace(options.train, batch_size=choice.batch))
+    return options, replace(objective, batch_size=choice.batch), built
+
+
+def pinned_batch(prepared: Prepared, objective: Objective) -> bool:
+    """Whether the training graphs are built for one batch size: symbolic sizes break pooling gradients in
+    onnxruntime-training 1.19 (see pin_input_shapes), and a sequence's recurrent layers unroll over its length."""
+    return objective.sequence or any(n.op_type == "AveragePool" for n in prepared.model.graph.node)
 
 
 def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: Path, *, identity: str,
@@ -100,9 +140,7 @@ def build_stage(prepared: Prepared, objective: Objective, options: CompressOptio
     masked = insert_masks(prepared.model, prepared.pruned, prepared.mask_shapes).model
     progress({"event": "building", "layers": len(prepared.layers)})
     started = time.perf_counter()
-    # symbolic sizes break pooling gradients in onnxruntime-training 1.19 (see pin_input_shapes), and a sequence's
-    # recurrent layers unroll over its length
-    pinned = objective.sequence or any(n.op_type == "AveragePool" for n in prepared.model.graph.node)
+    pinned = pinned_batch(prepared, objective)
     sizes = {s.name: feed_dims(objective.sample[s.name].shape[1:], s.batch_axis,
                                objective.batch_size if pinned else None) for s in prepared.specs}
     art = build_artifacts(pin_input_shapes(masked, sizes).model, objective.spec, work / "artifacts",

@@ -57,7 +57,7 @@ class Trainer:
         self.config = config
         self.targets = targets
         _, api = training_api()
-        options = session_options(config.threads, arena=False)
+        options = session_options(config.threads, arena=False, pattern=False)
         self.state = api.CheckpointState.load_checkpoint(str(art.checkpoint))
         self.module = api.Module(str(art.training_model), self.state, str(art.eval_model), session_options=options)
         parameters = self.state.parameters

@@ -35,6 +35,7 @@ def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
     if not any(_frozen_candidate(n, inits) for n in model.graph.node):
         return PassResult(model, False)
     values = inferred_values(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = all_names(out.graph)
@@ -44,8 +45,7 @@ def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
             nodes.append(node)
             continue
         x = values.get(node.input[0])
-        known = x is not None and x.type.tensor_type.HasField("shape")
-        rank = len(x.type.tensor_type.shape.dim) if known else 0
+        rank = _rank(node.input[0], values, producers, inits)
         types = {inits[n].data_type for n in node.input[1:] if n in inits}
         if x is not None and x.type.tensor_type.elem_type:
             types.add(x.type.tensor_type.elem_type)
@@ -58,6 +58,22 @@ def freeze_batchnorm(model: onnx.ModelProto) -> PassResult:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return PassResult(out, True)
+
+
+def _rank(name: str, values: dict, producers: dict, inits: dict) -> int:
+    """The rank of value `name` as shape inference tells it, else, for a convolution's output, the rank of its
+    weight (a Conv after a Reshape to a computed shape, as paddle2onnx writes the PP-OCRv4 recognizer's neck,
+    has no inferred shape); 0 when unknown."""
+    value = values.get(name)
+    if value is not None and value.type.tensor_type.HasField("shape"):
+        return len(value.type.tensor_type.shape.dim)
+    producer = producers.get(name)
+    if producer is None or producer.op_type not in ("Conv", "ConvTranspose") or len(producer.input) < 2:
+        return 0
+    weight = producer.input[1]
+    if weight in inits:
+        return len(inits[weight].dims)
+    return _rank(weight, values, {}, inits)
 
 
 def _frozen_candidate(node: onnx.NodeProto, inits: dict) -> bool:
