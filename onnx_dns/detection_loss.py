@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from onnx_dns.graph import attribute, inferred_values, producers, source
 

@@ -167,15 +167,8 @@ def parse_target(value: str | float | None) -> float | None:
 
 def parse_duration(value: str | float) -> float:
     """'90m', '2h', '45s' or a number of seconds -> seconds, above 0."""
-    text = str(value).strip().lower()
-    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
-    try:
-        seconds = float(text[:-1] if scale else text) * (scale or 1)
-    except ValueError:
-        raise OptionError(f"--time-budget {value!r}: give a duration such as 30m, 2h or 900s") from None
-    if not 0 < seconds < math.inf:
-        raise OptionError(f"--time-budget {value!r}: the duration must be above 0")
-    return seconds
+    return _with_unit(str(value).strip().lower(), {"s": 1, "m": 60, "h": 3600}, "--time-budget", value,
+                      "a duration such as 30m, 2h or 900s")
 
 
 def parse_memory(value: str | float) -> float | None:
@@ -183,14 +176,20 @@ def parse_memory(value: str | float) -> float | None:
     text = str(value).strip().lower().removesuffix("b")
     if text == "none":
         return None
-    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}.get(text[-1:], None)
+    return _with_unit(text, {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}, "--max-memory", value,
+                      "a size such as 2GB or 1500MB, or none")
+
+
+def _with_unit(text: str, units: dict[str, float], option: str, value: object, example: str) -> float:
+    """A number with an optional unit suffix from `units`, scaled, and above 0; else an OptionError for `option`."""
+    scale = units.get(text[-1:])
     try:
-        size = float(text[:-1] if scale else text) * (scale or 1)
+        number = float(text[:-1] if scale else text) * (scale or 1)
     except ValueError:
-        raise OptionError(f"--max-memory {value!r}: give a size such as 2GB or 1500MB, or none") from None
-    if not 0 < size < math.inf:
-        raise OptionError(f"--max-memory {value!r}: the size must be above 0")
-    return size
+        raise OptionError(f"{option} {value!r}: give {example}") from None
+    if not 0 < number < math.inf:
+        raise OptionError(f"{option} {value!r}: give a value above 0, {example}")
+    return number
 
 
 def defaults(cls: type) -> dict[str, Any]:
