@@ -52,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed to one compress run")
     parser.add_argument("--eval-batch-size", type=int, default=64,
-                        help="compress --eval-batch-size: its default of 1000 pads the teacher pass to 1000 samples")
+                        help="compress --eval-batch-size")
     parser.add_argument("--max-memory-gb", type=float, default=12,
                         help="address-space limit of each compress run, so that one model cannot exhaust the machine")
     parser.add_argument("--retry-failed-setup", action="store_true",
