@@ -23,7 +23,7 @@ from onnx_dns.errors import DataError
 from onnx_dns.fidelity import LABELS, accumulator
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.pass_progress import PassProgress
-from onnx_dns.stream import Stream, start_pass
+from onnx_dns.stream import runner, start_pass
 from onnx_dns.targets import TEACHER, Targets, batch_first
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -161,7 +161,7 @@ def session_runner(model: onnx.ModelProto, output: str, stream: dict[str, str] |
     def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(wanted, session.run(wanted, model_feed({k: v for k, v in feed.items() if k in names}, axes))))
 
-    return Stream(run_all, output, stream) if stream else lambda feed: run_all(feed)[output]
+    return runner(run_all, output, stream)
 
 
 def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | None = None,
@@ -214,6 +214,5 @@ def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets,
         feed = model_feed(feed, art.batch_axes)
         return dict(zip(art.outputs, module(*[feed[n] for n in art.inputs], *targets.dummy(batch))))
 
-    output = targets.spec.output
-    run = Stream(run_all, output, targets.stream) if targets.stream else (lambda feed: run_all(feed)[output])
+    run = runner(run_all, targets.spec.output, targets.stream)
     return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress, targets.fidelity)

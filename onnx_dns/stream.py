@@ -67,6 +67,11 @@ class Stream:
         return outputs[self.output]
 
 
+def runner(run_all: RunAll, output: str, pairs: dict[str, str] | None) -> Callable[[dict], np.ndarray]:
+    """A run function from a batch to `output`: a `Stream` carrying the state of `pairs`, or stateless without."""
+    return Stream(run_all, output, pairs) if pairs else lambda feed: run_all(feed)[output]
+
+
 def start_pass(run: Callable) -> None:
     """Reset a `Stream` before a pass over the data (any other run function keeps no state)."""
     if isinstance(run, Stream):
