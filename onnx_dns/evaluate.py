@@ -40,6 +40,7 @@ class Metrics:
     relative_error: float | None = None
     positions: int = 1
     measure: str | None = None
+    units: int | None = None  # how many counted items (samples, positions, detections) the score is a share of
 
     @property
     def score(self) -> float:
@@ -122,15 +123,16 @@ class Tally:
         if self.task == "classify":
             if not labelled:
                 return Metrics(self.task, self.samples, fidelity=self.agree * share, positions=self.positions,
-                               measure="agreement")
+                               measure="agreement", units=self.count)
             return Metrics(self.task, self.samples, top1=self.top1 * share,
                            top5=self.top5 * share if self.top5_possible else None, positions=self.positions,
-                           measure="top-1")
+                           measure="top-1", units=self.count)
         relative = 100.0 * np.sqrt(self.sq_error / self.sq_target) if self.sq_target > 0 else (
             0.0 if self.sq_error == 0 else float("inf"))
         return Metrics(self.task, self.samples, mse=self.sq_error / max(self.count, 1), relative_error=float(relative),
                        fidelity=None if self.task_measure is None else self.task_measure.percent,
-                       measure=self.fidelity if self.task_measure is not None else "relative-error")
+                       measure=self.fidelity if self.task_measure is not None else "relative-error",
+                       units=self.task_measure.original if self.fidelity == "boxes" else None)
 
 
 def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,

@@ -6,6 +6,7 @@ most `max_drop` below the baseline's; without a bound every state meets it and t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,10 +14,23 @@ import numpy as np
 from onnx_dns.evaluate import Metrics
 
 CLOSE_ENOUGH = 0.995  # a later state this close in compression to the best one replaces it
+STEADY_UNITS = 5  # counted items that must fit within the bound for it to be judged steadily
 
 
 def within_bound(metrics: Metrics, baseline: Metrics, max_drop: float | None) -> bool:
     return max_drop is None or metrics.score >= baseline.score - max_drop
+
+
+def coarse_bound(baseline: Metrics, max_drop: float | None) -> str | None:
+    """A warning when the validation data is too small for the bound: one sample (or position, or detection)
+    moves the score by more than a fifth of `max_drop`, so a few unlucky items decide which state is kept."""
+    if max_drop is None or not baseline.units or baseline.units * max_drop / 100.0 >= STEADY_UNITS:
+        return None
+    what = "detections" if baseline.measure == "boxes" else "positions" if baseline.positions > 1 else "samples"
+    needed = math.ceil(100.0 * STEADY_UNITS / max_drop)
+    return (f"the accuracy bound ({max_drop:g} points) is judged on {baseline.units} validation {what}, one of "
+            f"which moves the score by {100.0 / baseline.units:.2g} points, so the state kept is a matter of a few "
+            f"{what}; give --val with at least {needed} {what} for a steadier choice")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from onnx_dns.errors import Interrupted, TrainingError
 from onnx_dns.evaluate import Metrics
 from onnx_dns.interrupt import StopRequest
 from onnx_dns.lr_probe import ProbeResult, probe_learning_rate
-from onnx_dns.selection import Selection, Snapshot, within_bound
+from onnx_dns.selection import Selection, Snapshot, coarse_bound, within_bound
 from onnx_dns.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class TrainingLoop:
     def _start(self) -> TrainState:
         self.trainer.surgeon.initialize(self.trainer.params)
         state = TrainState(0, self.trainer.evaluate(self.val_data, self.progress))
+        warning = coarse_bound(state.baseline, self.config.max_accuracy_drop)
+        if warning:
+            log.warning(warning)
         if self.trainer.schedule is None:
             self._probe()
         self._checkpoint(state)
