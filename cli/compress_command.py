@@ -40,8 +40,9 @@ class Bound(click.ParamType):
 BOUND = Bound()
 FIDELITY_HELP = ("How a regression output without labels is scored against the original: relative-error, "
                  "decisions (Dice overlap of the values above 0.5), cosine (mean cosine similarity along the last "
-                 "axis), boxes (share of a YOLO head's detections reproduced). auto: boxes for a YOLOv8-style head, "
-                 "decisions for a Sigmoid output, cosine for a feature vector, else relative-error.")
+                 "axis), boxes (a YOLO head's detections, or a probability map's regions, reproduced). auto: boxes "
+                 "for a YOLOv8-style head, decisions for a Sigmoid output, cosine for a feature vector, else "
+                 "relative-error.")
 
 
 def _pairs(values: tuple[str, ...], option: str, cast) -> dict:

@@ -15,6 +15,7 @@ from onnx import helper
 import onnx_dns
 from cli.main import main
 from onnx_dns.errors import OptionError
+from onnx_dns.fidelity import BoxesReproduced
 from onnx_dns.options import merge
 
 X = {"x": np.random.default_rng(2).standard_normal((2, 2, 8, 8)).astype(np.float32)}
@@ -54,6 +55,19 @@ def test_a_label_free_compress_of_a_sigmoid_map_is_scored_and_bounded_by_decisio
     # the decisions stay within 15 points while the relative error grows by more: the bound read the decisions
     assert 100 - after.score <= 15 < after.relative_error and result.met_bound
     assert result.to_dict()["summary"]["measure"] == "decisions"
+
+
+def test_fidelity_boxes_scores_a_sigmoid_map_by_the_regions_it_reproduces():
+    x, v = maps_data()
+    model = sigmoid_map()
+    result = onnx_dns.compress(model, {"x": x}, val={"x": v}, target="4x", iterations=30, batch_size=32,
+                               eval_every=30, max_accuracy_drop="none", fidelity="boxes")
+    before, after = result.accuracy_before, result.accuracy_after
+    assert before.measure == after.measure == "boxes" and before.score == 100.0
+    tally = BoxesReproduced()
+    tally.add(run(result.model, {"x": v})[0], run(model, {"x": v})[0])
+    assert tally.original > 64 and after.score == pytest.approx(tally.percent) and after.score < 100
+    assert after.describe() == f"detections reproduced {tally.percent:.2f}%"
 
 
 def test_the_command_line_names_the_measure_and_fails_the_bound_on_it(tmp_path):
