@@ -219,9 +219,11 @@ def compress(model: str, output_path: str, report_path: str | None, html_path: s
     click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
         what = FIDELITY_LABELS.get(result.accuracy_after.measure, "accuracy")
+        hint = result.accuracy_after.bound_hint
         raise AccuracyBoundError(
             f"{what} dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
-            f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
+            f"--max-accuracy-drop {options.train.max_accuracy_drop}{f' ({hint})' if hint else ''}; the model is in "
+            f"{result.output}")
 
 
 def layer_options(given: dict) -> dict:

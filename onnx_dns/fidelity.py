@@ -38,15 +38,22 @@ MATCH_IOU = 0.5
 MAX_DETECTIONS = 300
 LABELS = {"decisions": f"decision overlap at {DECISION_THRESHOLD:g}", "cosine": "cosine similarity",
           "boxes": "detections reproduced"}
+REGIONS_HINT = "--fidelity boxes judges a one-channel map by its regions"
 
 
 class DecisionOverlap:
-    """Dice overlap of the decisions above 0.5 of two outputs, summed over all batches."""
+    """Dice overlap of the decisions above 0.5 of two outputs, summed over all batches; `one_channel_map` says
+    whether every batch was a map [B, 1, H, W] (which `--fidelity boxes` may judge by its regions instead)."""
 
     def __init__(self) -> None:
         self.both = self.new = self.original = 0
+        self.one_channel_map = False
+        self.batches = 0
 
     def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
+        is_map = outputs.ndim == 4 and outputs.shape[1] == 1
+        self.one_channel_map = is_map and (self.one_channel_map or not self.batches)
+        self.batches += 1
         new, original = outputs > DECISION_THRESHOLD, target.reshape(outputs.shape) > DECISION_THRESHOLD
         self.both += int(np.count_nonzero(new & original))
         self.new += int(np.count_nonzero(new))

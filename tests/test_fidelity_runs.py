@@ -84,6 +84,7 @@ def test_the_command_line_names_the_measure_and_fails_the_bound_on_it(tmp_path):
     assert report["summary"]["measure"] == "decisions" and report["accuracy_after"]["fidelity"] < 95
     assert "decision overlap at 0.5 100.00% -> decision overlap at 0.5" in result.stderr
     assert "decision overlap at 0.5 dropped" in result.stderr
+    assert "(--fidelity boxes judges a one-channel map by its regions); the model is in" in result.stderr
     relative = CliRunner().invoke(main, ["compress", str(tmp_path / "map.onnx"), "-o", str(tmp_path / "re.onnx"),
                                          "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
                                          "--target", "8x", "--iterations", "30", "--batch-size", "32",
@@ -111,6 +112,8 @@ def test_evaluate_scores_a_label_free_map_against_the_reference_by_decisions(tmp
     assert 0 < report["metrics"]["fidelity"] < 95
     plain = json.loads(CliRunner().invoke(main, [*args, "--fidelity", "relative-error"]).stdout)
     assert plain["metrics"]["measure"] == "relative-error" and plain["metrics"]["fidelity"] is None
+    gated = CliRunner().invoke(main, [*args, "--max-accuracy-drop", "1"])
+    assert gated.exit_code == 6 and "--max-accuracy-drop 1.0 (--fidelity boxes judges" in gated.output
 
 
 def test_dns_json_may_choose_the_measure_and_a_wrong_one_is_named():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from onnx_dns.errors import DataError
+from onnx_dns.evaluate import compute_metrics
 from onnx_dns.fidelity import BoxesReproduced, region_detections
 from onnx_dns.regions import label_regions, region_boxes
 
@@ -155,3 +156,10 @@ def test_neither_a_yolo_head_nor_a_one_channel_map_in_0_1_is_refused():
     with pytest.raises(DataError, match="--fidelity boxes"):
         BoxesReproduced().add(logits, logits)
 
+
+def test_a_bound_missed_on_decisions_names_the_regions_only_for_a_one_channel_map():
+    maps = np.random.default_rng(2).uniform(size=(4, 1, 6, 6))
+    assert "--fidelity boxes" in compute_metrics("regress", maps, None, maps, "decisions").bound_hint
+    for other in (maps[:, 0], maps.reshape(4, 36), np.repeat(maps, 2, axis=1)):
+        assert compute_metrics("regress", other, None, other, "decisions").bound_hint == ""
+    assert compute_metrics("regress", maps, None, maps, "boxes").bound_hint == ""
