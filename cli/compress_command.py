@@ -40,8 +40,9 @@ class Bound(click.ParamType):
 BOUND = Bound()
 FIDELITY_HELP = ("How a regression output without labels is scored against the original: relative-error, "
                  "decisions (Dice overlap of the values above 0.5), cosine (mean cosine similarity along the last "
-                 "axis), boxes (share of a YOLO head's detections reproduced). auto: boxes for a YOLOv8-style head, "
-                 "decisions for a Sigmoid output, cosine for a feature vector, else relative-error.")
+                 "axis), boxes (a YOLO head's detections, or a probability map's regions, reproduced). auto: boxes "
+                 "for a YOLOv8-style head, decisions for a Sigmoid output, cosine for a feature vector, else "
+                 "relative-error.")
 
 
 def _pairs(values: tuple[str, ...], option: str, cast) -> dict:
@@ -218,9 +219,11 @@ def compress(model: str, output_path: str, report_path: str | None, html_path: s
     click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
         what = FIDELITY_LABELS.get(result.accuracy_after.measure, "accuracy")
+        hint = result.accuracy_after.bound_hint
         raise AccuracyBoundError(
             f"{what} dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
-            f"--max-accuracy-drop {options.train.max_accuracy_drop}; the model is in {result.output}")
+            f"--max-accuracy-drop {options.train.max_accuracy_drop}{f' ({hint})' if hint else ''}; the model is in "
+            f"{result.output}")
 
 
 def layer_options(given: dict) -> dict:

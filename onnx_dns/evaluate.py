@@ -20,7 +20,7 @@ from onnx_dns.batch_axes import model_feed
 from onnx_dns.data import CallableData, model_inputs
 from onnx_dns.dataset import SCORED, Dataset
 from onnx_dns.errors import DataError
-from onnx_dns.fidelity import LABELS, accumulator
+from onnx_dns.fidelity import LABELS, REGIONS_HINT, DecisionOverlap, accumulator
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.pass_progress import PassProgress
 from onnx_dns.stream import runner, start_pass
@@ -41,6 +41,7 @@ class Metrics:
     positions: int = 1
     measure: str | None = None
     units: int | None = None  # how many counted items (samples, positions, detections) the score is a share of
+    one_channel_map: bool = False
 
     @property
     def score(self) -> float:
@@ -52,6 +53,12 @@ class Metrics:
         if self.relative_error is not None:
             return -self.relative_error
         return -(self.mse or 0.0)
+
+    @property
+    def bound_hint(self) -> str:
+        """What else to try when the bound is missed: a one-channel map judged by its decisions may be a text map,
+        whose regions `--fidelity boxes` judges; else nothing."""
+        return REGIONS_HINT if self.measure == "decisions" and self.one_channel_map else ""
 
     @property
     def label(self) -> str:
@@ -129,10 +136,12 @@ class Tally:
                            measure="top-1", units=self.count)
         relative = 100.0 * np.sqrt(self.sq_error / self.sq_target) if self.sq_target > 0 else (
             0.0 if self.sq_error == 0 else float("inf"))
+        decisions = self.task_measure if isinstance(self.task_measure, DecisionOverlap) else None
         return Metrics(self.task, self.samples, mse=self.sq_error / max(self.count, 1), relative_error=float(relative),
                        fidelity=None if self.task_measure is None else self.task_measure.percent,
                        measure=self.fidelity if self.task_measure is not None else "relative-error",
-                       units=self.task_measure.original if self.fidelity == "boxes" else None)
+                       units=self.task_measure.original if self.fidelity == "boxes" else None,
+                       one_channel_map=decisions is not None and decisions.one_channel_map)
 
 
 def compute_metrics(task: str, outputs: np.ndarray, labels: np.ndarray | None,

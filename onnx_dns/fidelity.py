@@ -13,6 +13,11 @@ way, in percent of the original (the original scores 100 against itself):
   greedy NMS at IoU 0.45, at most 300 detections; each of the original's detections, best first, takes the
   best unmatched detection of the same class at IoU >= 0.5. Score: the share of the original's detections so
   reproduced (100 when neither model detects anything, 0 when only the new one does).
+  A single-channel probability map instead ([B, 1, H, W] or [B, H, W] whose original values lie in [0, 1], such
+  as a DBNet text map) has as detections the bounding boxes of its 4-connected regions of values > 0.5
+  (`onnx_dns.regions`), all of one class, the original's taken largest (most pixels) first, ties in the raster
+  order of their first pixel, and is scored the same way. The first batch decides which of the two an output is
+  (a [B, H, W] head in [0, 1] reads as a map: a YOLO head's pixel coordinates exceed 1).
 
 Each accumulator keeps a few counters, so memory does not grow with the data.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnx_dns.errors import DataError
+from onnx_dns.regions import region_boxes
 
 MEASURES = ("relative-error", "decisions", "cosine", "boxes")
 CHOICES = ("auto", *MEASURES)
@@ -32,15 +38,22 @@ MATCH_IOU = 0.5
 MAX_DETECTIONS = 300
 LABELS = {"decisions": f"decision overlap at {DECISION_THRESHOLD:g}", "cosine": "cosine similarity",
           "boxes": "detections reproduced"}
+REGIONS_HINT = "--fidelity boxes judges a one-channel map by its regions"
 
 
 class DecisionOverlap:
-    """Dice overlap of the decisions above 0.5 of two outputs, summed over all batches."""
+    """Dice overlap of the decisions above 0.5 of two outputs, summed over all batches; `one_channel_map` says
+    whether every batch was a map [B, 1, H, W] (which `--fidelity boxes` may judge by its regions instead)."""
 
     def __init__(self) -> None:
         self.both = self.new = self.original = 0
+        self.one_channel_map = False
+        self.batches = 0
 
     def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
+        is_map = outputs.ndim == 4 and outputs.shape[1] == 1
+        self.one_channel_map = is_map and (self.one_channel_map or not self.batches)
+        self.batches += 1
         new, original = outputs > DECISION_THRESHOLD, target.reshape(outputs.shape) > DECISION_THRESHOLD
         self.both += int(np.count_nonzero(new & original))
         self.new += int(np.count_nonzero(new))
@@ -75,14 +88,23 @@ class CosineSimilarity:
 
 
 class BoxesReproduced:
-    """The share of the original's detections that the new output reproduces, over all images."""
+    """The share of the original's detections (a YOLO head's, or a probability map's regions) that the new
+    output reproduces, over all images."""
 
     def __init__(self) -> None:
         self.original = self.new = self.matched = 0
+        self.maps: bool | None = None
 
     def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
-        for new, original in zip(anchors_last(outputs), anchors_last(target.reshape(outputs.shape))):
-            mine, theirs = detections(new), detections(original)
+        target = target.reshape(outputs.shape)
+        if self.maps is None:
+            self.maps = is_probability_map(target)
+        if self.maps:
+            images, find = zip(image_maps(outputs), image_maps(target)), region_detections
+        else:
+            images, find = zip(anchors_last(outputs), anchors_last(target)), detections
+        for new, original in images:
+            mine, theirs = find(new), find(original)
             self.original += len(theirs[0])
             self.new += len(mine[0])
             self.matched += matched(theirs, mine)
@@ -99,11 +121,31 @@ def accumulator(measure: str) -> DecisionOverlap | CosineSimilarity | BoxesRepro
     return {"decisions": DecisionOverlap, "cosine": CosineSimilarity, "boxes": BoxesReproduced}[measure]()
 
 
+def is_probability_map(outputs: np.ndarray) -> bool:
+    """Whether a batch of outputs is a single-channel map [B, 1, H, W] or [B, H, W] with values in [0, 1]."""
+    shaped = outputs.ndim == 3 or (outputs.ndim == 4 and outputs.shape[1] == 1)
+    return shaped and bool(np.all((outputs >= 0) & (outputs <= 1)))
+
+
+def image_maps(outputs: np.ndarray) -> np.ndarray:
+    """A probability map [B, 1, H, W] or [B, H, W] as [B, H, W]."""
+    return outputs.reshape(len(outputs), *outputs.shape[-2:])
+
+
+def region_detections(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One image's map [H, W] -> (corner boxes [n, 4] of its 4-connected regions above 0.5, largest first,
+    classes [n], all 0)."""
+    boxes, sizes = region_boxes(image > DECISION_THRESHOLD)
+    order = np.argsort(-sizes, kind="stable")
+    return boxes[order], np.zeros(len(order), np.int64)
+
+
 def anchors_last(outputs: np.ndarray) -> np.ndarray:
     """A YOLO head [B, 4+K, A] or [B, A, 4+K] as [B, 4+K, A] (the anchor axis is the longer one)."""
     if outputs.ndim != 3 or min(outputs.shape[1:]) < 5:
-        raise DataError(f"--fidelity boxes: the output has shape {list(outputs.shape)}, not a YOLO head "
-                        "[batch, 4+classes, anchors]; choose another --fidelity")
+        raise DataError(f"--fidelity boxes: the output has shape {list(outputs.shape)}, neither a YOLO head "
+                        "[batch, 4+classes, anchors] nor a probability map [batch, 1, H, W] in [0, 1]; choose "
+                        "another --fidelity")
     return outputs if outputs.shape[2] >= outputs.shape[1] else outputs.transpose(0, 2, 1)
 
 

@@ -15,6 +15,7 @@ from onnx import helper
 import onnx_dns
 from cli.main import main
 from onnx_dns.errors import OptionError
+from onnx_dns.fidelity import BoxesReproduced
 from onnx_dns.options import merge
 
 X = {"x": np.random.default_rng(2).standard_normal((2, 2, 8, 8)).astype(np.float32)}
@@ -56,6 +57,19 @@ def test_a_label_free_compress_of_a_sigmoid_map_is_scored_and_bounded_by_decisio
     assert result.to_dict()["summary"]["measure"] == "decisions"
 
 
+def test_fidelity_boxes_scores_a_sigmoid_map_by_the_regions_it_reproduces():
+    x, v = maps_data()
+    model = sigmoid_map()
+    result = onnx_dns.compress(model, {"x": x}, val={"x": v}, target="4x", iterations=30, batch_size=32,
+                               eval_every=30, max_accuracy_drop="none", fidelity="boxes")
+    before, after = result.accuracy_before, result.accuracy_after
+    assert before.measure == after.measure == "boxes" and before.score == 100.0
+    tally = BoxesReproduced()
+    tally.add(run(result.model, {"x": v})[0], run(model, {"x": v})[0])
+    assert tally.original > 64 and after.score == pytest.approx(tally.percent) and after.score < 100
+    assert after.describe() == f"detections reproduced {tally.percent:.2f}%"
+
+
 def test_the_command_line_names_the_measure_and_fails_the_bound_on_it(tmp_path):
     x, v = maps_data()
     onnx.save(sigmoid_map(), str(tmp_path / "map.onnx"))
@@ -70,6 +84,7 @@ def test_the_command_line_names_the_measure_and_fails_the_bound_on_it(tmp_path):
     assert report["summary"]["measure"] == "decisions" and report["accuracy_after"]["fidelity"] < 95
     assert "decision overlap at 0.5 100.00% -> decision overlap at 0.5" in result.stderr
     assert "decision overlap at 0.5 dropped" in result.stderr
+    assert "(--fidelity boxes judges a one-channel map by its regions); the model is in" in result.stderr
     relative = CliRunner().invoke(main, ["compress", str(tmp_path / "map.onnx"), "-o", str(tmp_path / "re.onnx"),
                                          "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
                                          "--target", "8x", "--iterations", "30", "--batch-size", "32",
@@ -97,6 +112,8 @@ def test_evaluate_scores_a_label_free_map_against_the_reference_by_decisions(tmp
     assert 0 < report["metrics"]["fidelity"] < 95
     plain = json.loads(CliRunner().invoke(main, [*args, "--fidelity", "relative-error"]).stdout)
     assert plain["metrics"]["measure"] == "relative-error" and plain["metrics"]["fidelity"] is None
+    gated = CliRunner().invoke(main, [*args, "--max-accuracy-drop", "1"])
+    assert gated.exit_code == 6 and "--max-accuracy-drop 1.0 (--fidelity boxes judges" in gated.output
 
 
 def test_dns_json_may_choose_the_measure_and_a_wrong_one_is_named():
