@@ -1,4 +1,4 @@
-"""The DNS step as one onnxruntime graph (onnx_dns.fused_step) against `Trainer.step` (issue 14, part 2).
+"""The DNS step as one onnxruntime graph (fused_graph.py) against `Trainer.step` (issue 14, part 2).
 
     nice python benchmarks/fused_step.py --threads 1 2 --repeats 7 --steps 40
 
