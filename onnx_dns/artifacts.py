@@ -27,6 +27,7 @@ from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
 from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrainable_nodes
 from onnx_dns.rewrites.constant_folding import fold_integer_constants
+from onnx_dns.rewrites.gelu_fusion import fuse_tanh_gelu
 from onnx_dns.rewrites.shape_hints import declare_propagated_shapes
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
@@ -113,6 +114,7 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
     rewritten = fold_integer_constants(rewritten).model  # sizes the rewrites need, hidden behind shape arithmetic
     rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten).model).model)
     rewritten = declare_propagated_shapes(rewritten).model  # broadcast gradients need shapes computed ones hide
+    rewritten = fuse_tanh_gelu(rewritten).model  # last: shape inference does not know FastGelu
     blocked = untrainable_nodes(rewritten, trainable)
     if blocked:
         label = blocked[0][0]

@@ -19,6 +19,9 @@ last three below 0.98 times the first; it diverges when the later half rises abo
 Each loss is read relative to the loss of its batch at the settled cut (measured once, at a rate of 0): batches
 whose losses differ tenfold, as a detector's with and without objects do, would otherwise make every rate look
 as if it diverged (on a YOLOv8n every rate did, and the fallback 3.3e-6 trained nothing).
+A rate whose losses all stay within UNMOVED (relative) of the losses at rate 0 ends the probe as flat: every
+smaller rate moves the weights less and would be flat too, and the choice is the same (magika-v3.3, whose
+distillation loss barely has a gradient, spent 88 steps of several seconds trying all eleven rates for it).
 The largest passing rate times SAFETY is chosen (if none falls, the largest whose loss stays flat; else the
 smallest candidate), among the rates below the smallest one whose loss rose or diverged. The gradient norm is
 then bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot throw the weights
@@ -41,6 +44,7 @@ SAFETY = 1 / 3
 CLIP = 5.0
 RISE = 1.5
 SPIKE = 10.0
+UNMOVED = 1e-4
 
 
 @dataclass
@@ -66,7 +70,7 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
             losses, norms = _run(trainer, batches, lr, SPIKE if windows else RISE, base)
             relative = [loss / b for loss, b in zip(losses, base)]
             tried.append({"lr": lr, "losses": losses, "verdict": _verdict(relative, windows), "norms": norms})
-            if tried[-1]["verdict"] == "falls":
+            if tried[-1]["verdict"] == "falls" or _unmoved(relative):
                 break
     finally:
         trainer.restore_state(saved)
@@ -99,6 +103,11 @@ def _run(trainer: Trainer, batches: list, lr: float, ceiling: float,
         if not np.isfinite(loss) or loss / base[i] > ceiling * losses[0] / base[0] + 1e-12:
             break
     return losses, norms
+
+
+def _unmoved(relative: list[float]) -> bool:
+    """Whether a rate's losses, each relative to its batch's at rate 0, all stayed where they were."""
+    return len(relative) == STEPS and all(abs(r - 1.0) <= UNMOVED for r in relative)
 
 
 def _verdict(losses: list[float], repeated: bool = False) -> str:

@@ -164,8 +164,13 @@ def guess_task(model: onnx.ModelProto, output: str, labels: np.ndarray | None, s
 
 def is_embedding(model: onnx.ModelProto, output: str) -> bool:
     """Whether `output` comes, through layout operators, from a pooling or a normalization (a sentence or image
-    embedding such as mean-pooled tokens or GlobalAveragePool + Flatten) rather than from a classifier layer."""
+    embedding such as mean-pooled tokens or GlobalAveragePool + Flatten) rather than from a classifier layer. A
+    softmax written out as Exp(z) / ReduceSum(Exp(z)) (jax2tf's, magika's) is a Div of class scores, not an
+    L2-normalized embedding: taken for one, it was distilled by MSE on saturated probabilities, whose gradient
+    vanishes (every learning rate left the loss flat)."""
     node = source(producers(model.graph), output, LAYOUT_OPS | {"Concat"})
+    if node is not None and node.op_type == "Div" and logits_name(model, node.output[0]) != node.output[0]:
+        return False
     return node is not None and node.op_type in EMBEDDING_OPS
 
 

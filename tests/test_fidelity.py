@@ -244,3 +244,23 @@ def test_a_pooled_embedding_is_not_taken_for_class_scores():
                          helper.make_node("MatMul", ["m", "w"], ["e"])],
                         [value("x", ["N", 5, 8])], [value("e", ["N", 32])], [tensor("w", w)], opset=17)
     assert guess_task(logits, "e", None, run(logits, tokens)[0]) == "classify"  # a classifier layer after pooling
+
+
+def test_a_written_out_softmax_is_taken_for_class_scores_and_an_l2_normalization_for_an_embedding():
+    from onnx_dns.objective import guess_task
+
+    w = np.random.default_rng(8).standard_normal((8, 32)).astype(np.float32)
+    x = {"x": np.random.default_rng(9).standard_normal((3, 8)).astype(np.float32)}
+    axes = tensor("axes", np.array([1], np.int64))
+    softmax = make_model([helper.make_node("MatMul", ["x", "w"], ["z"]),  # jax2tf's softmax (magika-v3.3)
+                          helper.make_node("ReduceMax", ["z"], ["m"], axes=[1], keepdims=1),
+                          helper.make_node("Sub", ["z", "m"], ["s"]), helper.make_node("Exp", ["s"], ["ex"]),
+                          helper.make_node("ReduceSum", ["ex", "axes"], ["t"], keepdims=1),
+                          helper.make_node("Div", ["ex", "t"], ["p"])],
+                         [value("x", ["N", 8])], [value("p", ["N", 32])], [tensor("w", w), axes], opset=17)
+    assert guess_task(softmax, "p", None, run(softmax, x)[0]) == "classify"
+    normalized = make_model([helper.make_node("MatMul", ["x", "w"], ["z"]),
+                             helper.make_node("ReduceL2", ["z"], ["n"], axes=[1], keepdims=1),
+                             helper.make_node("Div", ["z", "n"], ["p"])],
+                            [value("x", ["N", 8])], [value("p", ["N", 32])], [tensor("w", w)], opset=17)
+    assert guess_task(normalized, "p", None, run(normalized, x)[0]) == "regress"

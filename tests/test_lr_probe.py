@@ -247,3 +247,28 @@ def test_batches_whose_losses_differ_tenfold_are_compared_each_with_itself():
     assert _verdict([10.0 if i % 2 else 1.0 for i in range(8)]) == "diverges"
     assert found.tried[-1]["verdict"] == "falls" and 0.01 <= found.tried[-1]["lr"] <= 0.1
     assert found.lr == pytest.approx(found.tried[-1]["lr"] * SAFETY)
+
+
+class _Counted(_Quadratic):
+    """The quadratic with a tiny curvature on every batch: each rate moves the loss by about 2 * lr * scale."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale, self.steps = scale, 0
+
+    def step(self, iteration, inputs, labels, lr, surgery=True) -> float:
+        self.steps += 1
+        return super().step(iteration, {"scale": self.scale}, labels, lr, surgery)
+
+
+def test_a_rate_that_leaves_the_loss_where_it_was_ends_the_probe_with_the_choice_a_full_probe_makes():
+    still = _Counted(1e-9)  # loss moves by 2e-9 a step at rate 1: no smaller rate can fall
+    found = probe_learning_rate(still, NoData(), 8, 0)
+    assert [t["verdict"] for t in found.tried] == ["flat"] and found.lr == pytest.approx(CANDIDATES[0] * SAFETY)
+    assert still.steps == 3 * 8  # settling, the losses at rate 0, one rate (all eleven: 13 * 8)
+    # the loss at step i is (1 - 2 lr s)^(2i) of its start, about 1 - 28 lr s at the last: flat by the verdict but
+    # moved by more than 1e-4 at rates 1 to 0.1, so those are not the end; 0.0316 moves it by 8.9e-5 and ends it
+    moving = _Counted(1e-4)
+    found = probe_learning_rate(moving, NoData(), 8, 0)
+    assert [t["lr"] for t in found.tried] == list(CANDIDATES[:4]) and {t["verdict"] for t in found.tried} == {"flat"}
+    assert moving.steps == (2 + 4) * 8 and found.lr == pytest.approx(CANDIDATES[0] * SAFETY)

@@ -26,7 +26,7 @@ def declare_propagated_shapes(model: onnx.ModelProto) -> PassResult:
     propagated = inferred_values(model, data_prop=True)
     boundary = [*model.graph.input, *model.graph.output]
     symbols = {d.dim_param for v in boundary for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
-    found = [_declared_only(value, symbols) for name, value in propagated.items()
+    found = [declared_only(value, symbols) for name, value in propagated.items()
              if name not in {v.name for v in boundary}
              and _known_dims(value, symbols) > _known_dims(plain.get(name), symbols)]
     if not found:
@@ -52,7 +52,7 @@ def _known_dims(value: onnx.ValueInfoProto | None, symbols: set[str]) -> int:
     return sum(1 for d in value.type.tensor_type.shape.dim if _known(d, symbols))
 
 
-def _declared_only(value: onnx.ValueInfoProto, symbols: set[str]) -> onnx.ValueInfoProto:
+def declared_only(value: onnx.ValueInfoProto, symbols: set[str]) -> onnx.ValueInfoProto:
     """A copy of `value` whose fresh symbols are cleared: onnxruntime would take two of them as different sizes."""
     out = onnx.ValueInfoProto()
     out.CopyFrom(value)
