@@ -41,6 +41,8 @@ RECIPES = {
 }
 
 RECORDS = {
+    "lenet5": "--target 201x --sparsity conv1=0.5 --sparsity conv2=0.975 --sparsity fc2=0.95 --iterations 60000 "
+              "--surgery-stop 30000 --schedule cosine --no-distill --weight-decay 1e-3 --threads 1",
     "lenet300": "--target 70.2x --iterations 60000 --surgery-stop 30000 --schedule cosine --no-distill "
                 "--max-accuracy-drop 0.13 --eval-every 1000",
 }
