@@ -24,11 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnx_dns.graph import (DEFAULT_DOMAINS, all_names, consumers, inferred_values, initializers, producers, to_array,
-                            unique_name)
+from onnx_dns.graph import DEFAULT_DOMAINS, all_names, consumers, inferred_values, producers, to_array, unique_name
 from onnx_dns.passes import PassResult
 from onnx_dns.rewrites.emitter import Facts, model_facts
-from onnx_dns.rewrites.shape_hints import declared_only
+from onnx_dns.rewrites.shape_hints import boundary_symbols, declared_only
 
 MS_DOMAIN = "com.microsoft"
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -46,12 +45,6 @@ class _Graph:
         self.readers = {name: len(users) for name, users in read.items()}
         for output in graph.output:
             self.readers[output.name] = self.readers.get(output.name, 0) + 2  # a graph output is never inner
-        self.values = {name: to_array(t) for name, t in initializers(graph).items()}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    self.values[node.output[0]] = to_array(value)
         self.facts = facts
 
     def inner(self, name: str, op_type: str) -> onnx.NodeProto | None:
@@ -74,7 +67,8 @@ class _Graph:
         return [name]
 
     def is_constant(self, name: str, wanted: float, x: str | None) -> bool:
-        value = self.values.get(name)
+        tensor = self.facts.constants.get(name)
+        value = None if tensor is None else to_array(tensor)
         if value is None or value.size != 1:
             return False
         if x is not None:
@@ -139,8 +133,7 @@ def _declared_outputs(model: onnx.ModelProto, outputs: list[str]) -> list[onnx.V
     magika-v3.3: "GetShape(input_grad, input_grad_shape).IsOK() was false")."""
     graph = model.graph
     declared = {v.name for v in [*graph.value_info, *graph.input, *graph.output]}
-    boundary = [*graph.input, *graph.output]
-    symbols = {d.dim_param for v in boundary for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    symbols = boundary_symbols(model)
     inferred = inferred_values(model, data_prop=True)
     return [declared_only(inferred[name], symbols) for name in outputs if name in inferred and name not in declared]
 

@@ -25,7 +25,7 @@ def declare_propagated_shapes(model: onnx.ModelProto) -> PassResult:
     plain = inferred_values(model)
     propagated = inferred_values(model, data_prop=True)
     boundary = [*model.graph.input, *model.graph.output]
-    symbols = {d.dim_param for v in boundary for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    symbols = boundary_symbols(model)
     found = [declared_only(value, symbols) for name, value in propagated.items()
              if name not in {v.name for v in boundary}
              and _known_dims(value, symbols) > _known_dims(plain.get(name), symbols)]
@@ -50,6 +50,12 @@ def _known_dims(value: onnx.ValueInfoProto | None, symbols: set[str]) -> int:
     if value is None or not value.type.tensor_type.HasField("shape"):
         return -1
     return sum(1 for d in value.type.tensor_type.shape.dim if _known(d, symbols))
+
+
+def boundary_symbols(model: onnx.ModelProto) -> set[str]:
+    """The symbolic dimensions the graph's inputs and outputs declare (the only symbols worth keeping)."""
+    boundary = [*model.graph.input, *model.graph.output]
+    return {d.dim_param for v in boundary for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
 
 
 def declared_only(value: onnx.ValueInfoProto, symbols: set[str]) -> onnx.ValueInfoProto:
