@@ -255,6 +255,23 @@ def test_target_mode_prunes_gradually_along_the_schedule():
     assert densities[-1] == pytest.approx(0.1)
 
 
+def test_a_short_target_schedule_prunes_in_many_small_steps_not_one_cut():
+    rng = np.random.default_rng(5)
+    weights = {"l.w": rng.standard_normal(5000).astype(np.float32)}
+    masks = {"l.w": np.ones(5000, dtype=np.float32)}
+    stop = 28  # a 37-iteration run's schedule: one refresh every 20 iterations would be a single cut at 20
+    surgeon = Surgeon({"l": LayerPlan(["l.w"], stop, Target(0.1))}, gamma=0.0)
+    surgeon.initialize(weights)
+    densities = [1.0]
+    for iteration in range(stop):
+        surgeon.step(iteration, np.random.default_rng(iteration), weights, masks)
+        densities.append(float(masks["l.w"].mean()))
+    drops = -np.diff(densities)
+    assert densities[11] < 0.5  # pruning is under way long before iteration 20
+    assert drops.max() < 0.15  # the cubic's first step is the steepest: 0.9 * (1 - (27/28)^3) = 0.09
+    assert densities[-1] == pytest.approx(0.1)
+
+
 def test_target_mode_starts_from_the_pretrained_density():
     weights = {"l.w": np.array([0, 0, 0, 0, 1, 2, 3, 4, 5, 6], dtype=np.float32)}
     surgeon = Surgeon({"l": LayerPlan(["l.w"], 10, Target(0.9))})
@@ -300,8 +317,8 @@ def test_state_dict_roundtrip_reproduces_the_same_masks():
     resumed.load_state_dict(state)
     assert resumed.plans["p"].criterion.stats == first.plans["p"].criterion.stats != MagnitudeStats(0.0, 0.0)
     assert resumed.plans["t"].criterion.keep_0 == first.plans["t"].criterion.keep_0
-    # mid-period, target mode uses the threshold computed at the last refresh (iteration 21), not one from the
-    # weights of now: the resumed surgeon must know it
+    # mid-period, target mode uses the threshold computed at the last refresh (iteration 22: a 50-iteration schedule
+    # refreshes every 2), not one from the weights of now: the resumed surgeon must know it
     assert resumed.thresholds("t", 23, w) == first.thresholds("t", 23, w)
     assert resumed.thresholds("t", 23, w) != Surgeon(plans()).thresholds("t", 23, w)
     run(resumed, w, m, range(23, 60))

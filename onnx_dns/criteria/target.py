@@ -3,7 +3,9 @@
 The kept fraction follows a cubic schedule (Zhu and Gupta 2017) from keep_0 (the pretrained density) at
 iteration 0 to keep_f at the layer's stop iteration:
     keep(i) = keep_f + (keep_0 - keep_f) * (1 - i / stop)^3
-t_k is the magnitude that keeps that fraction, recomputed once per `refresh` iterations, with a = b = t_k: the
+t_k is the magnitude that keeps that fraction, recomputed once per `refresh` iterations (fewer when the schedule
+is short, so that it takes at least MIN_REFRESHES steps: a 28-iteration schedule refreshed every 20 would prune
+nothing for 20 iterations and then almost everything in one cut), with a = b = t_k: the
 layer keeps exactly the scheduled fraction, and a pruned weight that grows past t_k is spliced back. (A band
 a < b would leave pruned weights inside it masked while t_k counts them as kept, pruning more than scheduled.)
 At the last iteration before the stop the mask is set to exactly the keep_f largest magnitudes, so the target
@@ -20,6 +22,7 @@ import numpy as np
 from onnx_dns.criteria.base import Criterion
 
 REFRESH = 20
+MIN_REFRESHES = 20
 
 
 def allocate_keep(sizes: Mapping[str, int], target: float, fixed: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -84,8 +87,13 @@ class Target(Criterion):
         total = sum(a.size for a in arrays)
         self.keep_0 = sum(int(np.count_nonzero(a)) for a in arrays) / total if total else 1.0
 
+    def period(self, stop: int) -> int:
+        """Iterations between two refreshes of t_k: `refresh`, or fewer so that the schedule takes
+        MIN_REFRESHES steps."""
+        return max(1, min(self.refresh, stop // MIN_REFRESHES))
+
     def thresholds(self, iteration: int, stop: int, arrays: Sequence[np.ndarray]) -> tuple[float, float]:
-        bucket = iteration // self.refresh
+        bucket = iteration // self.period(stop)
         if self._cached is None or self._cached[0] != bucket:
             keep = cubic_keep(iteration, 0, stop, self.keep_0, min(self.keep, self.keep_0))
             self._cached = (bucket, magnitude_for_keep(arrays, keep))
