@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_dns.graph import attribute, inferred_values, producers, source
+from onnx_dns.graph import attribute, axes_are_input, inferred_values, producers, source
 
 BOX = 4
 ENTROPY_EPS = 1e-30  # t log t is computed as t log max(t, eps): 0 where t is 0
@@ -89,7 +89,7 @@ class DetectionTerms:
         return self.b.node("Slice", [x, starts, ends, axes], f"det_{name}")
 
     def max_over_classes(self, scores: str) -> str:
-        if self.opset >= 18:
+        if axes_are_input("ReduceMax", self.opset):
             return self.b.node("ReduceMax", [scores, self.ints("class_axis", [1])], "det_conf", keepdims=1)
         return self.b.node("ReduceMax", [scores], "det_conf", axes=[1], keepdims=1)
 

@@ -50,6 +50,15 @@ def default_opset(model: onnx.ModelProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), None)
 
 
+AXES_INPUT_SINCE = {"ReduceSum": 13, "Squeeze": 13, "Unsqueeze": 13, "Split": 13}  # other reductions: 18
+
+
+def axes_are_input(op_type: str, opset: int) -> bool:
+    """Whether `op_type` takes its axes (Split: its sizes) as an input at `opset` rather than as an attribute:
+    ReduceSum, Squeeze, Unsqueeze and Split from opset 13, the other reductions from 18."""
+    return opset >= AXES_INPUT_SINCE.get(op_type, 18)
+
+
 def attribute(node: onnx.NodeProto, name: str, default):
     """The value of a node's attribute, or `default` when the node does not set it."""
     for attr in node.attribute:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import all_names, attribute, default_opset, inferred_values, initializers, unique_name
+from onnx_dns.graph import all_names, attribute, axes_are_input, default_opset, inferred_values, initializers, unique_name
 from onnx_dns.passes import PassResult
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def _batch_statistics_nodes(node: onnx.NodeProto, rank: int, inits: dict, model:
         numpy_helper.from_array(np.array([-1] + [1] * (rank - 2), np.int64), shape),
     ])
 
-    axes_as_input = (default_opset(model) or 0) >= 18  # ReduceMean's axes became an input in opset 18
+    axes_as_input = axes_are_input("ReduceMean", default_opset(model) or 0)
 
     def reduce_mean(source: str, out: str) -> onnx.NodeProto:
         if axes_as_input:

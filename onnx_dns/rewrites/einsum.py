@@ -40,10 +40,7 @@ def _summed(e: Emitter, x: str, term: str, keep: set[str], what: str) -> tuple[s
     axes = [i for i, c in enumerate(term) if c not in keep]
     if not axes:
         return x, term
-    if e.opset >= 13:
-        x = e.op("ReduceSum", [x, e.ints(axes, what + "_axes")], what, keepdims=0)
-    else:
-        x = e.op("ReduceSum", [x], what, axes=axes, keepdims=0)
+    x = e.over_axes("ReduceSum", x, axes, what, keepdims=0)
     return x, "".join(c for c in term if c in keep)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_dns.graph import FLOAT_TYPES, attribute, inferred_values, unique_name
+from onnx_dns.graph import FLOAT_TYPES, attribute, axes_are_input, inferred_values, unique_name
 
 Shape = tuple  # of int (a known size) or None (symbolic or unknown)
 
@@ -143,10 +143,15 @@ class Emitter:
     def ints(self, values, what: str) -> str:
         return self.const(np.array(values, np.int64), what)
 
+    def over_axes(self, op_type: str, x: str, axes: list[int], what: str, output: str | None = None, **attrs) -> str:
+        """`op_type` (a reduction, Squeeze or Unsqueeze) over `axes` of `x`, the axes an input or an attribute
+        as the opset wants them."""
+        if axes_are_input(op_type, self.opset):
+            return self.op(op_type, [x, self.ints(axes, what + "_axes")], what, output, **attrs)
+        return self.op(op_type, [x], what, output, axes=list(axes), **attrs)
+
     def reduce_mean(self, x: str, axes: list[int], what: str) -> str:
-        if self.opset >= 18:
-            return self.op("ReduceMean", [x, self.ints(axes, what + "_axes")], what, keepdims=1)
-        return self.op("ReduceMean", [x], what, axes=axes, keepdims=1)
+        return self.over_axes("ReduceMean", x, axes, what, keepdims=1)
 
     def reshape(self, x: str, shape, what: str, output: str | None = None) -> str:
         if not isinstance(shape, str):

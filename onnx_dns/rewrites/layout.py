@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnx_dns.graph import attribute
+from onnx_dns.graph import attribute, axes_are_input
 from onnx_dns.rewrites.emitter import Emitter, Skip, text_attribute
 
 
@@ -49,7 +49,7 @@ def split(e: Emitter, node: onnx.NodeProto) -> None:
 
 
 def _split_sizes(e: Emitter, node: onnx.NodeProto, x: str, axis: int) -> list[int]:
-    if e.opset < 13:
+    if not axes_are_input("Split", e.opset):
         given = attribute(node, "split", None)
     else:
         constant = e.constant(node.input[1]) if len(node.input) > 1 else None

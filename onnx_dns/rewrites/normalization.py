@@ -95,10 +95,7 @@ def lp_norm(e: Emitter, node: onnx.NodeProto) -> None:
         raise Skip(f"its p = {p} is neither 1 nor 2")
     axis = int(attribute(node, "axis", -1))
     terms = e.op("Mul", [x, x], "square") if p == 2 else e.op("Abs", [x], "abs")
-    if e.opset >= 13:
-        total = e.op("ReduceSum", [terms, e.ints([axis], "axes")], "sum", keepdims=1)
-    else:
-        total = e.op("ReduceSum", [terms], "sum", axes=[axis], keepdims=1)
+    total = e.over_axes("ReduceSum", terms, [axis], "sum", keepdims=1)
     norm = e.op("Sqrt", [total], "norm") if p == 2 else total
     zero, one = e.const(np.array(0, dtype), "zero"), e.const(np.array(1, dtype), "one")
     safe = e.op("Where", [e.op("Equal", [norm, zero], "is_zero"), one, norm], "divisor")

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from onnx_dns.graph import attribute
+from onnx_dns.graph import attribute, axes_are_input
 from onnx_dns.rewrites.emitter import Emitter, Skip
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -261,7 +261,7 @@ def _split(e: Emitter, tensor: str, sizes: list[int], axis: int, what: str) -> l
     if len(sizes) == 1:
         return [tensor]
     names = [e.name(f"{what}_part{i}") for i in range(len(sizes))]
-    if e.opset >= 13:
+    if axes_are_input("Split", e.opset):
         inputs, attrs = [tensor, e.const(np.array(sizes, np.int64), what + "_sizes")], {}
     else:
         inputs, attrs = [tensor], {"split": sizes}
@@ -270,15 +270,11 @@ def _split(e: Emitter, tensor: str, sizes: list[int], axis: int, what: str) -> l
 
 
 def _squeeze(e: Emitter, tensor: str, axis: int, what: str) -> str:
-    if e.opset >= 13:
-        return e.op("Squeeze", [tensor, e.const(np.array([axis], np.int64), what + "_axes")], what)
-    return e.op("Squeeze", [tensor], what, axes=[axis])
+    return e.over_axes("Squeeze", tensor, [axis], what)
 
 
 def _unsqueeze(e: Emitter, tensor: str, axes: list[int], what: str) -> str:
-    if e.opset >= 13:
-        return e.op("Unsqueeze", [tensor, e.const(np.array(axes, np.int64), what + "_axes")], what)
-    return e.op("Unsqueeze", [tensor], what, axes=axes)
+    return e.over_axes("Unsqueeze", tensor, axes, what)
 
 
 def _concat(e: Emitter, parts: list[str], axis: int, what: str, output: str | None = None) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnx_dns.graph import attribute
+from onnx_dns.graph import attribute, axes_are_input
 from onnx_dns.rewrites.emitter import Emitter, Skip
 
 
@@ -81,7 +81,7 @@ def _reduce_node(e: Emitter, node: onnx.NodeProto, largest: int) -> None:
 
 def _axes(e: Emitter, node: onnx.NodeProto) -> list[int] | None:
     """The reduced axes ([] for all of them), or None when the node is the identity (noop_with_empty_axes)."""
-    if e.opset < 18:
+    if not axes_are_input(node.op_type, e.opset):
         axes = attribute(node, "axes", [])
     else:
         given = e.constant(node.input[1]) if len(node.input) > 1 else None
@@ -101,10 +101,7 @@ def _reduce_extreme(e: Emitter, x: str, axes: list[int], rank: int, keepdims: bo
         e.reshape(values, [0] * len(kept), "reshape", output=output)
         return
     squeezed = e.reshape(values, [0] * len(kept), "squeeze")
-    if e.opset >= 13:
-        e.op("Unsqueeze", [squeezed, e.ints(axes, "unsqueeze_axes")], "unsqueeze", output=output)
-    else:
-        e.op("Unsqueeze", [squeezed], "unsqueeze", output=output, axes=axes)
+    e.over_axes("Unsqueeze", squeezed, axes, "unsqueeze", output=output)
 
 
 def reduce_sum_square(e: Emitter, node: onnx.NodeProto) -> None:
@@ -114,12 +111,12 @@ def reduce_sum_square(e: Emitter, node: onnx.NodeProto) -> None:
     keep = {"keepdims": attribute(node, "keepdims", 1)}
     if e.opset >= 18:
         keep["noop_with_empty_axes"] = attribute(node, "noop_with_empty_axes", 0)
-    if e.opset < 13:
+    if not axes_are_input("ReduceSum", e.opset):
         axes = attribute(node, "axes", None)
         keep.update({} if axes is None else {"axes": axes})
         e.op("ReduceSum", [square], "sum", output=node.output[0], **keep)
         return
-    axes = _axes(e, node) if e.opset >= 18 else attribute(node, "axes", [])
+    axes = _axes(e, node)
     if axes is None:
         raise Skip("noop_with_empty_axes with no axes is not supported")
     inputs = [square] + ([e.ints(axes, "axes")] if axes else [])
