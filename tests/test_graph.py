@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, defs, helper, numpy_helper
 
-from onnx_dns.graph import copy_fields, tensor_like
+from onnx_dns.graph import axes_are_input, copy_fields, tensor_like
 
 
 def rich_model() -> onnx.ModelProto:
@@ -65,3 +65,12 @@ def test_inferred_values_match_shape_inference_on_the_whole_model():
     got = inferred_values(model)
     assert {name: got[name].type for name in expected} == expected
     assert got["unused"].type.tensor_type.shape.dim[0].dim_value == SKELETON_MIN_BYTES  # stood in as an input
+
+
+@pytest.mark.parametrize("op_type", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+                                     "ReduceSumSquare", "ReduceL2", "Squeeze", "Unsqueeze", "Split"])
+def test_axes_are_input_agrees_with_the_onnx_schemas(op_type):
+    for opset in range(11, 22):
+        schema = defs.get_schema(op_type, opset)
+        inputs = {i.name for i in schema.inputs}
+        assert axes_are_input(op_type, opset) == bool(inputs & {"axes", "split"}), (op_type, opset)
