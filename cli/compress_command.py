@@ -84,6 +84,11 @@ SURGERY_OPTIONS = [
         "structure", "What a mask entry removes: single weights, or whole channels (filters with their bias, "
         "BatchNorm entries and the next layers' inputs), which makes a smaller dense model that runs faster in "
         "any runtime.")),
+    click.option("--start", type=click.Choice(["dense", "calibrated"]), help=with_default(
+        "start", "What training starts from: the dense model, pruned gradually (the paper's way); or calibrated: "
+        "each layer pruned at once to its target, weights chosen by |w| times their input's RMS on 64 training "
+        "samples and each channel refit to the original's output, for models that magnitude pruning ruins "
+        "(see the README).")),
     click.option("--c", "c_values", multiple=True, metavar="NAME=VALUE",
                  help="Paper mode: threshold knob c of one layer (t = mean + c*std of |w|). Repeatable."),
     click.option("--default-c", type=float, help=with_default("default_c", "c of layers not named by --c.")),

@@ -117,6 +117,7 @@ class CompressOptions:
     fidelity: str = option("auto", FIDELITY_CHOICES)
     target: float | None = option(None)
     structure: str = option("weight", ("weight", "channel"))
+    start: str = option("dense", ("dense", "calibrated"))
     c: dict[str, float] = option({}, PerLayer(Range()))
     default_c: float = option(1.0, Range())
     sparsity: dict[str, float] = option({}, PerLayer(Range(low=0, high=1, high_open=True)))
@@ -141,6 +142,9 @@ class CompressOptions:
         check_values(self, CompressOptions, set())
         if self.dense and self.format not in ("auto", "dense"):
             raise OptionError(f"--dense contradicts --format {self.format}; give one of them")
+        if self.start == "calibrated" and (self.structure == "channel" or (self.target is None and not self.sparsity)):
+            raise OptionError("--start calibrated prunes single weights to a target before training: give --target "
+                              "(or --sparsity) and leave --structure at weight")
         if self.structure == "channel" and (self.format in ("sparse", "packed") or self.bits):
             raise OptionError("--structure channel writes a smaller dense model: drop --format "
                               f"{self.format}{' and --bits' if self.bits else ''}")

@@ -25,12 +25,14 @@ import onnx
 from onnx_dns.artifacts import TrainingArtifacts, build_artifacts
 from onnx_dns.batch_axes import feed_dims
 from onnx_dns.batch_memory import PROBE_BATCH, largest_batch, load_choice, measure_step, save_choice
+from onnx_dns.calibrated_start import SAMPLES as CALIBRATION
+from onnx_dns.calibrated_start import calibrated_start
 from onnx_dns.errors import Interrupted, OutputError
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
-from onnx_dns.objective import Objective, build_objective, with_teacher_outputs
+from onnx_dns.objective import Objective, build_objective, measure_model, with_teacher_outputs
 from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared, prepare, replan, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
@@ -70,6 +72,8 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     batch_size = training_batch_size(prepared, options.train.batch_size or DEFAULT_BATCH_SIZE)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
+    if options.start == "calibrated":
+        prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)
     built = None
     if bounded:
@@ -80,6 +84,20 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
                                      progress)
     masked, art, artifact_seconds = built or build_stage(prepared, objective, options, work, progress)
     return Ready(prepared, options, objective, masked, art, artifact_seconds)
+
+
+def calibrate_stage(prepared: Prepared, objective: Objective, options: CompressOptions,
+                    progress: Progress) -> Prepared:
+    """`--start calibrated`: each layer pruned at once to its target kept fraction on the first training samples
+    (`calibrated_start`); the original stays the teacher."""
+    keep = {name: plan.criterion.keep for name, plan in prepared.plans.items()}
+    batch = options.train.batch_size
+    batches = [objective.train.batch(i, batch, options.train.seed)[0] for i in range(-(-CALIBRATION // batch))]
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    progress({"event": "calibrating", "layers": len(prepared.layers), "samples": samples})
+    start = calibrated_start(prepared.model, prepared.layers, keep, batches, progress)
+    progress({"event": "calibrated", "corrected": start.corrected, "layers": start.layers, "seconds": start.seconds})
+    return replace(prepared, start=start.model)
 
 
 def bounded_batch(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path, resume: bool,
@@ -130,14 +148,17 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     if options.train.iterations is None:
         options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
     share_from = share_weights(trainer, prepared, options)
-    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from).run(resume=resume)
+    baseline = None if prepared.start is None else measure_model(
+        prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
+    trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from,
+                           baseline).run(resume=resume)
     return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress)
 
 
 def build_stage(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,
                 progress: Progress) -> tuple[onnx.ModelProto, TrainingArtifacts, float]:
     """The masked model and its training artifacts under `work`, and the seconds building them took."""
-    masked = insert_masks(prepared.model, prepared.pruned, prepared.mask_shapes).model
+    masked = insert_masks(prepared.start or prepared.model, prepared.pruned, prepared.mask_shapes).model
     progress({"event": "building", "layers": len(prepared.layers)})
     started = time.perf_counter()
     pinned = pinned_batch(prepared, objective)

@@ -48,6 +48,7 @@ class Prepared:
     feeding: set[str]
     specs: list[InputSpec]
     channels: ChannelGroups | None = None
+    start: onnx.ModelProto | None = None  # what training starts from when not `model` (`calibrated_start`)
 
     @property
     def fixed_batch(self) -> int | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx
 
+from onnx_dns.errors import OptionError
 from onnx_dns.evaluate import Metrics
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.latency import median_latency, sample_feed
@@ -97,6 +98,8 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
               progress: Progress | None = None) -> SweepResult:
     """Compress `original` at each of `targets` (ascending), building the training artifacts once."""
     progress = progress or (lambda event: None)
+    if options.start == "calibrated":
+        raise OptionError("sweep trains each target on from the one before; --start calibrated is for compress")
     targets = sorted(targets)
     max_drop = options.train.max_accuracy_drop
     first = replace(options, target=targets[0], train=replace(options.train, max_accuracy_drop=None))

@@ -57,8 +57,10 @@ class TrainingLoop:
     """Runs `trainer` from iteration 0 (or a checkpoint) to `config.iterations`."""
 
     def __init__(self, trainer: Trainer, train: Dataset | CallableData, val: Dataset | CallableData,
-                 work_dir: str | Path, progress: Progress | None = None, share_from: int | None = None) -> None:
-        """`share_from`: the iteration from which the trainer's weight sharing (if any) fine-tunes codebooks."""
+                 work_dir: str | Path, progress: Progress | None = None, share_from: int | None = None,
+                 baseline: Metrics | None = None) -> None:
+        """`share_from`: the iteration from which the trainer's weight sharing (if any) fine-tunes codebooks;
+        `baseline`: the original's metrics when training does not start from it (else measured at iteration 0)."""
         self.trainer = trainer
         self.config = trainer.config
         self.train_data = train
@@ -68,6 +70,7 @@ class TrainingLoop:
         self.selection = Selection(self.config.max_accuracy_drop)
         self.probe: ProbeResult | None = None
         self.share_from = share_from
+        self.baseline = baseline
 
     def run(self, resume: bool = False) -> TrainResult:
         started = time.perf_counter()
@@ -99,7 +102,7 @@ class TrainingLoop:
 
     def _start(self) -> TrainState:
         self.trainer.surgeon.initialize(self.trainer.params)
-        state = TrainState(0, self.trainer.evaluate(self.val_data, self.progress))
+        state = TrainState(0, self.baseline or self.trainer.evaluate(self.val_data, self.progress))
         warning = coarse_bound(state.baseline, self.config.max_accuracy_drop)
         if warning:
             log.warning(warning)
