@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.data import model_inputs
+from onnx_dns.errors import OptionError
 from onnx_dns.graph import attribute
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.prunable import Layer
@@ -112,8 +113,11 @@ class _Runner:
                 if name and name not in outputs and name not in initializers and name not in declared:
                     probe.graph.output.append(onnx.ValueInfoProto(name=name))
                     outputs.add(name)
-        self.session = runtime().InferenceSession(probe.SerializeToString(), session_options(arena=False),
-                                                  providers=["CPUExecutionProvider"])
+        try:
+            self.session = runtime().InferenceSession(probe.SerializeToString(), session_options(arena=False),
+                                                      providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise _failed(error) from None
         names = {i.name for i in self.session.get_inputs()}
         axes = {s.name: s.batch_axis for s in model_inputs(model)}
         self.feeds = [model_feed({k: v for k, v in b.items() if k in names}, axes) for b in batches]
@@ -121,10 +125,19 @@ class _Runner:
 
     def __call__(self, names: list[str], weights: dict[str, np.ndarray]) -> list[np.ndarray]:
         fetched = [n for n in names if n not in self.feeds[0]]
-        runs = [dict(zip(fetched, self.session.run(fetched, {**feed, **weights}))) if fetched else {}
-                for feed in self.feeds]
+        try:
+            runs = [dict(zip(fetched, self.session.run(fetched, {**feed, **weights}))) if fetched else {}
+                    for feed in self.feeds]
+        except Exception as error:  # noqa: BLE001
+            raise _failed(error) from None
         return [np.concatenate([feed[n] if n in feed else got[n] for feed, got in zip(self.feeds, runs)])
                 for n in names]
+
+
+def _failed(error: Exception) -> OptionError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return OptionError(f"--start calibrated could not run the model with its layers' tensors exposed ({first}); "
+                       "leave --start at dense")
 
 
 def _geometry(model: onnx.ModelProto, layer: Layer, weight: np.ndarray) -> _Geometry | None:

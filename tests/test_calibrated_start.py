@@ -154,3 +154,9 @@ def test_compress_starts_from_the_calibrated_model_and_bounds_against_the_origin
     first = next(e for e in events if e["event"] == "step")
     assert first["compression"] == pytest.approx(3.0, rel=0.05)  # pruned from the first iteration on
     assert result.accuracy_before.fidelity == 100.0
+
+
+def test_a_model_that_cannot_run_on_the_calibration_feed_is_a_clear_option_error(case):
+    model, layers, calibration, _ = case
+    with pytest.raises(OptionError, match="--start calibrated could not run .*leave --start at dense"):
+        calibrated_start(model, layers, {"conv1": 0.5}, [{"x": calibration[:4, :3]}])  # 3 channels, not 4
