@@ -40,7 +40,7 @@ def _corpus_rows(entries: list[dict]) -> list[list]:
 def _run_rows(runs: list[dict]) -> list[list]:
     def fmt(value, pattern):
         return None if value is None else pattern.format(value)
-    return [[r["model"], r["target"], r["status"], fmt(r.get("compression"), "{:.1f}x"),
+    return [[r["model"], r["target"], r.get("options", "defaults"), r["status"], fmt(r.get("compression"), "{:.1f}x"),
              fmt(r.get("fidelity"), "{:.3f}"), fmt(r.get("step_ms"), "{:.0f}"), fmt(r.get("setup_s"), "{:.0f}"),
              fmt(r.get("wall_s"), "{:.0f}"), fmt(r.get("peak_rss_mb"), "{:,}"), fmt(r.get("file_mb"), "{:.1f}"),
              r.get("error")] for r in runs]
@@ -63,7 +63,7 @@ def markdown(results: dict) -> str:
         table(["model", "package", "exporter", "producer", "opsets", "size", "params", "prunable layers",
                "operators without CPU gradient", "vs truth", "expected"], _corpus_rows(results["models"])),
         "\n## Runs\n",
-        table(["model", "target", "status", "compression", "fidelity", "ms/step", "setup s", "wall s",
+        table(["model", "target", "options", "status", "compression", "fidelity", "ms/step", "setup s", "wall s",
                "peak MB", "file MB", "error"], _run_rows(results["runs"])),
         "\n## Inputs and outputs\n",
         table(["model", "inputs", "outputs", "input generator", "fidelity on"],

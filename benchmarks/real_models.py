@@ -60,6 +60,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge", action="store_true",
                         help="keep the results of models not named by --models from the existing real_models.json")
     parser.add_argument("--check", action="store_true", help="exit 1 if a model expected to work fails")
+    parser.add_argument("--compress-options", default="",
+                        help="compress options beyond the defaults, e.g. '--start calibrated' (recorded in each row)")
     return parser.parse_args(argv)
 
 
@@ -142,8 +144,10 @@ def run_target(model: corpus.Model, model_path: Path, work: Path, target: str, a
     command = [*CLI, "compress", str(model_path), "--data", str(work / "train.npz"), "--target", target,
                "--iterations", str(args.iterations), "--batch-size", str(model.batch_size),
                "--eval-every", str(max(1, args.iterations // 4)),
-               "--eval-batch-size", str(args.eval_batch_size), "-o", str(output), "--report", str(report), "-v"]
-    row = {"model": model.name, "target": target, **_compress(command, args.timeout, args.max_memory_gb)}
+               "--eval-batch-size", str(args.eval_batch_size), "-o", str(output), "--report", str(report), "-v",
+               *shlex.split(args.compress_options)]
+    row = {"model": model.name, "target": target, "options": args.compress_options or "defaults",
+           **_compress(command, args.timeout, args.max_memory_gb)}
     below = output.with_name(f"{target}.below-bound.onnx")
     if row["exit_code"] == 0 and report.exists():
         row.update(_after(report, output, model, *evaluation, model_path))
