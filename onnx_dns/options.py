@@ -143,8 +143,8 @@ class CompressOptions:
         if self.dense and self.format not in ("auto", "dense"):
             raise OptionError(f"--dense contradicts --format {self.format}; give one of them")
         if self.start == "calibrated" and (self.structure == "channel" or (self.target is None and not self.sparsity)):
-            raise OptionError("--start calibrated prunes single weights to a target before training: give --target "
-                              "(or --sparsity) and leave --structure at weight")
+            raise OptionError("--start calibrated prunes single weights to a target before training: use it with "
+                              "compress --target (or --sparsity) and --structure weight; sweep does not take it")
         if self.structure == "channel" and (self.format in ("sparse", "packed") or self.bits):
             raise OptionError("--structure channel writes a smaller dense model: drop --format "
                               f"{self.format}{' and --bits' if self.bits else ''}")
