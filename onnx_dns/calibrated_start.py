@@ -121,7 +121,6 @@ class _Runner:
         names = {i.name for i in self.session.get_inputs()}
         axes = {s.name: s.batch_axis for s in model_inputs(model)}
         self.feeds = [model_feed({k: v for k, v in b.items() if k in names}, axes) for b in batches]
-        self.outputs = outputs
 
     def __call__(self, names: list[str], weights: dict[str, np.ndarray]) -> list[np.ndarray]:
         fetched = [n for n in names if n not in self.feeds[0]]
@@ -185,7 +184,6 @@ def _corrected(run: _Runner, layer: Layer, g: _Geometry, pruned: np.ndarray, ori
     """`pruned` with each output channel scaled (and, with a bias of the node's own, shifted) so that the
     layer's output over the calibration inputs, the layers before it pruned, fits the original's."""
     target = original.astype(np.float64)
-    bias = values[layer.bias.name].astype(np.float64) if g.has_bias else None
     feed = {**current, layer.weight.name: pruned.astype(values[layer.weight.name].dtype)}
     if g.has_bias:
         feed[layer.bias.name] = np.zeros_like(values[layer.bias.name])
@@ -193,7 +191,7 @@ def _corrected(run: _Runner, layer: Layer, g: _Geometry, pruned: np.ndarray, ori
     z = z.astype(np.float64)
     axis = g.out_axis % z.ndim
     y, z = np.moveaxis(target, axis, -1).reshape(-1, z.shape[axis]), np.moveaxis(z, axis, -1).reshape(-1, z.shape[axis])
-    if bias is not None:
+    if g.has_bias:
         dz, dy = z - z.mean(0), y - y.mean(0)
         var = (dz ** 2).mean(0)
         r = np.where(var > 0, (dz * dy).mean(0) / np.where(var > 0, var, 1), 1.0)
