@@ -62,11 +62,11 @@ class Progress:
         elif kind == "prepared":
             self._echo(f"{event['layers']} prunable layers; reading the data and running the original model on a "
                        "first batch ...")
-        elif kind == "calibrating" and "samples" in event:
+        elif kind == "calibrating":
             self._echo(f"calibrated start: pruning {event['layers']} layers one by one on {event['samples']} "
                        "training samples ...")
             self.last_line = time.perf_counter()
-        elif kind == "calibrating" and time.perf_counter() - self.last_line > 2:
+        elif kind == "calibrating-layer" and time.perf_counter() - self.last_line > 2:
             self._echo(f"  layer {event['index'] + 1}/{event['layers']}: {event['layer']} "
                        f"({_duration(time.perf_counter() - self.start)})")
             self.last_line = time.perf_counter()

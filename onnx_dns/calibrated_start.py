@@ -68,15 +68,18 @@ def calibrated_start(model: onnx.ModelProto, layers: list[Layer], keep: dict[str
     out = onnx.ModelProto()
     out.CopyFrom(model)
     values = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    run = _Runner(model, layers, batches)
+    geometries = {layer.name: _geometry(model, layer, values[layer.weight.name])
+                  for layer in layers if keep.get(layer.name, 1.0) < 1.0}
+    exposed = {name for g in geometries.values() if g is not None for name in (g.node.input[0], g.node.output[0])}
+    run = _Runner(model, layers, batches, exposed)
     current: dict[str, np.ndarray] = {}
     corrected = 0
     for index, layer in enumerate(layers):
-        if keep.get(layer.name, 1.0) >= 1.0:
+        if layer.name not in geometries:
             continue
-        progress({"event": "calibrating", "layer": layer.name, "index": index, "layers": len(layers)})
+        progress({"event": "calibrating-layer", "layer": layer.name, "index": index, "layers": len(layers)})
         weight = values[layer.weight.name]
-        geometry = _geometry(model, layer, weight)
+        geometry = geometries[layer.name]
         if geometry is None:
             current[layer.weight.name] = _keep_largest(weight, np.abs(weight), keep[layer.name])
             continue
@@ -94,10 +97,11 @@ def calibrated_start(model: onnx.ModelProto, layers: list[Layer], keep: dict[str
 
 
 class _Runner:
-    """One session of the model with every layer's tensors as overridable inputs and its nodes' inputs and
-    outputs as outputs: `run(names, weights)` are those tensors over all calibration batches with `weights` fed."""
+    """One session of the model with every layer's tensors as overridable inputs and the `exposed` tensors as
+    outputs: `run(names, weights)` are those tensors over all calibration batches with `weights` fed."""
 
-    def __init__(self, model: onnx.ModelProto, layers: list[Layer], batches: list[dict[str, np.ndarray]]):
+    def __init__(self, model: onnx.ModelProto, layers: list[Layer], batches: list[dict[str, np.ndarray]],
+                 exposed: set[str]):
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         initializers = {t.name: t for t in probe.graph.initializer}
@@ -108,11 +112,8 @@ class _Runner:
                     t = initializers[tensor.name]
                     probe.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         outputs = {o.name for o in probe.graph.output}
-        for node in probe.graph.node:
-            for name in (*node.input, *node.output):
-                if name and name not in outputs and name not in initializers and name not in declared:
-                    probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                    outputs.add(name)
+        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in sorted(exposed)
+                                  if name not in outputs and name not in initializers and name not in declared)
         try:
             self.session = runtime().InferenceSession(probe.SerializeToString(), session_options(arena=False),
                                                       providers=["CPUExecutionProvider"])

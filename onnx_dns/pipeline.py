@@ -5,9 +5,9 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events prepared, teacher, building, built, sized, lr-probe,
-lr-chosen, start, step, sharing, rollback, pass, bn-statistics, folding, measuring, writing, written), which is
-also how benchmarks time the stages.
+Each stage announces itself through `progress` (events prepared, calibrating, calibrating-layer, calibrated,
+teacher, building, built, sized, lr-probe, lr-chosen, start, step, sharing, rollback, pass, bn-statistics,
+folding, measuring, writing, written), which is also how benchmarks time the stages.
 """
 
 from __future__ import annotations
