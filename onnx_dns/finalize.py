@@ -17,6 +17,7 @@ import onnx
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.channel_fold import fold_channels, kept_channels
 from onnx_dns.channel_report import channel_record
+from onnx_dns.evaluate import Metrics
 from onnx_dns.fold import fold_masks, read_metadata, write_metadata
 from onnx_dns.insert_masks import mask_name
 from onnx_dns.objective import Objective, measure_model
@@ -40,8 +41,9 @@ class Timings:
 
 def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, trained: TrainResult,
              options: CompressOptions, timings: Timings, size_before: int,
-             progress: Callable[[dict], None]) -> CompressResult:
-    """Fold the chosen state into the model and measure it; the caller decides where it is written."""
+             progress: Callable[[dict], None], original: Metrics | None = None) -> CompressResult:
+    """Fold the chosen state into the model and measure it (and the original, unless its metrics are given);
+    the caller decides where it is written."""
     values = dict(trained.params) | {mask_name(w): m for w, m in trained.masks.items()}
     if options.update_bn_stats:
         values |= _new_statistics(prepared, masked, objective, values, progress, options.train.seed)
@@ -68,7 +70,8 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
     progress({"event": "measuring"})
     cfg = options.train
     batch = prepared.fixed_batch
-    before = measure_model(prepared.original, objective, cfg.eval_batch_size, batch, progress)
+    before = original if original is not None else measure_model(prepared.original, objective, cfg.eval_batch_size,
+                                                                 batch, progress)
     after = measure_model(folded, objective, cfg.eval_batch_size, batch, progress)
     steps = max(trained.iterations_run, 1)
     return CompressResult(

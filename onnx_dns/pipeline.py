@@ -72,7 +72,7 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     batch_size = training_batch_size(prepared, options.train.batch_size or DEFAULT_BATCH_SIZE)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
-    if options.start == "calibrated":
+    if options.start == "calibrated" and not resume:  # a resume restores the calibrated weights from its checkpoint
         prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)
     built = None
@@ -152,7 +152,8 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
         prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from,
                            baseline).run(resume=resume)
-    return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress)
+    original = trained.baseline if options.start == "calibrated" else None  # measured as finalize would
+    return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress, original)
 
 
 def build_stage(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,

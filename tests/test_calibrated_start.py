@@ -160,3 +160,49 @@ def test_a_model_that_cannot_run_on_the_calibration_feed_is_a_clear_option_error
     model, layers, calibration, _ = case
     with pytest.raises(OptionError, match="--start calibrated could not run .*leave --start at dense"):
         calibrated_start(model, layers, {"conv1": 0.5}, [{"x": calibration[:4, :3]}])  # 3 channels, not 4
+
+
+def test_a_resumed_calibrated_run_takes_its_start_from_the_checkpoint_and_ends_as_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from onnx_dns import finalize, pipeline
+    from onnx_dns.errors import Interrupted
+    from onnx_dns.options import TrainConfig
+    from onnx_dns.pipeline import compress_file
+
+    measured = []
+
+    def counted(model, *args, **kwargs):
+        measured.append(model)
+        return pipeline_measure(model, *args, **kwargs)
+
+    pipeline_measure = pipeline.measure_model
+    monkeypatch.setattr(pipeline, "measure_model", counted)
+    monkeypatch.setattr(finalize, "measure_model", counted)
+
+    onnx.save(conv_model(), str(tmp_path / "model.onnx"))
+    np.savez(tmp_path / "x.npz", x=inputs(160, 3))
+    options = CompressOptions(data=str(tmp_path / "x.npz"), target=3.0, start="calibrated",
+                              train=TrainConfig(iterations=12, batch_size=16, lr=1e-3, eval_every=4,
+                                                checkpoint_every=2, threads=1, max_accuracy_drop=None))
+    straight = compress_file(tmp_path / "model.onnx", tmp_path / "straight.onnx", options)
+    assert len(measured) == 2  # the original once (the training baseline is the summary's "before"), the result once
+
+    def interrupt(event):
+        if event["event"] == "step" and event["iteration"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        compress_file(tmp_path / "model.onnx", tmp_path / "split.onnx", options, progress=interrupt)
+    events = []
+    resumed = compress_file(tmp_path / "model.onnx", tmp_path / "split.onnx", options, progress=events.append,
+                            resume=True)
+    kinds = [e["event"] for e in events]
+    assert "calibrating" not in kinds
+    assert resumed.accuracy_before == straight.accuracy_before
+    assert resumed.accuracy_after == straight.accuracy_after
+    for name, value in weights(straight.model).items():
+        np.testing.assert_array_equal(weights(resumed.model)[name], value)
+    assert weights(straight.model)["b1"].tolist() != weights(conv_model())["b1"].tolist()  # the refit is kept
