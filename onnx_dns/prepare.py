@@ -27,7 +27,7 @@ from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initialize
 from onnx_dns.options import CompressOptions
 from onnx_dns.passes import sequence
 from onnx_dns.plans import plans_for
-from onnx_dns.prunable import Layer, find_layers
+from onnx_dns.prunable import RECURRENT_OPS, WEIGHT_OPS, Layer, find_layers
 from onnx_dns.repack import unpack_model
 from onnx_dns.surgery import LayerPlan
 
@@ -81,17 +81,27 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
     _check_layer_names(layers, options, left_alone)
     layers = [layer for layer in layers if layer.name not in left_alone] if options.prune else []
     if options.prune and not layers:
-        raise ModelError(f"{source}: no prunable weights (float initializers of Conv, ConvTranspose, Gemm or "
-                         "MatMul) were found" + (" matching --include/--exclude" if options.include or
-                                                 options.exclude else "")
-                         + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name"
-                            if left_alone else "")
-                         + ("; weights inside an If's branches are found only when the data fixes its condition "
-                            "(give the inputs it depends on one value for all the data)"
-                            if any(n.op_type == "If" for n in model.graph.node) else ""))
+        raise ModelError(_no_layers(model, source, options, left_alone))
     channels, plans = (plan_channels(model, layers, options, source, frozen)
                        if options.structure == "channel" and layers else (None, plans_for(layers, options)))
     return Prepared(source, original, model, output, layers, plans, frozen, feeding, model_inputs(model), channels)
+
+
+QUANTIZED_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
+                 "DequantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+def _no_layers(model: onnx.ModelProto, source: str, options: CompressOptions, left_alone: dict[str, str]) -> str:
+    """Why no layer can be pruned, and what to do."""
+    ops = {n.op_type for n in model.graph.node}
+    quantized = sorted(ops & set(QUANTIZED_OPS))
+    return (f"{source}: no prunable weights (float initializers of {', '.join(WEIGHT_OPS + RECURRENT_OPS)}) "
+            "were found" + (" matching --include/--exclude" if options.include or options.exclude else "")
+            + (f"; {len(left_alone)} layers were left alone by --freeze-before or --output-name" if left_alone else "")
+            + (f"; the model is quantized ({', '.join(quantized)}): compress the float model it was made from, "
+               "then quantize the result" if quantized else "")
+            + ("; weights inside an If's branches are found only when the data fixes its condition "
+               "(give the inputs it depends on one value for all the data)" if "If" in ops else ""))
 
 
 def replan(prepared: Prepared, options: CompressOptions) -> Prepared:

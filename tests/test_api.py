@@ -94,6 +94,21 @@ def test_typed_errors_for_bad_models_and_data():
         onnx_dns.inspect(empty)
 
 
+def test_a_quantized_model_is_refused_with_what_to_do_instead():
+    from onnx import TensorProto, helper
+
+    weight = numpy_helper.from_array(np.ones((6, 3), np.int8), "w_q")
+    zero = numpy_helper.from_array(np.zeros((), np.int8), "w_zero")
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["x_q", "x_scale", "x_zero"]),
+             helper.make_node("MatMulInteger", ["x_q", "w_q", "x_zero", "w_zero"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(ModelError, match=r"quantized \(MatMulInteger\): compress the float model"):
+        onnx_dns.compress(model, {"x": np.zeros((8, 6), np.float32)})
+
+
 def test_inspect_and_evaluate_in_memory(tmp_path):
     model, x, y = trained_mlp(tmp_path)
     report = onnx_dns.inspect(model)
