@@ -29,6 +29,7 @@ from onnx_dns.rewrites import rewrite_for_training, untrainable_message, untrain
 from onnx_dns.rewrites.constant_folding import fold_integer_constants
 from onnx_dns.rewrites.gelu_fusion import fuse_tanh_gelu
 from onnx_dns.rewrites.shape_hints import declare_propagated_shapes
+from onnx_dns.rewrites.shape_values import resolve_computed_shapes
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
 BASE_MODEL = "base_model.onnx"  # the model with its loss, written only when it is too large to pass in memory
@@ -111,7 +112,8 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
     rewritten = enable_dropout(masked_model).model
     if not update_bn_stats:
         rewritten = freeze_batchnorm(rewritten).model
-    rewritten = fold_integer_constants(rewritten).model  # sizes the rewrites need, hidden behind shape arithmetic
+    # sizes the rewrites need (an LSTM's sequence length), hidden behind shape arithmetic
+    rewritten = fold_integer_constants(resolve_computed_shapes(rewritten).model).model
     rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten).model).model)
     rewritten = declare_propagated_shapes(rewritten).model  # broadcast gradients need shapes computed ones hide
     rewritten = fuse_tanh_gelu(rewritten).model  # last: shape inference does not know FastGelu
