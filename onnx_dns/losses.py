@@ -194,6 +194,11 @@ def attach_loss(model: onnx.ModelProto, spec: LossSpec) -> onnx.ModelProto:
             raise ValueError(f"attach_loss: {spec.output!r} is neither an output nor a float tensor of the model")
         out.graph.output.add().CopyFrom(value)
         value = out.graph.output[-1]
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) != spec.rank:  # declared wrong by the exporter (a torch export's [1, seqlen] for [T, 1, C]): the
+        del dims[:]             # data's rank counts, with sizes left open
+        for i in range(spec.rank):
+            dims.add().dim_param = f"{spec.output}_dim{i}"
     builder = _LossBuilder(out.graph, value.type.tensor_type.elem_type, default_opset(model) or 13)
     if spec.task == "classify":
         terms = builder.classify(spec, logits_name(model, spec.output))

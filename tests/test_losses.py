@@ -202,6 +202,18 @@ def test_regression_loss_is_mean_squared_error():
     assert float(loss) == pytest.approx(np.mean((LOGITS - target) ** 2), rel=1e-5)
 
 
+def test_a_regression_target_takes_the_datas_rank_where_the_declared_output_shape_is_wrong():
+    target = RNG.standard_normal((9, 4))
+    model = linear(W, B)
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    for size in (1, "seqlen", 7):  # a torch export's declared shape, of another rank than what it returns
+        dims.add().CopyFrom(onnx.helper.make_tensor_value_info("d", 1, [size]).type.tensor_type.shape.dim[0])
+    out = attach_loss(model, LossSpec("regress", "y", 1.0, 0.0, rank=2))
+    loss = run(out, x=X, **{HARD_TARGET: target})[0]
+    assert float(loss) == pytest.approx(np.mean((LOGITS - target) ** 2), rel=1e-5)
+
+
 def test_regression_with_labels_and_teacher_mixes_both():
     labels, teacher = RNG.standard_normal((9, 4)), RNG.standard_normal((9, 4))
     out = attach_loss(linear(W, B), LossSpec("regress", "y", 0.25, 0.75))
