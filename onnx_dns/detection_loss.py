@@ -122,8 +122,10 @@ class DetectionTerms:
         b = self.b
         if head.logits is not None:
             return self.anchors_last(head.logits, head, "z")
-        p = b.node("Clip", [self.channels(y, BOX, BOX + head.classes, "scores_y"), b.const("det_low", SCORE_CLIP),
-                            b.const("det_high", 1 - SCORE_CLIP)], "det_p")
+        # Max and Min, not Clip: ClipGrad is built with LessOrEqual, which an opset-11 graph lacks (YOLOX)
+        low = b.node("Max", [self.channels(y, BOX, BOX + head.classes, "scores_y"), b.const("det_low", SCORE_CLIP)],
+                     "det_p_low")
+        p = b.node("Min", [low, b.const("det_high", 1 - SCORE_CLIP)], "det_p")
         q = b.node("Sub", [b.const("det_unit", 1.0), p], "det_q")
         return b.node("Sub", [b.node("Log", [p], "det_log_p"), b.node("Log", [q], "det_log_q")], "det_z")
 

@@ -23,7 +23,7 @@ W_CLS = RNG.standard_normal((K, F)).astype(np.float32)
 X = RNG.standard_normal((2, F, A)).astype(np.float32)
 
 
-def head_model(anchors_last: bool = True, anchors: int = A) -> onnx.ModelProto:
+def head_model(anchors_last: bool = True, anchors: int = A, opset: int | None = None) -> onnx.ModelProto:
     """x[N, F, A] -> boxes 20 * (W_box x) + 40 in pixels, scores Sigmoid(W_cls x - 2) -> Concat [N, 4+K, A]
     (transposed to [N, A, 4+K] unless `anchors_last`: its logits are then not seen)."""
     nodes = [helper.make_node("MatMul", ["wb", "x"], ["bm"]), helper.make_node("Mul", ["bm", "twenty"], ["bs"]),
@@ -35,7 +35,7 @@ def head_model(anchors_last: bool = True, anchors: int = A) -> onnx.ModelProto:
     inits = [tensor("wb", W_BOX), tensor("wc", W_CLS), tensor("twenty", np.float32(20)),
              tensor("forty", np.float32(40)), tensor("two", np.float32(2))]
     out = value("y", ["N", 4 + K, anchors]) if anchors_last else value("yt", ["N", anchors, 4 + K])
-    return make_model(nodes, [value("x", ["N", F, anchors])], [out], inits)
+    return make_model(nodes, [value("x", ["N", F, anchors])], [out], inits, **({"opset": opset} if opset else {}))
 
 
 def forward(x: np.ndarray, wb: np.ndarray, wc: np.ndarray) -> np.ndarray:
@@ -80,14 +80,29 @@ def test_the_class_scores_are_read_on_the_sigmoids_input_and_a_transposed_head_o
     assert class_logits(head_model(anchors_last=False), "yt", False, K) is None
 
 
+def decoded(anchors: int, size: int, raw: bool = False) -> np.ndarray:
+    """Outputs [2, 4+K, anchors] of a head over a `size` image: box centres spread over the image and sizes in
+    pixels, or (`raw`) YOLOX's undecoded offsets within a cell and log sizes."""
+    rng = np.random.default_rng(3)
+    out = rng.uniform(0, 1, (2, 4 + K, anchors)).astype(np.float32)
+    if raw:
+        out[:, 2:4] = np.log(rng.uniform(0.2, 3, (2, 2, anchors)))
+    else:
+        out[:, :2] *= size
+        out[:, 2:4] *= size / 4
+    return out
+
+
 def test_a_head_with_one_anchor_per_cell_of_the_stride_8_16_32_grids_is_distilled_as_detections():
     anchors = 64 + 16 + 4  # a 64 x 64 image
-    found = detection_head(head_model(anchors=anchors), "y", (2, 4 + K, anchors), (64, 64))
+    found = detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64), (64, 64))
     assert found == DetectionHead(True, K, 64 / 32, "logits")
-    flipped = detection_head(head_model(False, anchors), "yt", (2, anchors, 4 + K), (64, 64))
+    flipped = detection_head(head_model(False, anchors), "yt", decoded(anchors, 64).transpose(0, 2, 1), (64, 64))
     assert flipped == DetectionHead(False, K, 64 / 32, None)
-    assert detection_head(head_model(anchors=anchors), "y", (2, 4 + K, anchors), (72, 64)) is None
-    assert detection_head(head_model(), "y", (2, 4 + K, A), (64, 64)) is None
+    assert detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64), (72, 64)) is None
+    assert detection_head(head_model(), "y", decoded(A, 64), (64, 64)) is None
+    # a raw head (YOLOX without its decoding) holds no boxes in pixels: distilled as plain outputs, not boxes
+    assert detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64, raw=True), (64, 64)) is None
 
 
 @pytest.mark.parametrize("anchors_last", [True, False])
@@ -131,9 +146,12 @@ def test_box_errors_count_in_proportion_to_the_teachers_confidence():
     assert shifted(2) == pytest.approx(0.9 * (5.0 / 50.0) ** 2 / max(t[0, 4:].max(axis=0).sum(), 1.0), rel=1e-4)
 
 
-def test_its_gradient_matches_finite_differences(tmp_path):
-    model = head_model()
-    attached = attach_loss(model, spec(model))
+@pytest.mark.parametrize("anchors_last, opset", [(True, None), (False, 11)])
+def test_its_gradient_matches_finite_differences(tmp_path, anchors_last, opset):
+    # a transposed head is distilled on its probabilities, whose bounds must not need ClipGrad (opset 11 lacks
+    # the LessOrEqual it is built with: YOLOX exports)
+    model = head_model(anchors_last, opset=opset)
+    attached = attach_loss(model, spec(model, anchors_last))
     del attached.graph.output[1:]
     with captured_stderr():
         artifacts.generate_artifacts(attached, requires_grad=["wb", "wc"], frozen_params=[], loss=None,
@@ -141,7 +159,7 @@ def test_its_gradient_matches_finite_differences(tmp_path):
         state = api.CheckpointState.load_checkpoint(str(tmp_path / "checkpoint"))
         module = api.Module(str(tmp_path / "training_model.onnx"), state, str(tmp_path / "eval_model.onnx"))
         module.train()
-        module(X, teacher())
+        module(X, teacher() if anchors_last else teacher().transpose(0, 2, 1))
     t = teacher().astype(np.float64)
     weights = {"wb": W_BOX.astype(np.float64), "wc": W_CLS.astype(np.float64)}
     for name in weights:
@@ -154,7 +172,8 @@ def test_its_gradient_matches_finite_differences(tmp_path):
 
 def yolo_detector(size: int = 64) -> onnx.ModelProto:
     """x[N, 3, size, size] -> one strided Conv per stride 8, 16, 32 to 4+K channels -> anchors concatenated ->
-    boxes and Sigmoid class scores concatenated: [N, 4+K, anchors], as ultralytics exports its heads."""
+    boxes (offsets from each cell's centre and size, in pixels) and Sigmoid class scores concatenated:
+    [N, 4+K, anchors], as ultralytics exports its heads."""
     rng = np.random.default_rng(4)
     nodes, parts = [], []
     inits = [tensor("shape", np.array([0, 4 + K, -1], np.int64)), tensor("sizes", np.array([4, K], np.int64))]
@@ -163,8 +182,12 @@ def yolo_detector(size: int = 64) -> onnx.ModelProto:
         nodes += [helper.make_node("Conv", ["x", f"w{s}"], [f"c{s}"], strides=[s, s]),
                   helper.make_node("Reshape", [f"c{s}", "shape"], [f"r{s}"])]
         parts.append(f"r{s}")
+    centres = [((j + 0.5) * s, (i + 0.5) * s, s, s) for s in (8, 16, 32)
+               for i in range(size // s) for j in range(size // s)]
+    inits.append(tensor("grid", np.array(centres, np.float32).T[None]))
     nodes += [helper.make_node("Concat", parts, ["raw"], axis=2),
-              helper.make_node("Split", ["raw", "sizes"], ["box", "logits"], axis=1),
+              helper.make_node("Split", ["raw", "sizes"], ["offsets", "logits"], axis=1),
+              helper.make_node("Add", ["offsets", "grid"], ["box"]),
               helper.make_node("Sigmoid", ["logits"], ["scores"]),
               helper.make_node("Concat", ["box", "scores"], ["y"], axis=1)]
     return make_model(nodes, [value("x", ["N", 3, size, size])], [value("y", ["N", 4 + K, "A"])], inits)
