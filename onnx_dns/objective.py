@@ -89,7 +89,7 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     if axis != 0:  # the channel scale is laid out for a batch-first output
         spec = replace(spec, channel_scale=None)
     elif spec.channel_scale is not None:
-        head = detection_head(prepared.model, prepared.output, sample.shape, image_size(first_inputs))
+        head = detection_head(prepared.model, prepared.output, sample, image_size(first_inputs))
         spec = spec if head is None else replace(spec, channel_scale=None, detection=head)
     fidelity = choose_fidelity(options.fidelity, prepared.model, prepared.output, task, first_labels, sample,
                                first_inputs)
@@ -190,7 +190,7 @@ def choose_fidelity(option: str, model: onnx.ModelProto, output: str, task: str,
         return option
     if labels is not None:
         return "relative-error"
-    if is_yolo_head(sample.shape, image_size(inputs)):
+    if is_yolo_head(sample, image_size(inputs)):
         return "boxes"
     if ends_in_sigmoid(model, output, sample):
         return "decisions"
@@ -204,21 +204,30 @@ def image_size(inputs: dict[str, np.ndarray]) -> tuple[int, int] | None:
     return next((tuple(v.shape[2:]) for v in inputs.values() if v.ndim == 4 and v.dtype.kind == "f"), None)
 
 
-def is_yolo_head(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool:
-    """Whether an output [B, 4+K, A] or [B, A, 4+K] has exactly one anchor per cell of the stride 8, 16 and 32
-    grids over an image of `size`."""
+def is_yolo_head(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
+    """Whether outputs [B, 4+K, A] or [B, A, 4+K] have exactly one anchor per cell of the stride 8, 16 and 32
+    grids over an image of `size`, and boxes in pixels: centres across the image and sizes of no less than 0. A
+    raw head (YOLOX exported without its decoding: offsets within a cell and log sizes) holds no boxes to score."""
+    shape = sample.shape
     if size is None or len(shape) != 3:
         return False
     anchors = sum(math.ceil(size[0] / s) * math.ceil(size[1] / s) for s in YOLO_STRIDES)
-    return (shape[2] == anchors and shape[1] >= 5) or (shape[1] == anchors and shape[2] >= 5)
+    if shape[2] == anchors and shape[1] >= 5:
+        boxes = sample[:, :4, :]
+    elif shape[1] == anchors and shape[2] >= 5:
+        boxes = np.moveaxis(sample[:, :, :4], 2, 1)
+    else:
+        return False
+    return bool(boxes[:, 0].max() > size[1] / 2 and boxes[:, 1].max() > size[0] / 2 and (boxes[:, 2:] >= 0).all())
 
 
-def detection_head(model: onnx.ModelProto, output: str, shape: tuple[int, ...],
+def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
                    size: tuple[int, int] | None) -> DetectionHead | None:
-    """How to distil `output` as a YOLO head (`is_yolo_head`), with the logits of its class scores when a Sigmoid
-    makes them; None when it is not one."""
-    if not is_yolo_head(shape, size):
+    """How to distil `output` (the original's `sample` of it, batch first) as a YOLO head (`is_yolo_head`), with
+    the logits of its class scores when a Sigmoid makes them; None when it is not one."""
+    if not is_yolo_head(sample, size):
         return None
+    shape = sample.shape
     anchors_last = shape[2] >= shape[1]
     classes = (shape[1] if anchors_last else shape[2]) - 4
     return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size),

@@ -184,28 +184,36 @@ def test_auto_does_not_take_the_rows_of_a_convolution_for_feature_vectors():
     assert auto(conv_model("Relu", width=32), wide) == "relative-error"
 
 
-def yolo_model(size: int, strides: tuple[int, ...] = (8, 16, 32), transpose: bool = False) -> onnx.ModelProto:
-    """x[N, 3, size, size] -> one strided Conv per stride to 4+2 channels -> flattened -> Concat over anchors."""
+def yolo_model(size: int, strides: tuple[int, ...] = (8, 16, 32), transpose: bool = False,
+               decode: bool = True) -> onnx.ModelProto:
+    """x[N, 3, size, size] -> one strided Conv per stride to 4+2 channels -> flattened -> Concat over anchors ->
+    (`decode`) plus each cell's centre and stride on the box channels, so boxes are in pixels."""
     rng = np.random.default_rng(4)
     nodes, inits, parts = [], [tensor("shape", np.array([0, 6, -1], np.int64))], []
     for s in strides:
-        inits.append(tensor(f"w{s}", rng.standard_normal((6, 3, s, s)).astype(np.float32)))
+        inits.append(tensor(f"w{s}", (0.05 * rng.standard_normal((6, 3, s, s))).astype(np.float32)))
         nodes += [helper.make_node("Conv", ["x", f"w{s}"], [f"c{s}"], strides=[s, s]),
                   helper.make_node("Reshape", [f"c{s}", "shape"], [f"r{s}"])]
         parts.append(f"r{s}")
-    nodes.append(helper.make_node("Concat", parts, ["y"], axis=2))
+    nodes.append(helper.make_node("Concat", parts, ["raw" if decode else "y"], axis=2))
+    if decode:
+        cells = [((j + 0.5) * s, (i + 0.5) * s, s, s, 0, 0) for s in strides
+                 for i in range(size // s) for j in range(size // s)]
+        inits.append(tensor("grid", np.array(cells, np.float32).T[None]))
+        nodes.append(helper.make_node("Add", ["raw", "grid"], ["y"]))
     if transpose:
         nodes.append(helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1]))
     return make_model(nodes, [value("x", ["N", 3, size, size])], [value("yt" if transpose else "y", None)], inits,
                       check=False)
 
 
-def test_auto_recognises_a_yolo_head_by_its_anchor_count():
+def test_auto_recognises_a_yolo_head_by_its_anchor_count_and_its_boxes_in_pixels():
     image = {"x": np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     assert run(yolo_model(64), image)[0].shape == (1, 6, 64 + 16 + 4)
     assert auto(yolo_model(64), image) == "boxes"
     assert auto(yolo_model(64, transpose=True), image) == "boxes"
     assert auto(yolo_model(64, strides=(8, 16)), image) != "boxes"  # 80 anchors, not 84
+    assert auto(yolo_model(64, decode=False), image) != "boxes"  # offsets within cells: YOLOX's raw head
 
 
 def test_auto_scores_an_embedding_by_cosine():
