@@ -112,3 +112,12 @@ def test_a_torch1_crnn_compresses_with_its_lstm(tmp_path, batch):
     out = onnx.load(str(tmp_path / "out.onnx"))
     names = {n.name for n in model.graph.node}  # the packed format adds its unpacking nodes beside them
     assert [n.op_type for n in out.graph.node if n.name in names] == [n.op_type for n in model.graph.node]
+
+
+def test_a_shape_that_is_a_graph_output_stays_computed():
+    model = pinned(torch1_crnn(batch=2))
+    model.graph.output.append(helper.make_tensor_value_info("seq_shape", TensorProto.INT64, [3]))
+    resolved = resolve_computed_shapes(model).model
+    assert "seq_shape" in {n.output[0] for n in resolved.graph.node}
+    assert "seq_shape" not in {t.name for t in resolved.graph.initializer}
+    assert "features" in {t.name for t in resolved.graph.initializer}  # what is not an output is still folded

@@ -30,9 +30,10 @@ def resolve_computed_shapes(model: onnx.ModelProto) -> PassResult:
         return PassResult(model, False)
     inferred = inferred_values(model, output_shapes=False)
     values = shape_values(model, inferred)
-    folded = {name: v for name, v in values.items() if (v != UNKNOWN).all()}
+    outputs = {v.name for v in model.graph.output}  # stay computed: a graph output is no initializer
+    folded = {name: v for name, v in values.items() if (v != UNKNOWN).all() and name not in outputs}
     declared = [info for node in model.graph.node if node.op_type == "Reshape" and node.domain in DEFAULT_DOMAINS
-                and (info := _reshaped(node, values, inferred)) is not None]
+                and node.output[0] not in outputs and (info := _reshaped(node, values, inferred)) is not None]
     if not folded and not declared:
         return PassResult(model, False)
     out = onnx.ModelProto()
