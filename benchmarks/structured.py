@@ -192,7 +192,7 @@ def run_real(args: argparse.Namespace, done: Callable[[list[dict]], None]) -> li
         rows.append(row(spec.name, target, model, result, time.perf_counter() - start, args.repeats, sample))
         rows[-1].update(MEASURES[spec.fidelity](reference, outputs(result.model), path))
         rows[-1].update(fidelity_measure=spec.fidelity, iterations=args.iterations, surgery_stop=args.surgery_stop,
-                        distilled=args.output_name or spec.output)
+                        distilled=args.output_name or spec.output, train_samples=args.train)
         print(json.dumps(rows[-1]), flush=True)
         done(rows)
     return rows
@@ -215,7 +215,7 @@ def markdown(rows: list[dict], command: str) -> str:
         score = f"{r['score_before']} -> {r['score_after']}" + (
             f"; boxes of the original reproduced {r['fidelity']:.1%} ({r['boxes_reproduced']}/{r['boxes_original']}, "
             f"{r['boxes_compressed']} found; distilled on {r.get('distilled', 'output0')}, {r.get('iterations')} "
-            f"iterations)" if "boxes_original" in r else "")
+            f"iterations on {r.get('train_samples', 256)} inputs)" if "boxes_original" in r else "")
         lines.append(f"| {r['model']} | {r['target']} | {r['compression']}x | {r['macs'][0]:,} -> {r['macs'][1]:,} "
                      f"| {score} | {r['drop_points']} | {a1} -> {b1} "
                      f"| {a32} -> {b32} (batch {batch}) | {a32 / b32:.2f}x (min {m32 / n32:.2f}x) |")
@@ -232,6 +232,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-name", default="", help="--real: the tensor to distil (default: the corpus output)")
     parser.add_argument("--surgery-stop", type=int, default=None, help="--real: the iteration masks stop changing")
+    parser.add_argument("--train-samples", type=int, default=256, help="--real: inputs to train on")
     args = parser.parse_args()
     args.width, args.train, args.val = (8, 800, 400) if args.quick else (16, 2000, 1000)
     args.pretrain, default_iterations, args.repeats = (150, 150, 10) if args.quick else (400, 400, 100)
@@ -239,7 +240,7 @@ def main() -> None:
     command = "python " + " ".join(["benchmarks/structured.py", *sys.argv[1:]])
     print(command, flush=True)
     if args.real:
-        args.train, args.val, args.repeats = 256, 128, 10
+        args.train, args.val, args.repeats = args.train_samples, 128, 10
         previous = json.loads((RESULTS / "structured.json").read_text())
         kept = [r for r in previous["rows"] if r["model"] != args.real or r["target"] not in args.targets
                 or r.get("distilled", "output0") != (args.output_name or "output0")]
