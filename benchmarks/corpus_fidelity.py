@@ -21,20 +21,31 @@ def charset(model_path: Path) -> list[str]:
     return ["", *chars, " "]
 
 
-def ctc_decode(probs: np.ndarray, chars: list[str]) -> list[str]:
-    """Greedy CTC: best class per step, repeats merged, blanks dropped."""
-    best = probs.argmax(-1)
-    texts = []
-    for row in best:
+def ctc_classes(probs: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC of [N, T, C] scores: best class per step, repeats merged, blanks (class 0) dropped."""
+    sequences = []
+    for row in probs.argmax(-1):
         keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)
-        texts.append("".join(chars[i] for i in row[keep]))
-    return texts
+        sequences.append(tuple(int(i) for i in row[keep]))
+    return sequences
+
+
+def ctc_decode(probs: np.ndarray, chars: list[str]) -> list[str]:
+    """Greedy CTC decoding of [N, T, C] scores into text with the character list `chars`."""
+    return ["".join(chars[i] for i in sequence) for sequence in ctc_classes(probs)]
 
 
 def ctc_text(ref: np.ndarray, new: np.ndarray, model_path: Path) -> dict:
     """Share of text lines decoded identically."""
     chars = charset(model_path)
     a, b = ctc_decode(ref, chars), ctc_decode(new, chars)
+    return {"fidelity": float(np.mean([x == y for x, y in zip(a, b)])), "examples": list(zip(a, b))[:3]}
+
+
+def ctc_time_first(ref: np.ndarray, new: np.ndarray, model_path: Path) -> dict:
+    """Share of text lines whose greedy CTC class sequences are identical, for time-first [T, N, C] scores
+    (PyTorch's CTC layout, ddddocr); class indices are compared, so no character list is needed."""
+    a, b = ctc_classes(ref.transpose(1, 0, 2)), ctc_classes(new.transpose(1, 0, 2))
     return {"fidelity": float(np.mean([x == y for x, y in zip(a, b)])), "examples": list(zip(a, b))[:3]}
 
 
@@ -100,6 +111,38 @@ def yolo_boxes(ref: np.ndarray, new: np.ndarray, model_path: Path) -> dict:
     return _detection_result(yolo_detections(ref), yolo_detections(new))
 
 
+def yolox_grid(size: int, strides: tuple[int, ...] = (8, 16, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """The anchors of a YOLOX head over a square `size` input: cell (x, y) [A, 2] and stride [A, 1], finest first."""
+    cells, steps = [], []
+    for stride in strides:
+        ys, xs = np.meshgrid(np.arange(size // stride), np.arange(size // stride), indexing="ij")
+        cells.append(np.stack([xs.ravel(), ys.ravel()], 1))
+        steps.append(np.full((xs.size, 1), stride))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)
+
+
+def yolox_detections(output: np.ndarray, size: int = 416, conf: float = 0.1, iou: float = 0.45) -> list[tuple]:
+    """A raw YOLOX head [N, A, 5+K] -> per image (boxes, classes), as ddddocr's DetectionEngine.get_bbox decodes
+    it: centre (offset + cell) * stride, size exp(log size) * stride, score objectness * class, kept above `conf`,
+    then class-agnostic NMS at `iou` (ddddocr's thresholds 0.1 and 0.45)."""
+    cells, strides = yolox_grid(size)
+    result = []
+    for pred in output:
+        centre, half = (pred[:, :2] + cells) * strides, np.exp(pred[:, 2:4]) * strides / 2
+        scores = pred[:, 4:5] * pred[:, 5:]
+        best, classes = scores.max(1), scores.argmax(1)
+        pick = best > conf
+        boxes = np.concatenate([centre - half, centre + half], 1)[pick]
+        keep = _nms(boxes, best[pick], iou)
+        result.append((boxes[keep], classes[pick][keep]))
+    return result
+
+
+def yolox_boxes(ref: np.ndarray, new: np.ndarray, model_path: Path) -> dict:
+    """Share of the original's YOLOX detections reproduced."""
+    return _detection_result(yolox_detections(ref), yolox_detections(new))
+
+
 def _components(mask: np.ndarray) -> np.ndarray:
     """4-connected component labels of a boolean map (0 = background), by propagating the minimum label."""
     labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), mask.size + 1)
@@ -152,14 +195,17 @@ def vad(ref: np.ndarray, new: np.ndarray, model_path: Path) -> dict:
     return {"fidelity": float(np.mean((a >= 0.5) == (b >= 0.5))), "mean_abs_diff": float(np.abs(a - b).mean())}
 
 
-MEASURES = {f.__name__: f for f in (ctc_text, yolo_boxes, db_boxes, top1, cosine, vad)}
+MEASURES = {f.__name__: f for f in (ctc_text, ctc_time_first, yolo_boxes, yolox_boxes, db_boxes, top1, cosine,
+                                    vad)}
 
 
 def against_truth(model_path: Path, reference: np.ndarray, truth: dict) -> float | None:
     """How well the original model does on what the generator knows (rendered text, orientation, voiced frames):
-    a check that the inputs are read as intended. None where the generator knows nothing to check."""
+    a check that the inputs are read as intended. None where the generator knows nothing to check. Text truth may
+    bring its own character list ("chars") and say that the scores are time-first [T, N, C] ("time_first")."""
     if "texts" in truth:
-        decoded = ctc_decode(reference, charset(model_path))
+        scores = reference.transpose(1, 0, 2) if truth.get("time_first") else reference
+        decoded = ctc_decode(scores, truth.get("chars") or charset(model_path))
         return float(np.mean([a == b for a, b in zip(decoded, truth["texts"])]))
     if "labels" in truth:
         return float(np.mean(reference.argmax(-1) == np.array(truth["labels"])))

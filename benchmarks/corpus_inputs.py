@@ -18,6 +18,7 @@ WORDS = ("invoice total amount date paid order number street city station river 
          "account balance credit open closed morning evening report summary page chapter figure table "
          "Monday October 2024 No. 17 Tel: +44 (0) 12.50 EUR 3/4 item price qty VAT free express delivery "
          "North South Avenue Road Hotel Museum Exit Platform 9 Gate B12 Room 204 Level").split()
+CAPTCHA_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
          "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")
 
@@ -91,13 +92,13 @@ def text_pages(n: int, seed: int, model_path: Path, cache: Path, size: int = 320
     return {"x": np.stack(pages).astype(np.float32)}, {}
 
 
-def photos(n: int, seed: int, model_path: Path, cache: Path, size: int = 320) -> tuple[dict, dict]:
-    """Random crops and flips of scikit-image's sample photographs, letterboxed to [N,3,size,size] in [0, 1]."""
+def _photo_crops(n: int, rng: np.random.Generator, cache: Path, size: int, resample: int | None = None) -> list:
+    """n random crops (60-100% of each side) of scikit-image's sample photographs, flipped left-right half the
+    time, scaled so that the longer side is `size` (RGB images, to be letterboxed at the top left)."""
     from PIL import Image
-    rng = np.random.default_rng(seed)
     sources = [Image.open(extract(corpus.SKIMAGE, m, d, cache)).convert("RGB") for m, d in corpus.PHOTOS.items()]
-    batch = np.zeros((n, 3, size, size), np.float32)
-    for i in range(n):
+    crops = []
+    for _ in range(n):
         photo = sources[rng.integers(len(sources))]
         keep = rng.uniform(0.6, 1.0)
         w, h = int(photo.width * keep), int(photo.height * keep)
@@ -106,8 +107,68 @@ def photos(n: int, seed: int, model_path: Path, cache: Path, size: int = 320) ->
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         scale = size / max(w, h)
-        crop = crop.resize((max(1, int(w * scale)), max(1, int(h * scale))))
+        crops.append(crop.resize((max(1, int(w * scale)), max(1, int(h * scale))), resample))
+    return crops
+
+
+def photos(n: int, seed: int, model_path: Path, cache: Path, size: int = 320) -> tuple[dict, dict]:
+    """Random crops and flips of scikit-image's sample photographs, letterboxed to [N,3,size,size] in [0, 1]."""
+    batch = np.zeros((n, 3, size, size), np.float32)
+    for i, crop in enumerate(_photo_crops(n, np.random.default_rng(seed), cache, size)):
         batch[i, :, :crop.height, :crop.width] = np.asarray(crop, np.float32).transpose(2, 0, 1) / 255.0
+    return {"images": batch}, {}
+
+
+def ddddocr_charset(cache: Path) -> list[str]:
+    """CHARSET_BETA of the wheel's ddddocr/charsets.py (the classes of common.onnx, blank first), read as a literal."""
+    import ast
+    tree = ast.parse(extract(corpus.DDDDOCR, *corpus.DDDDOCR_CHARSETS, cache).read_text(encoding="utf-8"))
+    return next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", "") == "CHARSET_BETA")
+
+
+def _ddddocr_line(image, width: int) -> np.ndarray:
+    """ddddocr's OCREngine._preprocess_image: LANCZOS resize to height 64 keeping the aspect ratio, grey ('L'),
+    /255 (no mean or deviation); then padded on the right to `width` with the line's paper grey (its median), as a
+    wider crop of the same paper would read. [1, 64, width]."""
+    from PIL import Image
+    grey = np.asarray(image.resize((int(image.width * 64 / image.height), 64), Image.LANCZOS).convert("L"),
+                      np.float32) / 255.0
+    out = np.full((1, 64, width), np.median(grey), np.float32)
+    out[0, :, :grey.shape[1]] = grey[:, :width]
+    return out
+
+
+def ddddocr_lines(n: int, seed: int, model_path: Path, cache: Path, width: int = 256) -> tuple[dict, dict]:
+    """Text lines of 1-2 words for ddddocr's recognizer, [N,1,64,width]; a line wider than `width` at height 64 is
+    drawn again. Truth: the texts without spaces (a captcha reader, it does not write the gap between words)."""
+    rng = np.random.default_rng(seed)
+    lines, texts = [], []
+    while len(lines) < n:
+        text = _phrase(rng, int(rng.integers(1, 3)))
+        image = _line_image(rng, text)
+        if image.width * 64 / image.height <= width:
+            lines.append(_ddddocr_line(image, width))
+            texts.append(text.replace(" ", ""))
+    truth = {"texts": texts, "chars": ddddocr_charset(cache), "time_first": True}
+    return {"input1": np.stack(lines)}, truth
+
+
+def ddddocr_photos(n: int, seed: int, model_path: Path, cache: Path, size: int = 416) -> tuple[dict, dict]:
+    """Click captchas for ddddocr's detector: photographs with 3-5 letters or digits drawn on them in random fonts,
+    sizes and colours, fed as DetectionEngine.preproc does: bilinear resize of the longer side to `size`, top-left
+    letterbox filled with 114, BGR channel order, pixel values 0..255. [N,3,size,size]."""
+    from PIL import Image, ImageDraw
+    rng = np.random.default_rng(seed)
+    batch = np.full((n, 3, size, size), 114.0, np.float32)
+    for i, crop in enumerate(_photo_crops(n, rng, cache, size, Image.BILINEAR)):
+        draw = ImageDraw.Draw(crop)
+        for _ in range(int(rng.integers(3, 6))):
+            font = _font(rng, int(rng.integers(30, 60)))
+            char = CAPTCHA_CHARS[rng.integers(len(CAPTCHA_CHARS))]
+            at = (int(rng.integers(0, max(1, crop.width - 50))), int(rng.integers(0, max(1, crop.height - 50))))
+            draw.text(at, char, font=font, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        batch[i, :, :crop.height, :crop.width] = np.asarray(crop, np.float32).transpose(2, 0, 1)[::-1]
     return {"images": batch}, {}
 
 
@@ -191,5 +252,5 @@ def token_ids(n: int, seed: int, model_path: Path, cache: Path, length: int = 32
     return {"input_ids": ids, "attention_mask": mask}, {}
 
 
-GENERATORS = {f.__name__: f for f in (text_lines_rec, text_lines_cls, text_pages, photos, audio_frames_seq,
-                                      audio_frames_batch, file_bytes, token_ids)}
+GENERATORS = {f.__name__: f for f in (text_lines_rec, text_lines_cls, text_pages, photos, ddddocr_lines,
+                                      ddddocr_photos, audio_frames_seq, audio_frames_batch, file_bytes, token_ids)}

@@ -68,15 +68,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 BOUND_MISSED = 6  # compress's exit code when the accuracy bound is missed (the model is written NAME.below-bound)
 
 
-def _feed(path: Path, inputs: dict) -> dict:
+def _feeds(path: Path, inputs: dict) -> list[dict]:
     """The sample-first inputs as the model runs them, as onnx-dns feeds them: each batch on the model's batch
-    axis, an input without one given once (the VAD's sample rate) or left out as zeros (its LSTM state)."""
+    axis, an input without one given once (the VAD's sample rate) or left out as zeros (its LSTM state); in chunks
+    of the batch a model was exported at (ddddocr's, 1), else whole."""
     import onnx
-    from onnx_dns.batch_axes import model_feed
+    from onnx_dns.batch_axes import fixed_batch, model_feed
     from onnx_dns.data import check_arrays, model_inputs
     specs = model_inputs(onnx.load(str(path), load_external_data=False))
     arrays, _ = check_arrays(inputs, None, specs, str(path))
-    return model_feed(arrays, {s.name: s.batch_axis for s in specs})
+    axes = {s.name: s.batch_axis for s in specs}
+    size = len(next(a for name, a in arrays.items() if axes.get(name) is not None))
+    step = fixed_batch([s.shape for s in specs], [s.batch_axis for s in specs]) or size
+    return [model_feed({name: a[i:i + step] if axes.get(name) is not None else a for name, a in arrays.items()},
+                       axes) for i in range(0, size, step)]
 
 
 def _run_model(path: Path, model: corpus.Model, inputs: dict) -> np.ndarray:
@@ -84,7 +89,8 @@ def _run_model(path: Path, model: corpus.Model, inputs: dict) -> np.ndarray:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run([model.output], _feed(path, inputs))[0]
+    outputs = [session.run([model.output], feed)[0] for feed in _feeds(path, inputs)]
+    return np.concatenate(outputs, model.output_batch_axis)
 
 
 def _limit(gigabytes: float):
