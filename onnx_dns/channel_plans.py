@@ -86,13 +86,21 @@ def channel_keep(groups: ChannelGroups, layers: list[Layer], target: float) -> d
         steps = {g: _step_down(counts[g], groups.groups[g].size) for g in counts}
         open_groups = [g for g in counts if steps[g] is not None]
         if not open_groups:
-            break
+            raise OptionError(_out_of_reach(target, total, kept(counts), groups))
         chosen = max(open_groups, key=lambda g: (counts[g] / groups.groups[g].size, groups.groups[g].size))
         previous = dict(counts)
         counts[chosen] = steps[chosen]
     if abs(np.log(total / kept(previous) / target)) < abs(np.log(total / kept(counts) / target)):
         counts = previous
     return {g: counts[g] / groups.groups[g].size for g in counts}
+
+
+def _out_of_reach(target: float, total: int, floor: float, groups: ChannelGroups) -> str:
+    """Why --target cannot be met by removing channels: the most it reaches with every group at one block."""
+    return (f"--target {target:g}x cannot be reached by removing channels: {len(groups.groups)} channel groups "
+            f"can be removed ({len(groups.refused)} layers' channels cannot, safely), and with each group down to one "
+            f"block of channels the layers still keep {floor / total:.0%} of their parameters ({total / floor:.2f}x "
+            "at most, a model cut to the bone); give a smaller --target, or use --structure weight")
 
 
 def _step_down(count: int, size: int) -> int | None:

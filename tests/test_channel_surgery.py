@@ -15,6 +15,7 @@ from onnx_dns.criteria.channel import Channels, block_multiple, channel_norms
 from onnx_dns.criteria.paper import Paper
 from onnx_dns.criteria.target import Target
 from onnx_dns.data import Dataset
+from onnx_dns.errors import OptionError
 from onnx_dns.insert_masks import insert_masks, mask_name
 from onnx_dns.losses import LossSpec
 from onnx_dns.options import TrainConfig
@@ -103,6 +104,17 @@ def test_target_budget_counts_parameters_of_inputs_and_outputs():
     total = 162 + 6 + 960 + 10 + 30 + 3
     assert total / kept == pytest.approx(4.0, rel=0.25)
     assert total / ((162 + 6) * k_conv + 960 * k_conv + 10 + 33) < 4.0  # counting outputs only would fall short
+
+
+def test_a_target_beyond_every_group_at_one_channel_is_refused_with_the_most_it_can_reach():
+    model = cg.flatten_gemm()
+    groups = find_channel_groups(model)
+    layers = find_layers(model)
+    # by hand, conv1 down to 1 of 6 channels and gemm5 to one block of 4 of 10 (its multiple from 8 channels on)
+    most = (162 + 6 + 960 + 10 + 30 + 3) / (168 / 6 + 960 * 4 / 60 + 4 + 30 * 0.4 + 3)
+    assert channel_keep(groups, layers, most * 0.95)  # within reach: kept fractions, no error
+    with pytest.raises(OptionError, match=rf"--target 30x cannot be reached .* \({most:.2f}x at most"):
+        channel_keep(groups, layers, 30.0)
 
 
 RNG = np.random.default_rng(0)
