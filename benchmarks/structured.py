@@ -183,10 +183,16 @@ def run_real(args: argparse.Namespace, done: Callable[[list[dict]], None]) -> li
     rows = []
     for target in args.targets:
         start = time.perf_counter()
-        result = onnx_dns.compress(model, train, structure="channel", target=target, iterations=args.iterations,
-                                   batch_size=spec.batch_size, eval_batch_size=64, threads=args.threads,
-                                   output_name=args.output_name or spec.output, max_accuracy_drop=None,
-                                   surgery_stop=args.surgery_stop)
+        try:
+            result = onnx_dns.compress(model, train, structure="channel", target=target, iterations=args.iterations,
+                                       batch_size=spec.batch_size, eval_batch_size=64, threads=args.threads,
+                                       output_name=args.output_name or spec.output, max_accuracy_drop=None,
+                                       surgery_stop=args.surgery_stop)
+        except DnsError as exc:
+            rows.append({"model": spec.name, "target": target, "refused": str(exc)})
+            print(json.dumps(rows[-1]), flush=True)
+            done(rows)
+            continue
         (DEFAULT_CACHE / "runs" / spec.name).mkdir(parents=True, exist_ok=True)
         result.save(DEFAULT_CACHE / "runs" / spec.name / f"channel-{target}.onnx")
         rows.append(row(spec.name, target, model, result, time.perf_counter() - start, args.repeats, sample))
@@ -242,8 +248,11 @@ def main() -> None:
     if args.real:
         args.train, args.val, args.repeats = args.train_samples, 128, 10
         previous = json.loads((RESULTS / "structured.json").read_text())
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from corpus import by_name
+        distilled = args.output_name or by_name([args.real])[0].output
         kept = [r for r in previous["rows"] if r["model"] != args.real or r["target"] not in args.targets
-                or r.get("distilled", "output0") != (args.output_name or "output0")]
+                or r.get("distilled", distilled) != distilled]
         command = f"{previous['command']} && {command}"
         run_real(args, lambda rows: write(kept + rows, command))
     else:
