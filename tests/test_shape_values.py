@@ -121,3 +121,22 @@ def test_a_shape_that_is_a_graph_output_stays_computed():
     assert "seq_shape" in {n.output[0] for n in resolved.graph.node}
     assert "seq_shape" not in {t.name for t in resolved.graph.initializer}
     assert "features" in {t.name for t in resolved.graph.initializer}  # what is not an output is still folded
+
+
+def test_a_slice_of_a_shape_is_followed_as_tf2onnx_and_torch2_write_it():
+    # (16, N, 4, 8) -> Shape -> Slice [0:2] -> Concat with [32] -> Reshape, at opset 13 (inputs, not attributes)
+    model = pinned(torch1_crnn())
+    nodes = [n for n in model.graph.node if n.op_type not in ("Gather", "Mul", "Unsqueeze", "Concat")]
+    at = [n.name for n in nodes].index("to_sequence")
+    nodes[at:at] = [helper.make_node("Slice", ["shape", "zero", "two"], ["lead"], name="lead"),
+                    helper.make_node("Concat", ["lead", "features"], ["seq_shape"], name="seq_shape", axis=0)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n)
+                                    for n, v in (("zero", 0), ("two", 2), ("features", 32))])
+    model.opset_import[0].version = 13
+    values = shape_values(model, inferred_values(model, output_shapes=False))
+    assert values["lead"].tolist() == [16, UNKNOWN] and values["seq_shape"].tolist() == [16, UNKNOWN, 32]
+    declared = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
+                for v in resolve_computed_shapes(model).model.graph.value_info}
+    assert declared["seq"] == [16, None, 32]

@@ -51,7 +51,7 @@ def resolve_computed_shapes(model: onnx.ModelProto) -> PassResult:
 
 def shape_values(model: onnx.ModelProto, inferred: dict[str, onnx.ValueInfoProto]) -> dict[str, np.ndarray]:
     """The value of each top-level tensor computed from Shape or Size nodes (and integer constants) through
-    Gather, Unsqueeze, Squeeze, Concat, Cast to int64, Identity, Add, Sub and Mul; `UNKNOWN` where a size is
+    Gather, Slice, Unsqueeze, Squeeze, Concat, Cast to int64, Identity, Add, Sub and Mul; `UNKNOWN` where a size is
     unknown. Every such value is int64, as ONNX types it (the constants beside a Shape's output are int64 too)."""
     constants = {name: numpy_helper.to_array(t).astype(np.int64) for name, t in initializers(model.graph).items()
                  if t.data_type in INTEGER_TYPES and len(t.dims) <= 1}
@@ -72,20 +72,23 @@ def shape_values(model: onnx.ModelProto, inferred: dict[str, onnx.ValueInfoProto
         names = [n for n in node.input if n]
         if not any(n in found for n in names) or not all(n in found or n in constants for n in names):
             continue
-        value = _follow(node, [found.get(n, constants.get(n)) for n in names], opset)
+        value = _follow(node, [found.get(n, constants.get(n)) if n else None for n in node.input], opset)
         if value is not None:
             found[node.output[0]] = value
     return found
 
 
-def _follow(node: onnx.NodeProto, inputs: list[np.ndarray], opset: int) -> np.ndarray | None:
-    """One node's output from shape values, or None for a node this does not follow."""
+def _follow(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) -> np.ndarray | None:
+    """One node's output from shape values (None for an input left out), or None for a node this does not
+    follow."""
     op, first = node.op_type, inputs[0]
     if op == "Identity" or (op == "Cast" and attribute(node, "to", 0) == onnx.TensorProto.INT64):
         return first
     if op == "Gather" and attribute(node, "axis", 0) == 0 and first.ndim == 1:
         index = inputs[1]
         return np.take(first, index) if ((index >= -len(first)) & (index < len(first))).all() else None
+    if op == "Slice" and first.ndim == 1 and len(inputs) >= 3 and opset >= 10:
+        return _sliced(first, *inputs[1:])
     if op == "Unsqueeze" and first.ndim == 0:
         axes = inputs[1] if axes_are_input("Unsqueeze", opset) else attribute(node, "axes", [])
         return first.reshape(1) if list(np.ravel(axes)) in ([0], [-1]) else None
@@ -97,6 +100,17 @@ def _follow(node: onnx.NodeProto, inputs: list[np.ndarray], opset: int) -> np.nd
         a, b = np.broadcast_arrays(*inputs)
         return np.where((a == UNKNOWN) | (b == UNKNOWN), UNKNOWN, ARITHMETIC[op](a, b))
     return None
+
+
+def _sliced(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, axes: np.ndarray | None = None,
+            steps: np.ndarray | None = None) -> np.ndarray | None:
+    """A Slice (opset 10 on: starts, ends, axes and steps as inputs) of a 1-D shape value, or None when its
+    bounds are not known."""
+    bounds = [starts, ends] + [v for v in (axes, steps) if v is not None]
+    if any((v == UNKNOWN).any() or v.size != 1 for v in bounds) or (axes is not None and axes.item() not in (0, -1)):
+        return None
+    step = 1 if steps is None else steps.item()
+    return values[slice(starts.item(), ends.item(), step)] if step else None
 
 
 def _sizes(value: onnx.ValueInfoProto | None) -> np.ndarray | None:
