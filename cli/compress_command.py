@@ -8,7 +8,7 @@ import click
 
 from onnx_dns.channel_report import format_channels
 from onnx_dns.errors import AccuracyBoundError, OutputError
-from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES, LABELS as FIDELITY_LABELS
+from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
 from onnx_dns.fold import read_metadata
 from onnx_dns.html_report import compress_report, write_html
 from onnx_dns.model_io import check_output_path
@@ -223,12 +223,10 @@ def compress(model: str, output_path: str, report_path: str | None, html_path: s
             click.echo(format_channels(record))
     click.echo(summary_line(result), err=as_json)
     if not result.met_bound:
-        what = FIDELITY_LABELS.get(result.accuracy_after.measure, "accuracy")
         hint = result.accuracy_after.bound_hint
         raise AccuracyBoundError(
-            f"{what} dropped {result.accuracy_before.score - result.accuracy_after.score:.2f} points, more than "
-            f"--max-accuracy-drop {options.train.max_accuracy_drop}{f' ({hint})' if hint else ''}; the model is in "
-            f"{result.output}")
+            f"{result.accuracy_after.fall_from(result.accuracy_before)}, more than --max-accuracy-drop "
+            f"{options.train.max_accuracy_drop}{f' ({hint})' if hint else ''}; the model is in {result.output}")
 
 
 def layer_options(given: dict) -> dict:

@@ -71,6 +71,16 @@ class Metrics:
             return f"{where}agreement"
         return "-relative error %" if self.relative_error is not None else "-mse"
 
+    def fall_from(self, before: Metrics) -> str:
+        """How far the score fell from `before`'s, in the measure's own words: an error rises."""
+        drop = before.score - self.score
+        if self.top1 is None and self.fidelity is None:
+            return f"{'relative error' if self.relative_error is not None else 'mse'} rose {drop:.2f} points"
+        where = "per-position " if self.positions > 1 and self.measure not in LABELS else ""
+        what = LABELS.get(self.measure) or ("top-1 accuracy" if self.top1 is not None else
+                                            "agreement with the original")
+        return f"{where}{what} dropped {drop:.2f} points"
+
     def describe(self) -> str:
         where = "per-position " if self.positions > 1 else ""
         if self.top1 is not None:

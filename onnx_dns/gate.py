@@ -74,7 +74,7 @@ def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | 
         drop = ref_metrics.score - metrics.score
         if drop > max_accuracy_drop:
             hint = f" ({metrics.bound_hint})" if metrics.bound_hint else ""
-            result.failures.append(f"{metrics.label} dropped {drop:.2f} points from the reference, more than "
+            result.failures.append(f"{metrics.fall_from(ref_metrics)} from the reference, more than "
                                    f"--max-accuracy-drop {max_accuracy_drop}{hint}")
     if min_compression is not None and result.model.compression < min_compression:
         result.failures.append(f"compression {result.model.compression:.1f}x is below --min-compression "

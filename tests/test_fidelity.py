@@ -127,6 +127,20 @@ def test_the_bound_reads_the_task_measure_not_the_relative_error():
     assert kept_boxes.describe() == "detections reproduced 100.00%"
 
 
+def test_a_missed_bound_says_what_fell_in_the_measures_own_words():
+    boxes = Metrics("regress", 10, fidelity=90.0, relative_error=1.0, measure="boxes")
+    assert boxes.fall_from(Metrics("regress", 10, fidelity=100.0, measure="boxes")) == \
+        "detections reproduced dropped 10.00 points"
+    error = Metrics("regress", 10, relative_error=20.5, measure="relative-error")
+    assert error.fall_from(Metrics("regress", 10, relative_error=0.0, measure="relative-error")) == \
+        "relative error rose 20.50 points"  # not "accuracy dropped": an error that grows
+    agreement = Metrics("classify", 10, fidelity=84.0, positions=40)
+    assert agreement.fall_from(Metrics("classify", 10, fidelity=100.0, positions=40)) == \
+        "per-position agreement with the original dropped 16.00 points"
+    labelled = Metrics("classify", 10, top1=95.5)
+    assert labelled.fall_from(Metrics("classify", 10, top1=99.0)) == "top-1 accuracy dropped 3.50 points"
+
+
 def test_measure_streams_batches_to_the_same_figure():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((10, 3, 20)).astype(np.float32)
