@@ -92,6 +92,18 @@ def test_target_keeps_exactly_its_share_of_channels_at_the_stop():
     np.testing.assert_array_equal(masks["b"], [0] * 7 + [1] * 3)
 
 
+def test_the_probe_starts_from_the_channels_the_target_will_have_cut():
+    # the learning-rate probe trains from the state at the stop: with channels it kept every one (the gradual
+    # target keeps all at iteration 0), so a detector's probe saw a loss of 0, chose nothing and trained at 3.3e-6
+    norms = np.arange(1.0, 9.0)
+    criterion = Channels(Target(0.25))
+    criterion.initialize([norms])
+    assert np.count_nonzero(norms >= criterion.probe_threshold(100, [norms])) == 2
+    everything = Channels(Target(0.0))
+    everything.initialize([norms])
+    assert np.count_nonzero(norms >= everything.probe_threshold(100, [norms])) == 1  # the largest always stays
+
+
 def test_target_budget_counts_parameters_of_inputs_and_outputs():
     model = cg.flatten_gemm()
     groups = find_channel_groups(model)

@@ -54,6 +54,11 @@ class Channels(Criterion):
         cap = _cap(arrays[0])
         return min(low, cap), min(high, cap)
 
+    def probe_threshold(self, stop: int, arrays: Sequence[np.ndarray]) -> float:
+        """The inner rule's norm below which channels will have gone by the stop (the learning-rate probe starts
+        from there), capped to keep the largest channel."""
+        return min(self.inner.probe_threshold(stop, arrays), _cap(arrays[0]))
+
     def final_threshold(self, iteration: int, stop: int, arrays: Sequence[np.ndarray]) -> float | np.ndarray | None:
         """The inner rule's final threshold; at the stop, rounded to whole blocks: one threshold, or with
         `pieces` one per channel (each piece's own)."""
