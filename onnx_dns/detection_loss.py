@@ -11,7 +11,9 @@ nobody reads. Instead, with c_ba = max_k t_bka the teacher's confidence in ancho
     loss = weight * (box + cls) / max(sum_ba c_ba, 1)
 
 Box errors are measured in units of the teacher's own box size, as IoU measures them (the floor, a fraction
-of the image size, bounds the error of anchors whose teacher box is degenerate), and count in proportion to
+of the image size, bounds the error of anchors whose teacher box is degenerate); a raw head (YOLOX exported
+without its decoding: offsets within a cell and log sizes, in units of its stride already) compares them as
+they are, s = 1, its K scores being the objectness and the class scores. Errors count in proportion to
 how confident the teacher is that the anchor holds an object. Class scores are distilled as binary
 cross-entropy less the teacher's entropy (0 for a student equal to its teacher), anchor by anchor weighted as
 the boxes are, plus e = 0.01 so that an anchor the teacher leaves empty may not light up unnoticed (unweighted,
@@ -43,11 +45,12 @@ EMPTY_WEIGHT = 0.01  # the weight of an anchor's class scores beyond the teacher
 @dataclass(frozen=True)
 class DetectionHead:
     """How to read a YOLO head: `anchors_last` for [B, 4+K, A]; `logits` the tensor of class logits (laid out
-    as the head) or None to take the logits of the scores; `floor` in pixels (`FLOOR_FRACTION` of the image)."""
+    as the head) or None to take the logits of the scores; `floor` in pixels (`FLOOR_FRACTION` of the image),
+    None for a raw head whose box channels are compared as they are."""
 
     anchors_last: bool
     classes: int
-    floor: float
+    floor: float | None
     logits: str | None = None
 
 
@@ -104,9 +107,11 @@ class DetectionTerms:
         box_y, box_t = self.channels(y, 0, BOX, "box_y"), self.channels(t, 0, BOX, "box_t")
         scores_t = self.channels(t, BOX, end, "scores_t")
         conf = self.max_over_classes(scores_t)
-        size = b.node("Max", [self.channels(box_t, 2, BOX, "size_t"), b.const("det_floor", head.floor)], "det_size")
-        scale = b.node("Concat", [size, size], "det_scale", axis=1)
-        diff = b.node("Div", [b.node("Sub", [box_y, box_t], "det_box_diff"), scale], "det_box_rel")
+        diff = b.node("Sub", [box_y, box_t], "det_box_diff")
+        if head.floor is not None:
+            size = b.node("Max", [self.channels(box_t, 2, BOX, "size_t"), b.const("det_floor", head.floor)],
+                          "det_size")
+            diff = b.node("Div", [diff, b.node("Concat", [size, size], "det_scale", axis=1)], "det_box_rel")
         box = b.node("ReduceSum", [b.node("Mul", [b.node("Mul", [diff, diff], "det_box_sq"), conf], "det_box_w")],
                      "det_box_sum", keepdims=0)
         z = self.logits(y, head)

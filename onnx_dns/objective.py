@@ -204,34 +204,39 @@ def image_size(inputs: dict[str, np.ndarray]) -> tuple[int, int] | None:
     return next((tuple(v.shape[2:]) for v in inputs.values() if v.ndim == 4 and v.dtype.kind == "f"), None)
 
 
-def is_yolo_head(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
-    """Whether outputs [B, 4+K, A] or [B, A, 4+K] have exactly one anchor per cell of the stride 8, 16 and 32
-    grids over an image of `size`, and boxes in pixels: centres across the image and sizes of no less than 0. A
-    raw head (YOLOX exported without its decoding: offsets within a cell and log sizes) holds no boxes to score."""
-    shape = sample.shape
+def yolo_layout(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool | None:
+    """Whether an output [B, 4+K, A] (True) or [B, A, 4+K] (False) has exactly one anchor per cell of the
+    stride 8, 16 and 32 grids over an image of `size`; None when it has not."""
     if size is None or len(shape) != 3:
-        return False
+        return None
     anchors = sum(math.ceil(size[0] / s) * math.ceil(size[1] / s) for s in YOLO_STRIDES)
     if shape[2] == anchors and shape[1] >= 5:
-        boxes = sample[:, :4, :]
-    elif shape[1] == anchors and shape[2] >= 5:
-        boxes = np.moveaxis(sample[:, :, :4], 2, 1)
-    else:
+        return True
+    return False if shape[1] == anchors and shape[2] >= 5 else None
+
+
+def is_yolo_head(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
+    """Whether outputs are a YOLO head (`yolo_layout`) with boxes in pixels: centres across the image and sizes
+    of no less than 0. A raw head (YOLOX exported without its decoding: offsets within a cell and log sizes)
+    holds no boxes to score."""
+    layout = yolo_layout(sample.shape, size)
+    if layout is None:
         return False
+    boxes = sample[:, :4, :] if layout else np.moveaxis(sample[:, :, :4], 2, 1)
     return bool(boxes[:, 0].max() > size[1] / 2 and boxes[:, 1].max() > size[0] / 2 and (boxes[:, 2:] >= 0).all())
 
 
 def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
                    size: tuple[int, int] | None) -> DetectionHead | None:
-    """How to distil `output` (the original's `sample` of it, batch first) as a YOLO head (`is_yolo_head`), with
-    the logits of its class scores when a Sigmoid makes them; None when it is not one."""
-    if not is_yolo_head(sample, size):
+    """How to distil `output` (the original's `sample` of it, batch first) as a YOLO head (`yolo_layout`), its
+    boxes in units of their size when they are in pixels, else raw, with the logits of its class scores when a
+    Sigmoid makes them; None when it is not one."""
+    anchors_last = yolo_layout(sample.shape, size)
+    if anchors_last is None:
         return None
-    shape = sample.shape
-    anchors_last = shape[2] >= shape[1]
-    classes = (shape[1] if anchors_last else shape[2]) - 4
-    return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size),
-                         class_logits(model, output, anchors_last, classes))
+    classes = sample.shape[1 if anchors_last else 2] - 4
+    floor = FLOOR_FRACTION * max(size) if is_yolo_head(sample, size) else None
+    return DetectionHead(anchors_last, classes, floor, class_logits(model, output, anchors_last, classes))
 
 
 def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> bool:

@@ -44,12 +44,12 @@ def forward(x: np.ndarray, wb: np.ndarray, wc: np.ndarray) -> np.ndarray:
     return np.concatenate([box, scores], axis=1)
 
 
-def reference(y: np.ndarray, t: np.ndarray) -> float:
+def reference(y: np.ndarray, t: np.ndarray, floor: float | None = FLOOR) -> float:
     """(sum c (dbox / size)^2 + sum (c + 0.01) KL(t || y)) / max(sum c, 1), anchors last, in float64 on
-    probabilities."""
+    probabilities; size 1 without a floor (a raw head)."""
     y, t = y.astype(np.float64), t.astype(np.float64)
     conf = t[:, 4:].max(axis=1)
-    size = np.maximum(t[:, 2:4], FLOOR)
+    size = np.maximum(t[:, 2:4], floor) if floor is not None else np.ones_like(t[:, 2:4])
     box = np.sum(conf[:, None] * ((y[:, :4] - t[:, :4]) / np.concatenate([size, size], axis=1)) ** 2)
     p, q = y[:, 4:], t[:, 4:]
     kl = q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))
@@ -101,8 +101,9 @@ def test_a_head_with_one_anchor_per_cell_of_the_stride_8_16_32_grids_is_distille
     assert flipped == DetectionHead(False, K, 64 / 32, None)
     assert detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64), (72, 64)) is None
     assert detection_head(head_model(), "y", decoded(A, 64), (64, 64)) is None
-    # a raw head (YOLOX without its decoding) holds no boxes in pixels: distilled as plain outputs, not boxes
-    assert detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64, raw=True), (64, 64)) is None
+    # a raw head (YOLOX without its decoding: cell offsets, log sizes) has its box channels compared as they are
+    raw = detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64, raw=True), (64, 64))
+    assert raw == DetectionHead(True, K, None, "logits")
 
 
 @pytest.mark.parametrize("anchors_last", [True, False])
@@ -121,6 +122,15 @@ def test_the_loss_is_the_confidence_weighted_box_error_plus_the_class_kl(anchors
     t = teacher()
     got = loss_of(model, t if anchors_last else t.transpose(0, 2, 1), spec(model, anchors_last))
     assert got == pytest.approx(reference(forward(X, W_BOX, W_CLS), t), rel=1e-4)
+
+
+def test_a_raw_heads_boxes_are_compared_as_they_are():
+    model = head_model()
+    t = teacher()
+    raw = LossSpec("regress", "y", 0.0, 1.0, rank=3, detection=DetectionHead(True, K, None, "logits"))
+    got = loss_of(model, t, raw)
+    assert got == pytest.approx(reference(forward(X, W_BOX, W_CLS), t, floor=None), rel=1e-4)
+    assert got != pytest.approx(reference(forward(X, W_BOX, W_CLS), t), rel=1e-2)  # not in units of box size
 
 
 def test_box_errors_count_in_proportion_to_the_teachers_confidence():
