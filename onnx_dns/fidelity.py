@@ -13,6 +13,10 @@ way, in percent of the original (the original scores 100 against itself):
   greedy NMS at IoU 0.45, at most 300 detections; each of the original's detections, best first, takes the
   best unmatched detection of the same class at IoU >= 0.5. Score: the share of the original's detections so
   reproduced (100 when neither model detects anything, 0 when only the new one does).
+  A raw YOLOX head over a square image (exported without its decoding: [B, 5+K, A] of offsets within each cell
+  of the stride 8, 16 and 32 grids, log sizes, objectness and K class scores; its boxes are not in pixels) is
+  decoded first as YOLOX does: centre (offset + cell) * stride, size exp(log size) * stride, scores objectness
+  times class score.
   A single-channel probability map instead ([B, 1, H, W] or [B, H, W] whose original values lie in [0, 1], such
   as a DBNet text map) has as detections the bounding boxes of its 4-connected regions of values > 0.5
   (`onnx_dns.regions`), all of one class, the original's taken largest (most pixels) first, ties in the raster
@@ -94,15 +98,20 @@ class BoxesReproduced:
     def __init__(self) -> None:
         self.original = self.new = self.matched = 0
         self.maps: bool | None = None
+        self.raw_side: int | None = None  # the image side of a raw YOLOX head, decoded before it is read
 
     def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
         target = target.reshape(outputs.shape)
         if self.maps is None:
             self.maps = is_probability_map(target)
+            self.raw_side = None if self.maps else raw_yolox_side(anchors_last(target))
         if self.maps:
             images, find = zip(image_maps(outputs), image_maps(target)), region_detections
         else:
-            images, find = zip(anchors_last(outputs), anchors_last(target)), detections
+            heads = [anchors_last(outputs), anchors_last(target)]
+            if self.raw_side is not None:
+                heads = [decode_yolox(h, self.raw_side) for h in heads]
+            images, find = zip(*heads), detections
         for new, original in images:
             mine, theirs = find(new), find(original)
             self.original += len(theirs[0])
@@ -147,6 +156,40 @@ def anchors_last(outputs: np.ndarray) -> np.ndarray:
                         "[batch, 4+classes, anchors] nor a probability map [batch, 1, H, W] in [0, 1]; choose "
                         "another --fidelity")
     return outputs if outputs.shape[2] >= outputs.shape[1] else outputs.transpose(0, 2, 1)
+
+
+def square_side(anchors: int) -> int | None:
+    """The side of the square image whose stride 8, 16 and 32 grids have `anchors` cells in all, or None."""
+    cells = round(np.sqrt(anchors * 16 / 21))  # n^2 (1 + 1/4 + 1/16) cells at stride 8 for a side of 8n
+    return 8 * cells if cells % 4 == 0 and cells * cells * 21 == anchors * 16 else None
+
+
+def in_pixels(head: np.ndarray, side: tuple[int, int]) -> bool:
+    """Whether a YOLO head [B, 4+K, A] holds boxes in pixels over an image of `side` (height, width): centres
+    across the image and sizes of no less than 0 (a raw head's offsets within a cell are not)."""
+    boxes = head[:, :4]
+    return bool(boxes[:, 0].max() > side[1] / 2 and boxes[:, 1].max() > side[0] / 2 and (boxes[:, 2:] >= 0).all())
+
+
+def raw_yolox_side(head: np.ndarray) -> int | None:
+    """The square image side of a raw YOLOX head [B, 5+K, A] (boxes not in pixels), or None for another head."""
+    side = square_side(head.shape[2])
+    return side if side is not None and head.shape[1] >= 6 and not in_pixels(head, (side, side)) else None
+
+
+def decode_yolox(head: np.ndarray, side: int) -> np.ndarray:
+    """A raw YOLOX head [B, 5+K, A] over a `side` x `side` image as [B, 4+K, A] of boxes cx, cy, w, h in pixels
+    and K scores objectness x class, the anchors taken grid by grid (stride 8, 16, 32), row by row."""
+    cells = [(s, np.divmod(np.arange((side // s) ** 2), side // s)) for s in (8, 16, 32)]
+    stride = np.concatenate([np.full(len(row), s, np.float64) for s, (row, _) in cells])
+    gx = np.concatenate([col for _, (_, col) in cells]).astype(np.float64)
+    gy = np.concatenate([row for _, (row, _) in cells]).astype(np.float64)
+    out = np.empty((head.shape[0], head.shape[1] - 1, head.shape[2]))
+    out[:, 0] = (head[:, 0] + gx) * stride
+    out[:, 1] = (head[:, 1] + gy) * stride
+    out[:, 2:4] = np.exp(np.minimum(head[:, 2:4], 30.0)) * stride
+    out[:, 4:] = head[:, 4:5] * head[:, 5:]
+    return out
 
 
 def corners(xywh: np.ndarray) -> np.ndarray:

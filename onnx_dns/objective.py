@@ -24,7 +24,7 @@ from onnx_dns.dataset import Dataset
 from onnx_dns.detection_loss import FLOOR_FRACTION, DetectionHead, class_logits
 from onnx_dns.errors import DataError, ModelError, OptionError
 from onnx_dns.evaluate import Metrics, measure, session_runner
-from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
+from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES, in_pixels, raw_yolox_side
 from onnx_dns.graph import producers, source
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
@@ -190,7 +190,7 @@ def choose_fidelity(option: str, model: onnx.ModelProto, output: str, task: str,
         return option
     if labels is not None:
         return "relative-error"
-    if is_yolo_head(sample, image_size(inputs)):
+    if is_yolo_head(sample, image_size(inputs)) or is_raw_yolox(sample, image_size(inputs)):
         return "boxes"
     if ends_in_sigmoid(model, output, sample):
         return "decisions"
@@ -220,10 +220,14 @@ def is_yolo_head(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
     of no less than 0. A raw head (YOLOX exported without its decoding: offsets within a cell and log sizes)
     holds no boxes to score."""
     layout = yolo_layout(sample.shape, size)
-    if layout is None:
-        return False
-    boxes = sample[:, :4, :] if layout else np.moveaxis(sample[:, :, :4], 2, 1)
-    return bool(boxes[:, 0].max() > size[1] / 2 and boxes[:, 1].max() > size[0] / 2 and (boxes[:, 2:] >= 0).all())
+    return layout is not None and in_pixels(sample if layout else np.moveaxis(sample, 2, 1), size)
+
+
+def is_raw_yolox(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
+    """Whether outputs are a raw YOLOX head (`fidelity.raw_yolox_side`) over a square image of `size`, which the
+    boxes measure decodes."""
+    layout = yolo_layout(sample.shape, size)
+    return layout is not None and raw_yolox_side(sample if layout else np.moveaxis(sample, 2, 1)) == size[0] == size[1]
 
 
 def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,

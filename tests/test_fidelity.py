@@ -227,7 +227,30 @@ def test_auto_recognises_a_yolo_head_by_its_anchor_count_and_its_boxes_in_pixels
     assert auto(yolo_model(64), image) == "boxes"
     assert auto(yolo_model(64, transpose=True), image) == "boxes"
     assert auto(yolo_model(64, strides=(8, 16)), image) != "boxes"  # 80 anchors, not 84
-    assert auto(yolo_model(64, decode=False), image) != "boxes"  # offsets within cells: YOLOX's raw head
+    assert auto(yolo_model(64, decode=False), image) == "boxes"  # offsets within cells: read as a raw YOLOX head
+
+
+def raw_yolox(col: int = 3) -> np.ndarray:
+    """A raw YOLOX head [1, 5+1, 84] over a 64 x 64 image with one object in the stride 8 cell of row 2 and
+    column `col`: offsets 0.5, log size log 2 (16 pixels), objectness 0.9, class 0.8."""
+    head = np.zeros((1, 6, 84), np.float32)
+    head[0, 4] = 0.01
+    anchor = 2 * 8 + col  # stride 8 grid of 8 x 8 cells first, row by row
+    head[0, :, anchor] = [0.5, 0.5, np.log(2.0), np.log(2.0), 0.9, 0.8]
+    return head
+
+
+def test_a_raw_yolox_head_is_decoded_before_its_boxes_are_counted():
+    from onnx_dns.fidelity import decode_yolox
+    boxes, classes = detections(decode_yolox(raw_yolox(), 64)[0])
+    np.testing.assert_allclose(boxes, [[20.0, 12.0, 36.0, 28.0]])  # centre (3.5 * 8, 2.5 * 8), 16 pixels wide
+    same, moved = BoxesReproduced(), BoxesReproduced()
+    same.add(raw_yolox(), raw_yolox())
+    moved.add(raw_yolox(col=4), raw_yolox())  # one cell on: IoU 1/3
+    assert (same.original, same.percent, moved.percent) == (1, 100.0, 0.0)
+    image = {"x": np.zeros((1, 3, 64, 64), np.float32)}
+    assert choose_fidelity("auto", make_model([], [value("x", ["N", 3, 64, 64])], [value("x", None)], [],
+                                              check=False), "x", "regress", None, raw_yolox(), image) == "boxes"
 
 
 def test_auto_scores_an_embedding_by_cosine():
