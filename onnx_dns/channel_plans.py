@@ -27,6 +27,9 @@ from onnx_dns.prunable import Layer
 from onnx_dns.surgery import LayerPlan
 
 
+REACH_TOLERANCE = 1.02  # a target this close to the most the groups reach is taken as reached
+
+
 def plan_channels(model: onnx.ModelProto, layers: list[Layer], options: CompressOptions, source: str,
                   frozen: set[str]) -> tuple[ChannelGroups, dict[str, LayerPlan]]:
     """The groups of `model` whose producing layers are in `layers`, and one plan per group."""
@@ -86,7 +89,9 @@ def channel_keep(groups: ChannelGroups, layers: list[Layer], target: float) -> d
         steps = {g: _step_down(counts[g], groups.groups[g].size) for g in counts}
         open_groups = [g for g in counts if steps[g] is not None]
         if not open_groups:
-            raise OptionError(_out_of_reach(target, total, kept(counts), groups))
+            if total / kept(counts) < target / REACH_TOLERANCE:
+                raise OptionError(_out_of_reach(target, total, kept(counts), groups))
+            break
         chosen = max(open_groups, key=lambda g: (counts[g] / groups.groups[g].size, groups.groups[g].size))
         previous = dict(counts)
         counts[chosen] = steps[chosen]
@@ -98,9 +103,9 @@ def channel_keep(groups: ChannelGroups, layers: list[Layer], target: float) -> d
 def _out_of_reach(target: float, total: int, floor: float, groups: ChannelGroups) -> str:
     """Why --target cannot be met by removing channels: the most it reaches with every group at one block."""
     return (f"--target {target:g}x cannot be reached by removing channels: {len(groups.groups)} channel groups "
-            f"can be removed ({len(groups.refused)} layers' channels cannot, safely), and with each group down to one "
-            f"block of channels the layers still keep {floor / total:.0%} of their parameters ({total / floor:.2f}x "
-            "at most, a model cut to the bone); give a smaller --target, or use --structure weight")
+            f"can lose channels ({len(groups.refused)} cannot, safely), and with each down to one block of channels "
+            f"the layers still keep {floor / total:.0%} of their parameters ({total / floor:.3g}x at most, a model "
+            "cut to the bone); give a smaller --target, or use --structure weight")
 
 
 def _step_down(count: int, size: int) -> int | None:

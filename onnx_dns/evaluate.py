@@ -75,7 +75,9 @@ class Metrics:
         """How far the score fell from `before`'s, in the measure's own words: an error rises."""
         drop = before.score - self.score
         if self.top1 is None and self.fidelity is None:
-            return f"{'relative error' if self.relative_error is not None else 'mse'} rose {drop:.2f} points"
+            if self.relative_error is None:
+                return f"mse rose by {drop:.6g}"
+            return f"relative error rose {drop:.2f} points"
         where = "per-position " if self.positions > 1 and self.measure not in LABELS else ""
         what = LABELS.get(self.measure) or ("top-1 accuracy" if self.top1 is not None else
                                             "agreement with the original")

@@ -40,6 +40,7 @@ BOX_CONFIDENCE = 0.25
 NMS_IOU = 0.45
 MATCH_IOU = 0.5
 MAX_DETECTIONS = 300
+RAW_OFFSET_CELLS = 4  # a raw YOLOX head's centre offsets stay within this many cells; a pixel head's go beyond
 LABELS = {"decisions": f"decision overlap at {DECISION_THRESHOLD:g}", "cosine": "cosine similarity",
           "boxes": "detections reproduced"}
 REGIONS_HINT = "--fidelity boxes judges a one-channel map by its regions"
@@ -172,9 +173,12 @@ def in_pixels(head: np.ndarray, side: tuple[int, int]) -> bool:
 
 
 def raw_yolox_side(head: np.ndarray) -> int | None:
-    """The square image side of a raw YOLOX head [B, 5+K, A] (boxes not in pixels), or None for another head."""
+    """The square image side of a raw YOLOX head [B, 5+K, A] (box centres within a few cells of their own cell,
+    objectness and class scores in [0, 1]), or None for another head."""
     side = square_side(head.shape[2])
-    return side if side is not None and head.shape[1] >= 6 and not in_pixels(head, (side, side)) else None
+    if side is None or head.shape[1] < 6 or np.abs(head[:, :2]).max() > RAW_OFFSET_CELLS:
+        return None
+    return side if bool(((head[:, 4:] >= 0) & (head[:, 4:] <= 1)).all()) else None
 
 
 def decode_yolox(head: np.ndarray, side: int) -> np.ndarray:

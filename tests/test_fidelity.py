@@ -227,7 +227,8 @@ def test_auto_recognises_a_yolo_head_by_its_anchor_count_and_its_boxes_in_pixels
     assert auto(yolo_model(64), image) == "boxes"
     assert auto(yolo_model(64, transpose=True), image) == "boxes"
     assert auto(yolo_model(64, strides=(8, 16)), image) != "boxes"  # 80 anchors, not 84
-    assert auto(yolo_model(64, decode=False), image) == "boxes"  # offsets within cells: read as a raw YOLOX head
+    # channels neither in pixels nor a raw YOLOX head's offsets and scores in [0, 1]: no boxes to count
+    assert auto(yolo_model(64, decode=False), image) != "boxes"
 
 
 def raw_yolox(col: int = 3) -> np.ndarray:
@@ -251,6 +252,26 @@ def test_a_raw_yolox_head_is_decoded_before_its_boxes_are_counted():
     image = {"x": np.zeros((1, 3, 64, 64), np.float32)}
     assert choose_fidelity("auto", make_model([], [value("x", ["N", 3, 64, 64])], [value("x", None)], [],
                                               check=False), "x", "regress", None, raw_yolox(), image) == "boxes"
+
+
+def test_a_pixel_head_over_a_wide_image_is_not_taken_for_a_raw_one():
+    # 320 x 1280 has the anchors of a 640 x 640 square (8,400): its centres, in pixels, are not a raw head's
+    from onnx_dns.fidelity import raw_yolox_side
+    head = np.zeros((1, 6, 8400), np.float32)
+    head[0, 0] = np.linspace(4, 1276, 8400)
+    head[0, 1] = np.linspace(4, 316, 8400)
+    head[0, 2:4] = 16.0
+    assert raw_yolox_side(head) is None
+    assert raw_yolox_side(decode_free(head)) == 640
+
+
+def decode_free(head: np.ndarray) -> np.ndarray:
+    """The same head as a raw YOLOX one would hold it: offsets within a cell, log sizes, scores in [0, 1]."""
+    raw = head.copy()
+    raw[0, :2] = 0.5
+    raw[0, 2:4] = 0.0
+    raw[0, 4:] = 0.1
+    return raw
 
 
 def test_auto_scores_an_embedding_by_cosine():

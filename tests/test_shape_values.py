@@ -140,3 +140,19 @@ def test_a_slice_of_a_shape_is_followed_as_tf2onnx_and_torch2_write_it():
     declared = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
                 for v in resolve_computed_shapes(model).model.graph.value_info}
     assert declared["seq"] == [16, None, 32]
+
+
+def test_a_declared_open_batch_of_minus_one_is_not_a_size():
+    model = torch1_crnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].ClearField("dim_param")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1  # as some exporters write an open batch
+    values = shape_values(model, inferred_values(model, output_shapes=False))
+    assert values["d1"].tolist() == UNKNOWN and values["seq_shape"].tolist()[1] == UNKNOWN
+
+
+def test_an_int32_table_read_at_a_size_is_left_alone():
+    model = pinned(torch1_crnn(batch=2))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([10, 20, 30, 40], np.int32), "table"))
+    model.graph.node.append(helper.make_node("Gather", ["table", "d1"], ["picked"], name="picked", axis=0))
+    values = shape_values(model, inferred_values(model, output_shapes=False))
+    assert "picked" not in values and values["d1"].tolist() == 2  # an int32 value folded as int64 would not type

@@ -52,8 +52,9 @@ def resolve_computed_shapes(model: onnx.ModelProto) -> PassResult:
 def shape_values(model: onnx.ModelProto, inferred: dict[str, onnx.ValueInfoProto]) -> dict[str, np.ndarray]:
     """The value of each top-level tensor computed from Shape or Size nodes (and integer constants) through
     Gather, Slice, Unsqueeze, Squeeze, Concat, Cast to int64, Identity, Add, Sub and Mul; `UNKNOWN` where a size is
-    unknown. Every such value is int64, as ONNX types it (the constants beside a Shape's output are int64 too)."""
-    constants = {name: numpy_helper.to_array(t).astype(np.int64) for name, t in initializers(model.graph).items()
+    unknown. Every such value is int64: a node that reads another integer type beside a shape value (an int32
+    table gathered by a size) is left alone."""
+    constants = {name: numpy_helper.to_array(t) for name, t in initializers(model.graph).items()
                  if t.data_type in INTEGER_TYPES and len(t.dims) <= 1}
     opset = default_opset(model) or 13
     found: dict[str, np.ndarray] = {}
@@ -71,6 +72,9 @@ def shape_values(model: onnx.ModelProto, inferred: dict[str, onnx.ValueInfoProto
             continue
         names = [n for n in node.input if n]
         if not any(n in found for n in names) or not all(n in found or n in constants for n in names):
+            continue
+        data = names[:1] if node.op_type == "Gather" else names  # Gather's indices may be int32
+        if any(n in constants and constants[n].dtype != np.int64 for n in data):
             continue
         value = _follow(node, [found.get(n, constants.get(n)) if n else None for n in node.input], opset)
         if value is not None:
@@ -117,7 +121,7 @@ def _sizes(value: onnx.ValueInfoProto | None) -> np.ndarray | None:
     """A tensor's sizes as shape inference gives them, `UNKNOWN` where one is unknown; None without a shape."""
     if value is None or not value.type.tensor_type.HasField("shape"):
         return None
-    return np.array([d.dim_value if d.HasField("dim_value") else UNKNOWN
+    return np.array([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else UNKNOWN  # -1: an open batch
                      for d in value.type.tensor_type.shape.dim], np.int64)
 
 
@@ -129,8 +133,9 @@ def _reshaped(node: onnx.NodeProto, values: dict[str, np.ndarray],
     if target is None or target.ndim != 1 or (target != UNKNOWN).all() or data is None:
         return None
     sizes = _sizes(data)
-    dims = [int(sizes[i]) if v == 0 and not attribute(node, "allowzero", 0) and sizes is not None
-            and i < len(sizes) else int(v) for i, v in enumerate(target)]
+    copied = not attribute(node, "allowzero", 0)  # a 0 copies the data's size there
+    dims = [(int(sizes[i]) if sizes is not None and i < len(sizes) else UNKNOWN) if v == 0 and copied else int(v)
+            for i, v in enumerate(target)]
     if -1 in dims and sizes is not None and (sizes != UNKNOWN).all() and UNKNOWN not in dims:
         rest = int(np.prod([d for d in dims if d != -1]))
         dims[dims.index(-1)] = int(sizes.prod()) // rest if rest else UNKNOWN
