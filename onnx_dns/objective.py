@@ -10,7 +10,6 @@ relative error; `onnx_dns.fidelity`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,10 +20,9 @@ import onnx
 
 from onnx_dns.data import CallableData, as_data
 from onnx_dns.dataset import Dataset
-from onnx_dns.detection_loss import FLOOR_FRACTION, DetectionHead, class_logits
 from onnx_dns.errors import DataError, ModelError, OptionError
 from onnx_dns.evaluate import Metrics, measure, session_runner
-from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES, in_pixels, raw_yolox_side
+from onnx_dns.fidelity import CHOICES as FIDELITY_CHOICES
 from onnx_dns.graph import producers, source
 from onnx_dns.losses import LossSpec, ends_in_softmax, logits_name
 from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
@@ -32,11 +30,11 @@ from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.stream import BURN_IN_RUNS, state_pairs
 from onnx_dns.targets import Targets, batch_axis, caching, stored_bytes, with_teacher
+from onnx_dns.yolo_heads import detection_head, is_raw_yolox, is_yolo_head
 
 log = logging.getLogger(__name__)
 
 Teacher = Callable[[dict[str, np.ndarray]], np.ndarray]
-YOLO_STRIDES = (8, 16, 32)
 FEATURE_WIDTH = 16  # a last axis at least this wide may be a feature vector
 LAYOUT_OPS = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Cast"}
 SIGMOIDS = {"Sigmoid", "HardSigmoid"}
@@ -202,50 +200,6 @@ def choose_fidelity(option: str, model: onnx.ModelProto, output: str, task: str,
 def image_size(inputs: dict[str, np.ndarray]) -> tuple[int, int] | None:
     """(height, width) of the first image input [B, C, H, W], or None."""
     return next((tuple(v.shape[2:]) for v in inputs.values() if v.ndim == 4 and v.dtype.kind == "f"), None)
-
-
-def yolo_layout(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool | None:
-    """Whether an output [B, 4+K, A] (True) or [B, A, 4+K] (False) has exactly one anchor per cell of the
-    stride 8, 16 and 32 grids over an image of `size`; None when it has not."""
-    if size is None or len(shape) != 3:
-        return None
-    anchors = sum(math.ceil(size[0] / s) * math.ceil(size[1] / s) for s in YOLO_STRIDES)
-    if shape[2] == anchors and shape[1] >= 5:
-        return True
-    return False if shape[1] == anchors and shape[2] >= 5 else None
-
-
-def is_yolo_head(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
-    """Whether outputs are a YOLO head (`yolo_layout`) with boxes in pixels: centres across the image and sizes
-    of no less than 0. A raw head (YOLOX exported without its decoding: offsets within a cell and log sizes)
-    holds no boxes to score."""
-    layout = yolo_layout(sample.shape, size)
-    return layout is not None and in_pixels(sample if layout else np.moveaxis(sample, 2, 1), size)
-
-
-def is_raw_yolox(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
-    """Whether outputs are a raw YOLOX head (`fidelity.raw_yolox_side`) over a square image of `size`, which the
-    boxes measure decodes."""
-    layout = yolo_layout(sample.shape, size)
-    return layout is not None and raw_yolox_side(sample if layout else np.moveaxis(sample, 2, 1)) == size[0] == size[1]
-
-
-def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
-                   size: tuple[int, int] | None) -> DetectionHead | None:
-    """How to distil `output` (the original's `sample` of it, batch first) as a YOLO head (`yolo_layout`), its
-    boxes in units of their size when they are in pixels, as they are in a raw YOLOX head, with the logits of its
-    class scores when a Sigmoid makes them; None when it is neither."""
-    anchors_last = yolo_layout(sample.shape, size)
-    if anchors_last is None:
-        return None
-    classes = sample.shape[1 if anchors_last else 2] - 4
-    if is_yolo_head(sample, size):
-        floor = FLOOR_FRACTION * max(size)
-    elif raw_yolox_side(sample if anchors_last else np.moveaxis(sample, 2, 1)) is not None:
-        floor = None
-    else:  # neither boxes in pixels nor a raw head's offsets and scores: a plain regression
-        return None
-    return DetectionHead(anchors_last, classes, floor, class_logits(model, output, anchors_last, classes))
 
 
 def ends_in_sigmoid(model: onnx.ModelProto, output: str, sample: np.ndarray) -> bool:

@@ -12,7 +12,7 @@ from rewrite_harness import central_difference
 
 from onnx_dns.detection_loss import DetectionHead, class_logits
 from onnx_dns.losses import LOSS_OUTPUT, SOFT_TARGET, LossSpec, attach_loss
-from onnx_dns.objective import detection_head
+from onnx_dns.yolo_heads import detection_head
 from onnx_dns.ort_training import api, artifacts, captured_stderr, onnxruntime
 
 F, A, K = 5, 7, 3  # features, anchors, classes
