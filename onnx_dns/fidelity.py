@@ -40,6 +40,7 @@ BOX_CONFIDENCE = 0.25
 NMS_IOU = 0.45
 MATCH_IOU = 0.5
 MAX_DETECTIONS = 300
+YOLO_STRIDES = (8, 16, 32)  # the grids a YOLO head has one anchor per cell of
 RAW_OFFSET_CELLS = 4  # a raw YOLOX head's centre offsets stay within this many cells; a pixel head's go beyond
 LABELS = {"decisions": f"decision overlap at {DECISION_THRESHOLD:g}", "cosine": "cosine similarity",
           "boxes": "detections reproduced"}
@@ -184,7 +185,7 @@ def raw_yolox_side(head: np.ndarray) -> int | None:
 def decode_yolox(head: np.ndarray, side: int) -> np.ndarray:
     """A raw YOLOX head [B, 5+K, A] over a `side` x `side` image as [B, 4+K, A] of boxes cx, cy, w, h in pixels
     and K scores objectness x class, the anchors taken grid by grid (stride 8, 16, 32), row by row."""
-    cells = [(s, np.divmod(np.arange((side // s) ** 2), side // s)) for s in (8, 16, 32)]
+    cells = [(s, np.divmod(np.arange((side // s) ** 2), side // s)) for s in YOLO_STRIDES]
     stride = np.concatenate([np.full(len(row), s, np.float64) for s, (row, _) in cells])
     gx = np.concatenate([col for _, (_, col) in cells]).astype(np.float64)
     gy = np.concatenate([row for _, (row, _) in cells]).astype(np.float64)

@@ -13,9 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_dns.detection_loss import FLOOR_FRACTION, DetectionHead, class_logits
-from onnx_dns.fidelity import in_pixels, raw_yolox_side
-
-YOLO_STRIDES = (8, 16, 32)
+from onnx_dns.fidelity import YOLO_STRIDES, in_pixels, raw_yolox_side
 
 
 def yolo_layout(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool | None:
@@ -34,14 +32,14 @@ def is_yolo_head(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
     of no less than 0. A raw head (YOLOX exported without its decoding: offsets within a cell and log sizes)
     holds no boxes to score."""
     layout = yolo_layout(sample.shape, size)
-    return layout is not None and in_pixels(sample if layout else np.moveaxis(sample, 2, 1), size)
+    return layout is not None and in_pixels(_anchors_last(sample, layout), size)
 
 
 def is_raw_yolox(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
     """Whether outputs are a raw YOLOX head (`fidelity.raw_yolox_side`) over a square image of `size`, which the
     boxes measure decodes."""
     layout = yolo_layout(sample.shape, size)
-    return layout is not None and raw_yolox_side(sample if layout else np.moveaxis(sample, 2, 1)) == size[0] == size[1]
+    return layout is not None and raw_yolox_side(_anchors_last(sample, layout)) == size[0] == size[1]
 
 
 def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
@@ -55,8 +53,12 @@ def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
     classes = sample.shape[1 if anchors_last else 2] - 4
     if is_yolo_head(sample, size):
         floor = FLOOR_FRACTION * max(size)
-    elif raw_yolox_side(sample if anchors_last else np.moveaxis(sample, 2, 1)) is not None:
+    elif raw_yolox_side(_anchors_last(sample, anchors_last)) is not None:
         floor = None
     else:  # neither boxes in pixels nor a raw head's offsets and scores: a plain regression
         return None
     return DetectionHead(anchors_last, classes, floor, class_logits(model, output, anchors_last, classes))
+
+
+def _anchors_last(sample: np.ndarray, layout: bool) -> np.ndarray:
+    return sample if layout else np.moveaxis(sample, 2, 1)
