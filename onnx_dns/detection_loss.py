@@ -13,7 +13,10 @@ nobody reads. Instead, with c_ba = max_k t_bka the teacher's confidence in ancho
 Box errors are measured in units of the teacher's own box size, as IoU measures them (the floor, a fraction
 of the image size, bounds the error of anchors whose teacher box is degenerate); a raw head (YOLOX exported
 without its decoding: offsets within a cell and log sizes, in units of its stride already) compares them as
-they are, s = 1, its K scores being the objectness and the class scores. Errors count in proportion to
+they are, s = 1, its K scores being the objectness and the class scores, and its confidence c_ba the
+objectness times the best class score, as YOLOX scores a detection (its class scores are conditional on an
+object: on ddddocr's detector their median over all anchors is 0.47, so their maximum alone weighted the box
+errors of the ~99% of empty anchors as much as those of the text). Errors count in proportion to
 how confident the teacher is that the anchor holds an object. Class scores are distilled as binary
 cross-entropy less the teacher's entropy (0 for a student equal to its teacher), anchor by anchor weighted as
 the boxes are, plus e = 0.01 so that an anchor the teacher leaves empty may not light up unnoticed (unweighted,
@@ -46,12 +49,14 @@ EMPTY_WEIGHT = 0.01  # the weight of an anchor's class scores beyond the teacher
 class DetectionHead:
     """How to read a YOLO head: `anchors_last` for [B, 4+K, A]; `logits` the tensor of class logits (laid out
     as the head) or None to take the logits of the scores; `floor` in pixels (`FLOOR_FRACTION` of the image),
-    None for a raw head whose box channels are compared as they are."""
+    None for a raw head whose box channels are compared as they are; `objectness` when the first score is an
+    objectness (YOLOX), an anchor's confidence then being objectness times its best class score."""
 
     anchors_last: bool
     classes: int
     floor: float | None
     logits: str | None = None
+    objectness: bool = False
 
 
 def class_logits(model: onnx.ModelProto, output: str, anchors_last: bool, classes: int) -> str | None:
@@ -96,6 +101,15 @@ class DetectionTerms:
             return self.b.node("ReduceMax", [scores, self.ints("class_axis", [1])], "det_conf", keepdims=1)
         return self.b.node("ReduceMax", [scores], "det_conf", axes=[1], keepdims=1)
 
+    def confidence(self, t: str, scores_t: str, head: DetectionHead) -> str:
+        """The teacher's confidence in each anchor [B, 1, A]: its best score, or with an objectness, objectness
+        times the best class score (YOLOX's class scores are high on empty anchors too)."""
+        if not head.objectness:
+            return self.max_over_classes(scores_t)
+        end = BOX + head.classes
+        best = self.max_over_classes(self.channels(t, BOX + 1, end, "classes_t"))
+        return self.b.node("Mul", [self.channels(t, BOX, BOX + 1, "objectness_t"), best], "det_conf_obj")
+
     def anchors_last(self, x: str, head: DetectionHead, name: str) -> str:
         return x if head.anchors_last else self.b.node("Transpose", [x], f"det_{name}_t", perm=[0, 2, 1])
 
@@ -106,7 +120,7 @@ class DetectionTerms:
         end = BOX + head.classes
         box_y, box_t = self.channels(y, 0, BOX, "box_y"), self.channels(t, 0, BOX, "box_t")
         scores_t = self.channels(t, BOX, end, "scores_t")
-        conf = self.max_over_classes(scores_t)
+        conf = self.confidence(t, scores_t, head)
         diff = b.node("Sub", [box_y, box_t], "det_box_diff")
         if head.floor is not None:
             size = b.node("Max", [self.channels(box_t, 2, BOX, "size_t"), b.const("det_floor", head.floor)],

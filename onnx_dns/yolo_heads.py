@@ -45,19 +45,18 @@ def is_raw_yolox(sample: np.ndarray, size: tuple[int, int] | None) -> bool:
 def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
                    size: tuple[int, int] | None) -> DetectionHead | None:
     """How to distil `output` (the original's `sample` of it, batch first) as a YOLO head (`yolo_layout`), its
-    boxes in units of their size when they are in pixels, as they are in a raw YOLOX head, with the logits of its
-    class scores when a Sigmoid makes them; None when it is neither."""
+    boxes in units of their size when they are in pixels, as they are in a raw YOLOX head (whose first score is
+    its objectness), with the logits of its class scores when a Sigmoid makes them; None when it is neither."""
     anchors_last = yolo_layout(sample.shape, size)
     if anchors_last is None:
         return None
     classes = sample.shape[1 if anchors_last else 2] - 4
+    logits = class_logits(model, output, anchors_last, classes)
     if is_yolo_head(sample, size):
-        floor = FLOOR_FRACTION * max(size)
-    elif raw_yolox_side(_anchors_last(sample, anchors_last)) is not None:
-        floor = None
-    else:  # neither boxes in pixels nor a raw head's offsets and scores: a plain regression
-        return None
-    return DetectionHead(anchors_last, classes, floor, class_logits(model, output, anchors_last, classes))
+        return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size), logits)
+    if raw_yolox_side(_anchors_last(sample, anchors_last)) is not None:
+        return DetectionHead(anchors_last, classes, None, logits, objectness=True)
+    return None  # neither boxes in pixels nor a raw head's offsets and scores: a plain regression
 
 
 def _anchors_last(sample: np.ndarray, layout: bool) -> np.ndarray:

@@ -44,11 +44,11 @@ def forward(x: np.ndarray, wb: np.ndarray, wc: np.ndarray) -> np.ndarray:
     return np.concatenate([box, scores], axis=1)
 
 
-def reference(y: np.ndarray, t: np.ndarray, floor: float | None = FLOOR) -> float:
+def reference(y: np.ndarray, t: np.ndarray, floor: float | None = FLOOR, objectness: bool = False) -> float:
     """(sum c (dbox / size)^2 + sum (c + 0.01) KL(t || y)) / max(sum c, 1), anchors last, in float64 on
-    probabilities; size 1 without a floor (a raw head)."""
+    probabilities; size 1 without a floor (a raw head); c the best score, or objectness times the best class."""
     y, t = y.astype(np.float64), t.astype(np.float64)
-    conf = t[:, 4:].max(axis=1)
+    conf = t[:, 4] * t[:, 5:].max(axis=1) if objectness else t[:, 4:].max(axis=1)
     size = np.maximum(t[:, 2:4], floor) if floor is not None else np.ones_like(t[:, 2:4])
     box = np.sum(conf[:, None] * ((y[:, :4] - t[:, :4]) / np.concatenate([size, size], axis=1)) ** 2)
     p, q = y[:, 4:], t[:, 4:]
@@ -103,7 +103,7 @@ def test_a_head_with_one_anchor_per_cell_of_the_stride_8_16_32_grids_is_distille
     assert detection_head(head_model(), "y", decoded(A, 64), (64, 64)) is None
     # a raw head (YOLOX without its decoding: cell offsets, log sizes) has its box channels compared as they are
     raw = detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64, raw=True), (64, 64))
-    assert raw == DetectionHead(True, K, None, "logits")
+    assert raw == DetectionHead(True, K, None, "logits", objectness=True)
 
 
 @pytest.mark.parametrize("anchors_last", [True, False])
@@ -131,6 +131,37 @@ def test_a_raw_heads_boxes_are_compared_as_they_are():
     got = loss_of(model, t, raw)
     assert got == pytest.approx(reference(forward(X, W_BOX, W_CLS), t, floor=None), rel=1e-4)
     assert got != pytest.approx(reference(forward(X, W_BOX, W_CLS), t), rel=1e-2)  # not in units of box size
+
+
+def test_a_raw_yolox_head_weighs_anchors_by_objectness_times_the_best_class_score():
+    model = head_model()
+    t = teacher()
+    raw = LossSpec("regress", "y", 0.0, 1.0, rank=3, detection=DetectionHead(True, K, None, "logits", True))
+    got = loss_of(model, t, raw)
+    assert got == pytest.approx(reference(forward(X, W_BOX, W_CLS), t, None, objectness=True), rel=1e-4)
+    assert got != pytest.approx(reference(forward(X, W_BOX, W_CLS), t, None), rel=1e-2)
+
+
+def test_an_empty_yolox_anchor_with_a_high_class_score_costs_almost_nothing():
+    """Objectness 0.001 and class 0.9 (an empty anchor, YOLOX's class scores being conditional on an object):
+    its box error weighs 900 times less than at objectness 0.9 and the same class score."""
+    passthrough = make_model([helper.make_node("Identity", ["x"], ["y"])], [value("x", ["N", 4 + K, A])],
+                             [value("y", ["N", 4 + K, A])], [])
+    t = np.zeros((1, 4 + K, A), np.float32)
+    t[0, 4] = 0.001
+    t[0, 5:] = 0.9
+    t[0, 4, 2] = 0.9
+    head = LossSpec("regress", "y", 0.0, 1.0, rank=3, detection=DetectionHead(True, K, None, None, True))
+    session = onnxruntime.InferenceSession(attach_loss(passthrough, head).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+
+    def shifted(anchor: int) -> float:
+        y = t.copy()
+        y[0, 0, anchor] += 0.5
+        return float(session.run([LOSS_OUTPUT], {"x": y, SOFT_TARGET: t})[0]) - float(
+            session.run([LOSS_OUTPUT], {"x": t, SOFT_TARGET: t})[0])
+
+    assert shifted(2) / shifted(4) == pytest.approx(900.0, rel=1e-2)
 
 
 def test_box_errors_count_in_proportion_to_the_teachers_confidence():
