@@ -82,6 +82,7 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
     layers = [layer for layer in layers if layer.name not in left_alone] if options.prune else []
     if options.prune and not layers:
         raise ModelError(_no_layers(model, source, options, left_alone))
+    _warn_quantized(model, source)
     channels, plans = (plan_channels(model, layers, options, source, frozen)
                        if options.structure == "channel" and layers else (None, plans_for(layers, options)))
     return Prepared(source, original, model, output, layers, plans, frozen, feeding, model_inputs(model), channels)
@@ -89,6 +90,16 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
 
 QUANTIZED_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
                  "DequantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+def _warn_quantized(model: onnx.ModelProto, source: str) -> None:
+    """Say so when part of the model is quantized: its integer weights are neither trained nor pruned."""
+    quantized = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+    if quantized:
+        ops = sorted({n.op_type for n in quantized})
+        log.warning("%s is partly quantized: %d nodes (%s, first %s) keep their weights as they are; to prune "
+                    "them too, compress the float model it was made from, then quantize the result", source,
+                    len(quantized), ", ".join(ops), quantized[0].name or quantized[0].output[0])
 
 
 def _no_layers(model: onnx.ModelProto, source: str, options: CompressOptions, left_alone: dict[str, str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -107,6 +108,35 @@ def test_a_quantized_model_is_refused_with_what_to_do_instead():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     with pytest.raises(ModelError, match=r"quantized \(MatMulInteger\): compress the float model"):
         onnx_dns.compress(model, {"x": np.zeros((8, 6), np.float32)})
+
+
+def test_a_partly_quantized_model_says_its_quantized_nodes_are_left_as_they_are(caplog):
+    from onnx import TensorProto, helper
+
+    inits = [numpy_helper.from_array(np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones((6, 3), np.int8), "w_q"),
+             numpy_helper.from_array(np.zeros((), np.int8), "w_zero")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("DynamicQuantizeLinear", ["h"], ["h_q", "h_scale", "h_zero"]),
+             helper.make_node("MatMulInteger", ["h_q", "w_q", "h_zero", "w_zero"], ["acc"], name="fc_q"),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    from onnx_dns.options import CompressOptions
+    from onnx_dns.prepare import prepare
+
+    with caplog.at_level(logging.WARNING, logger="onnx_dns.prepare"):
+        prepared = prepare(model, "q.onnx", CompressOptions(data="unused.npz", target=2.0))
+    assert [layer.name for layer in prepared.layers] == ["fc"]
+    assert "q.onnx is partly quantized: 1 nodes (MatMulInteger, first fc_q)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_dns.prepare"):
+        floats = helper.make_graph(nodes[:1], "f", list(graph.input),
+                                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 6])], inits[:1])
+        prepare(helper.make_model(floats, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), "f.onnx",
+                CompressOptions(data="unused.npz", target=2.0))
+    assert "quantized" not in caplog.text
 
 
 def test_inspect_and_evaluate_in_memory(tmp_path):
