@@ -124,7 +124,8 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         previous = TrainingLoop(trainer, objective.train, objective.val, work / f"target-{target:g}x",
                                 progress).run()
         result = finalize(replace(prepared, plans=plans), masked, objective, previous, step,
-                          Timings(started, ready.artifact_seconds if not points else 0.0), size_before, progress)
+                          Timings(started, ready.artifact_seconds if not points else 0.0), size_before, progress,
+                          original=points[0].result.accuracy_before if points else None)
         points.append(SweepPoint(target, result.compression, result.accuracy_after, result.model.ByteSize(),
                                  median_latency(result.model, feed), False, warmed, result=result))
     baseline = points[0].result.accuracy_before
