@@ -20,7 +20,7 @@ from onnx_dns.freeze import initializers_feeding
 from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
-from onnx_dns.model_io import over_protobuf_limit, save_model
+from onnx_dns.model_io import over_protobuf_limit
 from onnx_dns.ort_training import captured_stderr, training_artifacts
 from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
@@ -30,9 +30,11 @@ from onnx_dns.rewrites.constant_folding import fold_integer_constants
 from onnx_dns.rewrites.gelu_fusion import fuse_tanh_gelu
 from onnx_dns.rewrites.shape_hints import declare_propagated_shapes
 from onnx_dns.rewrites.shape_values import resolve_computed_shapes
+from onnx_dns.set_aside import inside, set_aside
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
-BASE_MODEL = "base_model.onnx"  # the model with its loss, written only when it is too large to pass in memory
+PARAMETERS_FILE = "parameters.bin"  # the trained tensors' bytes while the checkpoint is written from them
+CONSTANTS_FILE = "constants.bin"  # the other tensors' bytes when the graph would pass 2 GB without them
 NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
                         "PRelu": (1,)}
 
@@ -131,14 +133,17 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
 
 def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], masks: dict[str, str],
               directory: Path) -> None:
-    """onnxruntime-training's generate_artifacts on the model with its loss; its C++ logs are kept for errors."""
-    base: onnx.ModelProto | str = attach_loss(rewritten, loss)
+    """onnxruntime-training's generate_artifacts on the model with its loss, its parameters and masks set aside
+    (set_aside.py); its C++ logs are kept for errors."""
+    base = attach_loss(rewritten, loss)
     del rewritten
+    parameters = directory / PARAMETERS_FILE
     try:
+        set_aside(base, {*trainable, *masks.values()}, parameters)
         if over_protobuf_limit(base, model_io.EXTERNAL_DATA_THRESHOLD):
-            # generate_artifacts refuses a ModelProto over 2 GB; a file with external data it takes
-            base = str(save_model(base, directory / BASE_MODEL))
-        with captured_stderr() as log:
+            # constants (a frozen backbone) too large to pass in memory: the graphs that read them keep a file
+            set_aside(base, set(initializers(base.graph)), directory / CONSTANTS_FILE)
+        with captured_stderr() as log, inside(directory):
             try:
                 training_artifacts().generate_artifacts(
                     base, requires_grad=trainable, frozen_params=list(masks.values()), loss=None,
@@ -149,8 +154,7 @@ def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], 
             else:
                 failure = None
     finally:  # also on Ctrl-C: the file is as large as the model
-        for leftover in (directory / BASE_MODEL, directory / (BASE_MODEL + ".data")):
-            leftover.unlink(missing_ok=True)
+        parameters.unlink(missing_ok=True)
     del base
     if failure is not None:
         raise TrainingError(_explain(failure, log[0] if log else "")) from failure

@@ -1,42 +1,100 @@
-"""Training artifacts of models too large to hand to generate_artifacts in memory go through a file."""
+"""Training artifacts are built from a model whose parameters and masks are set aside in a file (set_aside.py),
+and train as the model computes."""
 
 from __future__ import annotations
 
-import numpy as np
-from engine_fixtures import blobs, mlp
+import os
 
-from onnx_dns import artifacts, model_io
-from onnx_dns.artifacts import BASE_MODEL, build_artifacts
+import numpy as np
+import onnx
+import pytest
+from engine_fixtures import blobs, mlp, predict
+from graphs import tensor
+from onnx import helper, numpy_helper
+
+from onnx_dns import artifacts, model_io, ort_training
+from onnx_dns.artifacts import CONSTANTS_FILE, PARAMETERS_FILE, build_artifacts
+from onnx_dns.errors import TrainingError
 from onnx_dns.insert_masks import insert_masks
 from onnx_dns.losses import LossSpec
 from onnx_dns.ort_training import api
 
+HIDDEN = 512  # fc1.w 12 KB, the constant 2 KB: both over set_aside.MIN_BYTES
 
-def first_loss(directory, monkeypatch, threshold: int | None) -> tuple[float, list[str]]:
-    if threshold is not None:  # fc1.w (1.5 KB) then goes to external data too
-        monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", threshold)
-    masked = insert_masks(mlp(6, 64, 3), ["fc1.w", "fc2.w"]).model
+
+def scaled_mlp() -> onnx.ModelProto:
+    """mlp with a constant per-unit scale (not a parameter) between fc1's Relu and fc2."""
+    model = mlp(6, HIDDEN, 3)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    fc2 = next(n for n in model.graph.node if n.name == "fc2")
+    fc2.input[0] = "scaled"
+    index = list(model.graph.node).index(relu) + 1
+    model.graph.node.insert(index, helper.make_node("Mul", [relu.output[0], "unit_scale"], ["scaled"]))
+    scale = np.linspace(0.5, 1.5, HIDDEN, dtype=np.float32)
+    model.graph.initializer.append(tensor("unit_scale", scale))
+    return model
+
+
+def built(directory, monkeypatch, seen: list) -> tuple[float, artifacts.TrainingArtifacts]:
+    generate = ort_training.training_artifacts().generate_artifacts
+
+    def watched(base, **kwargs):
+        seen.append((base.ByteSize(), os.getcwd()))
+        return generate(base, **kwargs)
+
+    monkeypatch.setattr(artifacts, "training_artifacts",
+                        lambda: type("Artifacts", (), {"generate_artifacts": staticmethod(watched)}))
+    model = scaled_mlp()
+    masked = insert_masks(model, ["fc1.w", "fc2.w"]).model
     art = build_artifacts(masked, LossSpec("classify", "y", 1.0, 0.0, num_classes=3), directory)
     module = api.Module(str(art.training_model), api.CheckpointState.load_checkpoint(str(art.checkpoint)),
                         str(art.eval_model))
     x, labels = blobs(16, 6, 3)
     module.train()
     loss = float(module(x, np.eye(3, dtype=np.float32)[labels])[0])
-    return loss, sorted(p.name for p in directory.iterdir())
+    logits = predict(model, x).astype(np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert loss == pytest.approx(-logp[np.arange(16), labels].mean(), rel=1e-5)
+    return loss, art
 
 
-def test_a_model_over_the_in_memory_limit_builds_the_same_artifacts_from_a_file(tmp_path, monkeypatch):
-    expected, _ = first_loss(tmp_path / "memory", monkeypatch, None)
-    written = []
+def test_generate_artifacts_gets_the_model_without_its_parameter_bytes_and_trains_as_the_model_computes(
+        tmp_path, monkeypatch):
+    seen = []
+    before = os.getcwd()
+    _, art = built(tmp_path / "a", monkeypatch, seen)
+    parameters = sum(int(np.prod(t.dims)) * 4 for t in scaled_mlp().graph.initializer if t.name.startswith("fc"))
+    assert seen[0][0] < parameters / 4  # masks and parameters are references: 32 KB of tensors, a few KB passed
+    assert seen[0][1] == str(tmp_path / "a") and os.getcwd() == before
+    state = api.CheckpointState.load_checkpoint(str(art.checkpoint))
+    weights = {t.name: numpy_helper.to_array(t) for t in scaled_mlp().graph.initializer}
+    for name in ("fc1.w", "fc1.b", "fc2.w"):
+        assert np.array_equal(state.parameters[name].data, weights[name])
+    assert not (tmp_path / "a" / PARAMETERS_FILE).exists() and not (tmp_path / "a" / CONSTANTS_FILE).exists()
+    training = onnx.load(str(art.training_model), load_external_data=False)
+    assert "unit_scale" in {t.name for t in training.graph.initializer}  # a constant stays in the graph
 
-    def save_model(model, path):
-        written.append(model_io.save_model(model, path))
-        written.append(path.with_name(path.name + ".data").exists())
-        return written[0]
 
-    monkeypatch.setattr(artifacts, "save_model", save_model)
-    loss, files = first_loss(tmp_path / "file", monkeypatch, 100)  # every model is "too large" now
-    assert written == [tmp_path / "file" / BASE_MODEL, True]
-    assert loss == expected
-    assert BASE_MODEL not in files and BASE_MODEL + ".data" not in files
-    assert {"training_model.onnx", "eval_model.onnx", "checkpoint"} <= set(files)
+def test_a_model_still_too_large_without_its_parameters_keeps_its_constants_beside_the_graphs(tmp_path, monkeypatch):
+    expected, _ = built(tmp_path / "memory", monkeypatch, [])
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 100)  # every model is "too large" now
+    seen = []
+    loss, art = built(tmp_path / "file", monkeypatch, seen)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert (tmp_path / "file" / CONSTANTS_FILE).stat().st_size == HIDDEN * 4
+    assert not (tmp_path / "file" / PARAMETERS_FILE).exists()
+
+
+def test_a_failed_build_removes_the_parameters_and_restores_the_folder(tmp_path, monkeypatch):
+    def failing(base, **kwargs):
+        assert (tmp_path / PARAMETERS_FILE).stat().st_size > 0
+        raise RuntimeError("no gradient")
+
+    monkeypatch.setattr(artifacts, "training_artifacts",
+                        lambda: type("Artifacts", (), {"generate_artifacts": staticmethod(failing)}))
+    before = os.getcwd()
+    masked = insert_masks(scaled_mlp(), ["fc1.w"]).model
+    with pytest.raises(TrainingError):
+        build_artifacts(masked, LossSpec("classify", "y", 1.0, 0.0, num_classes=3), tmp_path)
+    assert os.getcwd() == before and not (tmp_path / PARAMETERS_FILE).exists()
