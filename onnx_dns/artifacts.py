@@ -75,7 +75,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     BatchNormalization trains with frozen statistics unless `update_bn_stats`, Dropout in training mode
     (training_mode.py); initializers named in `frozen`, and those the loss's output does not depend on, are not
     trained."""
-    directory = Path(directory)
+    directory = Path(directory).absolute()  # the build runs inside it (set_aside.inside)
     directory.mkdir(parents=True, exist_ok=True)
     masks = mask_pairs(masked_model)
     graph_inputs = [i.name for i in masked_model.graph.input]

@@ -98,3 +98,11 @@ def test_a_failed_build_removes_the_parameters_and_restores_the_folder(tmp_path,
     with pytest.raises(TrainingError):
         build_artifacts(masked, LossSpec("classify", "y", 1.0, 0.0, num_classes=3), tmp_path)
     assert os.getcwd() == before and not (tmp_path / PARAMETERS_FILE).exists()
+
+
+def test_a_relative_artifact_folder_is_built_where_it_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    art = build_artifacts(insert_masks(scaled_mlp(), ["fc1.w"]).model,
+                          LossSpec("classify", "y", 1.0, 0.0, num_classes=3), "work/artifacts")
+    assert art.training_model == tmp_path / "work" / "artifacts" / "training_model.onnx"
+    assert art.training_model.exists() and art.checkpoint.exists() and os.getcwd() == str(tmp_path)
