@@ -60,6 +60,7 @@ class Ready:
     masked: onnx.ModelProto
     art: TrainingArtifacts
     artifact_seconds: float
+    trainer: Trainer | None = None  # the batch-size probe's, on these artifacts, as it was before its step
 
 
 def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, work: Path, identity: str,
@@ -75,15 +76,15 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     if options.start == "calibrated" and not resume:  # a resume restores the calibrated weights from its checkpoint
         prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)
-    built = None
+    built, trainer = None, None
     if bounded:
-        options, objective, built = bounded_batch(prepared, objective, options, work, resume, progress)
+        options, objective, built, trainer = bounded_batch(prepared, objective, options, work, resume, progress)
     if objective.sequence:  # evaluated on the runs it trains on (sequence_batch.py)
         options = replace(options, train=replace(options.train, eval_batch_size=options.train.batch_size))
     objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
                                      progress)
     masked, art, artifact_seconds = built or build_stage(prepared, objective, options, work, progress)
-    return Ready(prepared, options, objective, masked, art, artifact_seconds)
+    return Ready(prepared, options, objective, masked, art, artifact_seconds, trainer)
 
 
 def calibrate_stage(prepared: Prepared, objective: Objective, options: CompressOptions,
@@ -101,32 +102,37 @@ def calibrate_stage(prepared: Prepared, objective: Objective, options: CompressO
 
 
 def bounded_batch(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path, resume: bool,
-                  progress: Progress) -> tuple[CompressOptions, Objective, tuple | None]:
+                  progress: Progress) -> tuple[CompressOptions, Objective, tuple | None, Trainer | None]:
     """Without --batch-size: the largest batch up to the default whose step fits --max-memory (`batch_memory`),
-    measured on training graphs built at a small batch (returned when they serve the chosen batch too), or read
-    back when resuming."""
+    measured on training graphs built at a small batch (returned, with the trainer that measured them restored
+    to its start, when they serve the chosen batch too: a training session takes seconds to open), or read back
+    when resuming."""
     wanted = options.train.batch_size
     choice = load_choice(work) if resume else None
-    built = None
+    built, trainer = None, None
     if choice is None:
         probe = min(PROBE_BATCH, wanted)
         built = build_stage(prepared, replace(objective, batch_size=probe), options, work, progress)
         trainer = Trainer(built[1], Surgeon(prepared.plans), options.train, objective.targets)
         inputs, labels = objective.train.batch(0, probe, options.train.seed)
         try:
+            start = trainer.save_state()  # AdamW's moments move even at a learning rate of 0
             measured = measure_step(lambda: trainer.step(0, inputs, labels, 0.0, surgery=False), probe)
-        finally:
+            trainer.restore_state(start)
+        except BaseException:
             trainer.close()
-        del trainer
+            raise
         choice = largest_batch(measured, wanted, options.train.max_memory)
         save_choice(work, choice)
         if choice.batch != probe and pinned_batch(prepared, objective):
             built = None
+            trainer.close()
+            trainer = None
     (log.warning if choice.limited else log.info)("%s", choice.describe())
     progress({"event": "batch", "batch": choice.batch, "wanted": choice.wanted, "needed": choice.needed,
               "needed_wanted": choice.needed_wanted, "budget": choice.budget})
     options = replace(options, train=replace(options.train, batch_size=choice.batch))
-    return options, replace(objective, batch_size=choice.batch), built
+    return options, replace(objective, batch_size=choice.batch), built, trainer
 
 
 def pinned_batch(prepared: Prepared, objective: Objective) -> bool:
@@ -144,7 +150,9 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     ready = set_up(original, source, options, work, identity, resume, progress)
     prepared, options, objective = ready.prepared, ready.options, ready.objective
     timings = Timings(started, ready.artifact_seconds)
-    trainer = Trainer(ready.art, Surgeon(prepared.plans), options.train, objective.targets)
+    trainer = ready.trainer or Trainer(ready.art, Surgeon(prepared.plans), options.train, objective.targets)
+    if ready.trainer is not None:
+        trainer.reconfigure(options.train, Surgeon(prepared.plans))
     if options.train.iterations is None:
         options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
     share_from = share_weights(trainer, prepared, options)

@@ -105,6 +105,8 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
     first = replace(options, target=targets[0], train=replace(options.train, max_accuracy_drop=None))
     ready = set_up(original, source, first, work, identity, False, progress)
     prepared, objective, masked, art = ready.prepared, ready.objective, ready.masked, ready.art
+    if ready.trainer is not None:  # each target opens its own
+        ready.trainer.close()
     options = replace(options, train=ready.options.train)
     feed = sample_feed(objective.val, prepared.fixed_batch)
     points: list[SweepPoint] = []

@@ -123,6 +123,31 @@ def test_a_resumed_run_reads_its_batch_back_without_measuring(monkeypatch, tmp_p
     options = merge({"batch_size": 64}, {})
     objective = Objective(None, None, None, None, None, 64, {})
     events = []
-    options, objective, built = pipeline.bounded_batch(None, objective, options, tmp_path, True, events.append)
-    assert options.train.batch_size == 24 and objective.batch_size == 24 and built is None
+    options, objective, built, trainer = pipeline.bounded_batch(None, objective, options, tmp_path, True,
+                                                                events.append)
+    assert options.train.batch_size == 24 and objective.batch_size == 24 and built is None and trainer is None
     assert events[-1]["event"] == "batch" and events[-1]["batch"] == 24
+
+
+def test_the_trainer_that_measured_the_step_trains_from_where_it_started(monkeypatch, tmp_path):
+    """One training session opened, not two, and the run ends bit for bit where a run at the same batch given
+    with --batch-size ends (AdamW, whose moments a step at a learning rate of 0 would move)."""
+    model, x, y = _model()
+    opened = []
+    real = pipeline.Trainer.__init__
+
+    def counted(trainer, *args, **kwargs):
+        opened.append(trainer)
+        real(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.Trainer, "__init__", counted)
+    settings = {"target": "2x", "iterations": 6, "lr": 0.01, "optimizer": "adamw"}
+    bounded = onnx_dns.compress(model, {"x": x, "labels": y}, work_dir=tmp_path / "b", **settings)
+    assert len(opened) == 1 and load_choice(tmp_path / "b").batch == 64
+    opened.clear()
+    given = onnx_dns.compress(model, {"x": x, "labels": y}, batch_size=64, work_dir=tmp_path / "g", **settings)
+    assert len(opened) == 1
+    weights = {t.name: t for t in bounded.model.graph.initializer}
+    for tensor in given.model.graph.initializer:
+        assert weights[tensor.name] == tensor
+    assert bounded.history == given.history
