@@ -14,13 +14,11 @@ from pathlib import Path
 
 import onnx
 
-from onnx_dns import model_io
 from onnx_dns.errors import ModelError, TrainingError
 from onnx_dns.freeze import initializers_feeding
 from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
-from onnx_dns.model_io import over_protobuf_limit
 from onnx_dns.ort_training import captured_stderr, training_artifacts
 from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
@@ -34,7 +32,7 @@ from onnx_dns.set_aside import inside, set_aside
 from onnx_dns.training_mode import enable_dropout, freeze_batchnorm
 
 PARAMETERS_FILE = "parameters.bin"  # the trained tensors' bytes while the checkpoint is written from them
-CONSTANTS_FILE = "constants.bin"  # the other tensors' bytes when the graph would pass 2 GB without them
+CONSTANTS_FILE = "constants.bin"  # the other tensors' bytes, which the training and eval graphs read
 NORMALIZATION_PARAMS = {"BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
                         "PRelu": (1,)}
 
@@ -87,7 +85,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     _generate(_trainable_copy(masked_model, trainable, update_bn_stats), loss, trainable, masks,
               directory)
     training_path = directory / "training_model.onnx"
-    training = onnx.load(str(training_path))
+    training = onnx.load(str(training_path), load_external_data=False)  # its constants stay in their file
     try:
         rewired = rewire_straight_through(training, masks).model
     except ValueError as exc:
@@ -138,11 +136,10 @@ def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], 
     base = attach_loss(rewritten, loss)
     del rewritten
     parameters = directory / PARAMETERS_FILE
+    trained = {*trainable, *masks.values()}
     try:
-        set_aside(base, {*trainable, *masks.values()}, parameters)
-        if over_protobuf_limit(base, model_io.EXTERNAL_DATA_THRESHOLD):
-            # constants (a frozen backbone) too large to pass in memory: the graphs that read them keep a file
-            set_aside(base, set(initializers(base.graph)), directory / CONSTANTS_FILE)
+        set_aside(base, trained, parameters)
+        set_aside(base, set(initializers(base.graph)) - trained, directory / CONSTANTS_FILE)
         with captured_stderr() as log, inside(directory):
             try:
                 training_artifacts().generate_artifacts(

@@ -1,5 +1,6 @@
-"""Hand large models to onnxruntime-training without their tensor bytes: the tensors are written once to a file
-in the artifact folder and the model keeps only references to it.
+"""Hand models to onnxruntime-training without their tensor bytes: the tensors are written once to files in the
+artifact folder and the model keeps only references to them (the parameters' file serves the checkpoint and is
+removed after; the constants' file stays, read by the training and eval graphs).
 
 generate_artifacts serializes the model about twenty times (shape inference, the checker, each block's copy)
 before it converts the parameters into its checkpoint. With the parameters and masks set aside it serializes a

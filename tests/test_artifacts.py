@@ -12,7 +12,7 @@ from engine_fixtures import blobs, mlp, predict
 from graphs import tensor
 from onnx import helper, numpy_helper
 
-from onnx_dns import artifacts, model_io, ort_training
+from onnx_dns import artifacts, ort_training
 from onnx_dns.artifacts import CONSTANTS_FILE, PARAMETERS_FILE, build_artifacts
 from onnx_dns.errors import TrainingError
 from onnx_dns.insert_masks import insert_masks
@@ -59,7 +59,7 @@ def built(directory, monkeypatch, seen: list) -> tuple[float, artifacts.Training
     return loss, art
 
 
-def test_generate_artifacts_gets_the_model_without_its_parameter_bytes_and_trains_as_the_model_computes(
+def test_generate_artifacts_gets_the_model_without_its_tensor_bytes_and_trains_as_the_model_computes(
         tmp_path, monkeypatch):
     seen = []
     before = os.getcwd()
@@ -71,19 +71,12 @@ def test_generate_artifacts_gets_the_model_without_its_parameter_bytes_and_train
     weights = {t.name: numpy_helper.to_array(t) for t in scaled_mlp().graph.initializer}
     for name in ("fc1.w", "fc1.b", "fc2.w"):
         assert np.array_equal(state.parameters[name].data, weights[name])
-    assert not (tmp_path / "a" / PARAMETERS_FILE).exists() and not (tmp_path / "a" / CONSTANTS_FILE).exists()
+    assert not (tmp_path / "a" / PARAMETERS_FILE).exists()
+    # the constant, not a parameter, stays with the graphs: referenced, its bytes in their folder
+    assert (tmp_path / "a" / CONSTANTS_FILE).stat().st_size == HIDDEN * 4
     training = onnx.load(str(art.training_model), load_external_data=False)
-    assert "unit_scale" in {t.name for t in training.graph.initializer}  # a constant stays in the graph
-
-
-def test_a_model_still_too_large_without_its_parameters_keeps_its_constants_beside_the_graphs(tmp_path, monkeypatch):
-    expected, _ = built(tmp_path / "memory", monkeypatch, [])
-    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 100)  # every model is "too large" now
-    seen = []
-    loss, art = built(tmp_path / "file", monkeypatch, seen)
-    assert loss == pytest.approx(expected, rel=1e-6)
-    assert (tmp_path / "file" / CONSTANTS_FILE).stat().st_size == HIDDEN * 4
-    assert not (tmp_path / "file" / PARAMETERS_FILE).exists()
+    scale = next(t for t in training.graph.initializer if t.name == "unit_scale")
+    assert scale.data_location == onnx.TensorProto.EXTERNAL
 
 
 def test_a_failed_build_removes_the_parameters_and_restores_the_folder(tmp_path, monkeypatch):
