@@ -20,6 +20,7 @@ from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
 from onnx_dns.ort_training import captured_stderr, training_artifacts
+from onnx_dns.model_io import write_failed
 from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
@@ -138,8 +139,12 @@ def _generate(rewritten: onnx.ModelProto, loss: LossSpec, trainable: list[str], 
     parameters = directory / PARAMETERS_FILE
     trained = {*trainable, *masks.values()}
     try:
-        set_aside(base, trained, parameters)
-        set_aside(base, set(initializers(base.graph)) - trained, directory / CONSTANTS_FILE)
+        constants = set(initializers(base.graph)) - trained
+        for names, path in ((trained, parameters), (constants, directory / CONSTANTS_FILE)):
+            try:
+                set_aside(base, names, path)
+            except OSError as exc:
+                raise write_failed(path, exc) from exc
         with captured_stderr() as log, inside(directory):
             try:
                 training_artifacts().generate_artifacts(

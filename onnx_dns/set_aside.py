@@ -19,30 +19,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 MIN_BYTES = 1024  # smaller tensors stay in the model: a reference costs about as much
 
 
 def set_aside(model: onnx.ModelProto, names: Collection[str], path: Path) -> int:
-    """Move the bytes of `model`'s initializers named in `names` (of MIN_BYTES or more) into the file `path`, in
-    place, leaving references relative to the file's folder; returns how many were moved."""
+    """Move the bytes of `model`'s initializers named in `names` (of MIN_BYTES or more, held as raw bytes) into
+    the file `path`, in place, leaving references relative to the file's folder; returns how many were moved.
+    Tensors held in typed fields (strings, which external data cannot hold, among them) stay as they are."""
     moved = 0
     with open(path, "wb") as handle:
         for tensor in model.graph.initializer:
-            if tensor.name not in names or tensor.data_location == TensorProto.EXTERNAL:
+            if (tensor.name not in names or tensor.data_location == TensorProto.EXTERNAL
+                    or not tensor.HasField("raw_data") or len(tensor.raw_data) < MIN_BYTES):
                 continue
-            data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
-            if len(data) < MIN_BYTES:
-                continue
-            offset = handle.tell()
-            handle.write(data)
-            for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data", "uint64_data"):
-                tensor.ClearField(field)
+            offset, length = handle.tell(), len(tensor.raw_data)
+            handle.write(tensor.raw_data)
             del tensor.external_data[:]
-            for key, value in (("location", path.name), ("offset", str(offset)), ("length", str(len(data)))):
+            for key, value in (("location", path.name), ("offset", str(offset)), ("length", str(length))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
+            tensor.ClearField("raw_data")
             tensor.data_location = TensorProto.EXTERNAL
             moved += 1
     return moved

@@ -99,3 +99,27 @@ def test_a_relative_artifact_folder_is_built_where_it_names(tmp_path, monkeypatc
                           LossSpec("classify", "y", 1.0, 0.0, num_classes=3), "work/artifacts")
     assert art.training_model == tmp_path / "work" / "artifacts" / "training_model.onnx"
     assert art.training_model.exists() and art.checkpoint.exists() and os.getcwd() == str(tmp_path)
+
+
+def test_tensors_not_held_as_raw_bytes_stay_in_the_graph(tmp_path):
+    """A table of 200 class names (external data cannot hold strings) and a float_data constant build and
+    train."""
+    model = scaled_mlp()
+    names = helper.make_tensor("names", onnx.TensorProto.STRING, [200], [f"class {i}".encode() for i in range(200)])
+    scale = next(t for t in model.graph.initializer if t.name == "unit_scale")
+    typed = helper.make_tensor("unit_scale", onnx.TensorProto.FLOAT, [HIDDEN], numpy_helper.to_array(scale).tolist())
+    scale.CopyFrom(typed)
+    model.graph.initializer.append(names)
+    model.graph.node.extend([helper.make_node("ArgMax", ["y"], ["best"], axis=1, keepdims=0),
+                             helper.make_node("Gather", ["names", "best"], ["label"])])
+    model.graph.output.append(helper.make_tensor_value_info("label", onnx.TensorProto.STRING, ["N"]))
+    art = build_artifacts(insert_masks(model, ["fc1.w"]).model, LossSpec("classify", "y", 1.0, 0.0, num_classes=3),
+                          tmp_path)
+    training = onnx.load(str(art.training_model), load_external_data=False)
+    kept = {t.name: t for t in training.graph.initializer}
+    assert kept["names"].string_data[7] == b"class 7" and len(kept["unit_scale"].float_data) == HIDDEN
+    module = api.Module(str(art.training_model), api.CheckpointState.load_checkpoint(str(art.checkpoint)),
+                        str(art.eval_model))
+    x, labels = blobs(16, 6, 3)
+    module.train()
+    assert np.isfinite(float(module(x, np.eye(3, dtype=np.float32)[labels])[0]))
