@@ -16,7 +16,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,10 +82,22 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
         options, objective, built, trainer = bounded_batch(prepared, objective, options, work, resume, progress)
     if objective.sequence:  # evaluated on the runs it trains on (sequence_batch.py)
         options = replace(options, train=replace(options.train, eval_batch_size=options.train.batch_size))
-    objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
-                                     progress)
-    masked, art, artifact_seconds = built or build_stage(prepared, objective, options, work, progress)
+    with closed_on_error(trainer):
+        objective = with_teacher_outputs(objective, options.train.eval_batch_size, prepared.fixed_batch, work,
+                                         progress)
+        masked, art, artifact_seconds = built or build_stage(prepared, objective, options, work, progress)
     return Ready(prepared, options, objective, masked, art, artifact_seconds, trainer)
+
+
+@contextmanager
+def closed_on_error(trainer: Trainer | None) -> Iterator[None]:
+    """Close `trainer` (its thread pool) when the body fails or is interrupted; it stays open otherwise."""
+    try:
+        yield
+    except BaseException:
+        if trainer is not None:
+            trainer.close()
+        raise
 
 
 def calibrate_stage(prepared: Prepared, objective: Objective, options: CompressOptions,
@@ -153,13 +166,14 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
     prepared, options, objective = ready.prepared, ready.options, ready.objective
     timings = Timings(started, ready.artifact_seconds)
     trainer = ready.trainer or Trainer(ready.art, Surgeon(prepared.plans), options.train, objective.targets)
-    if ready.trainer is not None:
-        trainer.reconfigure(options.train, Surgeon(prepared.plans))
-    if options.train.iterations is None:
-        options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
-    share_from = share_weights(trainer, prepared, options)
-    baseline = None if prepared.start is None else measure_model(
-        prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
+    with closed_on_error(trainer):
+        if ready.trainer is not None:
+            trainer.reconfigure(options.train, Surgeon(prepared.plans))
+        if options.train.iterations is None:
+            options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
+        share_from = share_weights(trainer, prepared, options)
+        baseline = None if prepared.start is None else measure_model(
+            prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from,
                            baseline).run(resume=resume)
     original = trained.baseline if options.start == "calibrated" else None  # measured as finalize would

@@ -21,7 +21,7 @@ from onnx_dns.constant_branches import inline_constant_ifs
 from onnx_dns.data import InputSpec, as_data, model_inputs
 from onnx_dns.errors import ModelError, OptionError
 from onnx_dns.freeze import initializers_feeding, upstream_initializers
-from onnx_dns.graph import FLOAT_TYPES, initializers
+from onnx_dns.graph import FLOAT_TYPES, initializers, producers
 from onnx_dns.losses import loss_output
 from onnx_dns.normalize import densify_sparse, lift_constants, unlist_initializer_inputs
 from onnx_dns.options import CompressOptions
@@ -77,7 +77,10 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
     check_finite(model, source, {t.name for layer in layers for t in layer.tensors})
     frozen = upstream_initializers(model, options.freeze_before) if options.freeze_before else set()
     feeding = initializers_feeding(model, output)
-    left_alone = _left_alone(layers, options, frozen, feeding, output)
+    quantized = _quantized_on_path(model, output)
+    behind = upstream_initializers(model, [n.output[0] for n in quantized]) - frozen if quantized else set()
+    left_alone = _left_alone(layers, options, frozen, feeding, output, (behind, quantized[:1]))
+    frozen |= behind
     _check_layer_names(layers, options, left_alone)
     layers = [layer for layer in layers if layer.name not in left_alone] if options.prune else []
     if options.prune and not layers:
@@ -90,6 +93,21 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
 
 QUANTIZED_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
                  "DequantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+def _quantized_on_path(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
+    """The quantized nodes (QUANTIZED_OPS) that `output` depends on."""
+    made_by = producers(model.graph)
+    found, seen, stack = [], set(), [output]
+    while stack:
+        node = made_by.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in QUANTIZED_OPS:
+            found.append(node)
+        stack.extend(node.input)
+    return found
 
 
 def _warn_quantized(model: onnx.ModelProto, source: str) -> None:
@@ -156,10 +174,15 @@ def check_finite(model: onnx.ModelProto, source: str, weights: set[str]) -> None
 
 
 def _left_alone(layers: list[Layer], options: CompressOptions, frozen: set[str], feeding: set[str],
-                output: str) -> dict[str, str]:
-    """Layers neither trained nor pruned, with why: before --freeze-before, or not feeding the trained output."""
+                output: str, quantized: tuple[set[str], list[onnx.NodeProto]]) -> dict[str, str]:
+    """Layers neither trained nor pruned, with why: before --freeze-before, before a quantized node on the way to
+    the trained output (`quantized`: the initializers before such nodes, the first of them), or not feeding it."""
     left = {layer.name: f"is before --freeze-before {', '.join(options.freeze_before)}"
             for layer in layers if any(t.name in frozen for t in layer.tensors)}
+    behind, first = quantized
+    left |= {layer.name: f"is before a quantized node ({first[0].name or first[0].output[0]}, {first[0].op_type}, "
+             "or another), through which no gradient passes" for layer in layers
+             if layer.name not in left and any(t.name in behind for t in layer.tensors)}
     left |= {layer.name: f"does not feed output {output!r}" for layer in layers
              if layer.name not in left and not all(t.name in feeding for t in layer.tensors)}
     for name, why in left.items():

@@ -105,8 +105,7 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
     first = replace(options, target=targets[0], train=replace(options.train, max_accuracy_drop=None))
     ready = set_up(original, source, first, work, identity, False, progress)
     prepared, objective, masked, art = ready.prepared, ready.objective, ready.masked, ready.art
-    if ready.trainer is not None:  # each target opens its own
-        ready.trainer.close()
+    spare, ready.trainer = ready.trainer, None  # the batch-size probe's, on these graphs: the first target's
     options = replace(options, train=ready.options.train)
     feed = sample_feed(objective.val, prepared.fixed_batch)
     points: list[SweepPoint] = []
@@ -116,7 +115,10 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         progress({"event": "target", "target": target, "targets": targets})
         step = replace(options, target=target)
         plans = plans_for(prepared.layers, step)
-        trainer = Trainer(art, Surgeon(plans), step.train, objective.targets)
+        trainer = spare or Trainer(art, Surgeon(plans), step.train, objective.targets)
+        if spare is not None:
+            trainer.reconfigure(step.train, Surgeon(plans))
+            spare = None
         if options.train.iterations is None:  # sized once, from the first target's trainer: the budget is per target
             step, planned = sized(trainer, replace(prepared, plans=plans), objective, step, work, False, progress)
             options, plans = with_iterations(options, step.train.iterations), planned.plans

@@ -110,33 +110,35 @@ def test_a_quantized_model_is_refused_with_what_to_do_instead():
         onnx_dns.compress(model, {"x": np.zeros((8, 6), np.float32)})
 
 
-def test_a_partly_quantized_model_says_its_quantized_nodes_are_left_as_they_are(caplog):
+def test_a_partly_quantized_model_is_compressed_after_its_quantized_nodes_and_says_so(caplog):
+    """fc1 (float) -> dynamically quantized MatMulInteger -> fc2 (float): no gradient passes the quantized node,
+    so fc1 is left alone with a warning that says why, and fc2 is pruned."""
     from onnx import TensorProto, helper
 
-    inits = [numpy_helper.from_array(np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.ones((6, 3), np.int8), "w_q"),
-             numpy_helper.from_array(np.zeros((), np.int8), "w_zero")]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.integers(-60, 60, (16, 16)).astype(np.int8), "w_q"),
+             numpy_helper.from_array(np.zeros((), np.int8), "w_zero"),
+             numpy_helper.from_array(np.float32(0.01), "w_scale"),
+             numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
              helper.make_node("DynamicQuantizeLinear", ["h"], ["h_q", "h_scale", "h_zero"]),
              helper.make_node("MatMulInteger", ["h_q", "w_q", "h_zero", "w_zero"], ["acc"], name="fc_q"),
-             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+             helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["acc_f", "h_scale"], ["g0"]), helper.make_node("Mul", ["g0", "w_scale"], ["g"]),
+             helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2")]
     graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    from onnx_dns.options import CompressOptions
-    from onnx_dns.prepare import prepare
-
+    x = rng.standard_normal((64, 6)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="onnx_dns.prepare"):
-        prepared = prepare(model, "q.onnx", CompressOptions(data="unused.npz", target=2.0))
-    assert [layer.name for layer in prepared.layers] == ["fc"]
-    assert "q.onnx is partly quantized: 1 nodes (MatMulInteger, first fc_q)" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="onnx_dns.prepare"):
-        floats = helper.make_graph(nodes[:1], "f", list(graph.input),
-                                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 6])], inits[:1])
-        prepare(helper.make_model(floats, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), "f.onnx",
-                CompressOptions(data="unused.npz", target=2.0))
-    assert "quantized" not in caplog.text
+        result = onnx_dns.compress(model, {"x": x}, target="2x", iterations=4, lr=1e-3, batch_size=16,
+                                   max_accuracy_drop=None)
+    assert "is partly quantized: 1 nodes (MatMulInteger, first fc_q)" in caplog.text
+    assert "layer fc1 is neither trained nor pruned: it is before a quantized node (fc_q, MatMulInteger" in caplog.text
+    written = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert np.array_equal(written["w1"], numpy_helper.to_array(inits[0]))
+    assert [layer.name for layer in onnx_dns.inspect(result.model).layers if layer.nonzeros < layer.params] == ["fc2"]
 
 
 def test_inspect_and_evaluate_in_memory(tmp_path):

@@ -151,3 +151,27 @@ def test_the_trainer_that_measured_the_step_trains_from_where_it_started(monkeyp
     for tensor in given.model.graph.initializer:
         assert weights[tensor.name] == tensor
     assert bounded.history == given.history
+
+
+def test_a_sweep_trains_its_first_target_with_the_probes_trainer_and_no_session_stays_open(monkeypatch, tmp_path):
+    import weakref
+
+    model, x, y = _model()
+    opened, alive = [], []
+    real_init, real_run = pipeline.Trainer.__init__, pipeline.TrainingLoop.run
+
+    def counted(trainer, *args, **kwargs):
+        opened.append(weakref.ref(trainer))
+        real_init(trainer, *args, **kwargs)
+
+    def run(loop, resume=False):
+        import gc
+
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in opened))
+        return real_run(loop, resume)
+
+    monkeypatch.setattr(pipeline.Trainer, "__init__", counted)
+    monkeypatch.setattr(pipeline.TrainingLoop, "run", run)
+    onnx_dns.sweep(model, {"x": x, "labels": y}, targets="2x,3x", iterations=4, lr=0.01, out_dir=tmp_path)
+    assert len(opened) == 2 and alive == [1, 1]  # one session per target, the first the probe's
