@@ -16,7 +16,9 @@ way, in percent of the original (the original scores 100 against itself):
   A raw YOLOX head over a square image (exported without its decoding: [B, 5+K, A] of offsets within each cell
   of the stride 8, 16 and 32 grids, log sizes, objectness and K class scores; its boxes are not in pixels) is
   decoded first as YOLOX does: centre (offset + cell) * stride, size exp(log size) * stride, scores objectness
-  times class score.
+  times class score. A YOLOX head decoded in the graph (boxes in pixels, then objectness and class scores,
+  told by an objectness low on most anchors where the best class score is not) is scored on objectness times
+  class score too.
   A single-channel probability map instead ([B, 1, H, W] or [B, H, W] whose original values lie in [0, 1], such
   as a DBNet text map) has as detections the bounding boxes of its 4-connected regions of values > 0.5
   (`onnx_dns.regions`), all of one class, the original's taken largest (most pixels) first, ties in the raster
@@ -42,6 +44,8 @@ MATCH_IOU = 0.5
 MAX_DETECTIONS = 300
 YOLO_STRIDES = (8, 16, 32)  # the grids a YOLO head has one anchor per cell of
 RAW_OFFSET_CELLS = 4  # a raw YOLOX head's centre offsets stay within this many cells; a pixel head's go beyond
+OBJECTNESS_LOW = 0.01  # median first score of a head with objectness: most anchors hold no object
+CLASS_GIVEN = 0.1  # median best class score there: conditional on an object, so not low where there is none
 LABELS = {"decisions": f"decision overlap at {DECISION_THRESHOLD:g}", "cosine": "cosine similarity",
           "boxes": "detections reproduced"}
 REGIONS_HINT = "--fidelity boxes judges a one-channel map by its regions"
@@ -101,18 +105,22 @@ class BoxesReproduced:
         self.original = self.new = self.matched = 0
         self.maps: bool | None = None
         self.raw_side: int | None = None  # the image side of a raw YOLOX head, decoded before it is read
+        self.objectness = False  # a decoded YOLOX head: its scores are objectness x class
 
     def add(self, outputs: np.ndarray, target: np.ndarray) -> None:
         target = target.reshape(outputs.shape)
         if self.maps is None:
             self.maps = is_probability_map(target)
             self.raw_side = None if self.maps else raw_yolox_side(anchors_last(target))
+            self.objectness = not self.maps and self.raw_side is None and has_objectness(anchors_last(target))
         if self.maps:
             images, find = zip(image_maps(outputs), image_maps(target)), region_detections
         else:
             heads = [anchors_last(outputs), anchors_last(target)]
             if self.raw_side is not None:
                 heads = [decode_yolox(h, self.raw_side) for h in heads]
+            elif self.objectness:
+                heads = [fold_objectness(h) for h in heads]
             images, find = zip(*heads), detections
         for new, original in images:
             mine, theirs = find(new), find(original)
@@ -180,6 +188,21 @@ def raw_yolox_side(head: np.ndarray) -> int | None:
     if side is None or head.shape[1] < 6 or np.abs(head[:, :2]).max() > RAW_OFFSET_CELLS:
         return None
     return side if bool(((head[:, 4:] >= 0) & (head[:, 4:] <= 1)).all()) else None
+
+
+def has_objectness(sample: np.ndarray) -> bool:
+    """Whether a head's first score [B, 4+K, A] is an objectness (YOLOX decoded in the graph): low on most
+    anchors while the best of the others, class scores given an object, is not (median 0.47 on ddddocr's
+    detector); a YOLOv8 head's scores are all low where there is no object."""
+    scores = sample[:, 4:]
+    if scores.shape[1] < 2:
+        return False
+    return bool(np.median(scores[:, 0]) < OBJECTNESS_LOW and np.median(scores[:, 1:].max(axis=1)) > CLASS_GIVEN)
+
+
+def fold_objectness(head: np.ndarray) -> np.ndarray:
+    """A head [B, 5+K, A] with objectness as [B, 4+K, A] whose scores are objectness x class, as YOLOX scores."""
+    return np.concatenate([head[:, :4], head[:, 4:5] * head[:, 5:]], axis=1)
 
 
 def decode_yolox(head: np.ndarray, side: int) -> np.ndarray:

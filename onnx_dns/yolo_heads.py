@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_dns.detection_loss import FLOOR_FRACTION, DetectionHead, class_logits
-from onnx_dns.fidelity import YOLO_STRIDES, in_pixels, raw_yolox_side
+from onnx_dns.fidelity import YOLO_STRIDES, has_objectness, in_pixels, raw_yolox_side
 
 
 def yolo_layout(shape: tuple[int, ...], size: tuple[int, int] | None) -> bool | None:
@@ -53,7 +53,8 @@ def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
     classes = sample.shape[1 if anchors_last else 2] - 4
     logits = class_logits(model, output, anchors_last, classes)
     if is_yolo_head(sample, size):
-        return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size), logits)
+        objectness = has_objectness(_anchors_last(sample, anchors_last))
+        return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size), logits, objectness)
     if raw_yolox_side(_anchors_last(sample, anchors_last)) is not None:
         return DetectionHead(anchors_last, classes, None, logits, objectness=True)
     return None  # neither boxes in pixels nor a raw head's offsets and scores: a plain regression

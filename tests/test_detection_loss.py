@@ -104,6 +104,14 @@ def test_a_head_with_one_anchor_per_cell_of_the_stride_8_16_32_grids_is_distille
     # a raw head (YOLOX without its decoding: cell offsets, log sizes) has its box channels compared as they are
     raw = detection_head(head_model(anchors=anchors), "y", decoded(anchors, 64, raw=True), (64, 64))
     assert raw == DetectionHead(True, K, None, "logits", objectness=True)
+    # decoded YOLOX: boxes in pixels, an objectness low on most anchors and class scores that are not
+    yolox = decoded(anchors, 64)
+    yolox[:, 4] *= 0.001
+    assert detection_head(head_model(anchors=anchors), "y", yolox, (64, 64)) == DetectionHead(
+        True, K, 64 / 32, "logits", objectness=True)
+    yolov8 = decoded(anchors, 64)
+    yolov8[:, 4:] *= 0.001  # every score low where there is no object
+    assert not detection_head(head_model(anchors=anchors), "y", yolov8, (64, 64)).objectness
 
 
 @pytest.mark.parametrize("anchors_last", [True, False])
@@ -249,3 +257,21 @@ def test_compress_distils_a_yolo_head_with_the_detection_loss_on_its_logits():
     nodes = {n.name: n for n in graph.node}
     assert "dns_loss_det_box_w" in nodes and "dns_loss_det_kl" in nodes  # not the per-channel MSE
     assert nodes["dns_loss_det_relu"].input[0] == "logits"
+
+
+def test_a_decoded_yolox_head_is_scored_on_objectness_times_class():
+    """Empty anchors of a YOLOX head score 0.5 on their class but ~0 on objectness: no detections there."""
+    from onnx_dns.fidelity import BoxesReproduced
+
+    head = decoded(84, 64)
+    head[:, 4] = 0.001
+    head[:, 5:] = 0.5
+    head[:, 4, 10], head[:, 5, 10] = 0.9, 0.9  # one object per image
+    measure = BoxesReproduced()
+    measure.add(head, head)
+    assert measure.objectness and measure.original == 2 and measure.percent == 100.0
+    moved = head.copy()
+    moved[:, 4, 10] = 0.1  # its objectness falls below the threshold: 0.1 x 0.9 < 0.25
+    measure = BoxesReproduced()
+    measure.add(moved, head)
+    assert measure.original == 2 and measure.matched == 0
