@@ -19,8 +19,8 @@ from onnx_dns.freeze import initializers_feeding
 from onnx_dns.graph import FLOAT_TYPES, initializers, node_label
 from onnx_dns.insert_masks import mask_pairs, masked_name
 from onnx_dns.losses import LOSS_OUTPUT, LossSpec, attach_loss
-from onnx_dns.ort_training import captured_stderr, training_artifacts
 from onnx_dns.model_io import write_failed
+from onnx_dns.ort_training import captured_stderr, training_artifacts
 from onnx_dns.normalize import infer_output_shapes
 from onnx_dns.prunable import find_layers
 from onnx_dns.straight_through import rewire_straight_through
