@@ -57,6 +57,7 @@ def masked_model(name: str):
 
 
 def worker(name: str, way: str) -> dict:
+    """One timed `build_artifacts` of `name`, the tensors set aside or (the reference) handed over in memory."""
     from onnx_dns import artifacts
     from onnx_dns.losses import LossSpec
 
@@ -73,12 +74,14 @@ def worker(name: str, way: str) -> dict:
 
 
 def measure(name: str, way: str) -> dict:
+    """`worker` in a fresh process, so that its peak memory is its own."""
     done = subprocess.run([sys.executable, __file__, "--worker", name, way], capture_output=True, text=True,
                           check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def markdown(report: dict) -> str:
+    """The results table: median seconds of each way, their ratio and each way's peak memory."""
     lines = ["# Building the training artifacts: parameters set aside vs in memory", "",
              f"Run {report['started']} to {report['ended']} on {report['machine']}, onnxruntime "
              f"{report['onnxruntime']}, load average {report['load'][0]:.1f} at the start and "
@@ -97,6 +100,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
+    """Alternate the two ways `--repeats` times per model and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["alexnet", "wide_mlp"])
     parser.add_argument("--repeats", type=int, default=2)
