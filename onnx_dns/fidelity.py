@@ -212,11 +212,10 @@ def decode_yolox(head: np.ndarray, side: int) -> np.ndarray:
     stride = np.concatenate([np.full(len(row), s, np.float64) for s, (row, _) in cells])
     gx = np.concatenate([col for _, (_, col) in cells]).astype(np.float64)
     gy = np.concatenate([row for _, (row, _) in cells]).astype(np.float64)
-    out = np.empty((head.shape[0], head.shape[1] - 1, head.shape[2]))
+    out = fold_objectness(head.astype(np.float64))
     out[:, 0] = (head[:, 0] + gx) * stride
     out[:, 1] = (head[:, 1] + gy) * stride
     out[:, 2:4] = np.exp(np.minimum(head[:, 2:4], 30.0)) * stride
-    out[:, 4:] = head[:, 4:5] * head[:, 5:]
     return out
 
 

@@ -79,7 +79,7 @@ def prepare(original: onnx.ModelProto, source: str, options: CompressOptions) ->
     feeding = initializers_feeding(model, output)
     quantized = _quantized_on_path(model, output)
     behind = upstream_initializers(model, [n.output[0] for n in quantized]) - frozen if quantized else set()
-    left_alone = _left_alone(layers, options, frozen, feeding, output, (behind, quantized[:1]))
+    left_alone = _left_alone(layers, options, frozen, feeding, output, behind, quantized[0] if quantized else None)
     frozen |= behind
     _check_layer_names(layers, options, left_alone)
     layers = [layer for layer in layers if layer.name not in left_alone] if options.prune else []
@@ -174,13 +174,12 @@ def check_finite(model: onnx.ModelProto, source: str, weights: set[str]) -> None
 
 
 def _left_alone(layers: list[Layer], options: CompressOptions, frozen: set[str], feeding: set[str],
-                output: str, quantized: tuple[set[str], list[onnx.NodeProto]]) -> dict[str, str]:
+                output: str, behind: set[str], quantized: onnx.NodeProto | None) -> dict[str, str]:
     """Layers neither trained nor pruned, with why: before --freeze-before, before a quantized node on the way to
-    the trained output (`quantized`: the initializers before such nodes, the first of them), or not feeding it."""
+    the trained output (reading initializers `behind` one; `quantized` is one of them), or not feeding it."""
     left = {layer.name: f"is before --freeze-before {', '.join(options.freeze_before)}"
             for layer in layers if any(t.name in frozen for t in layer.tensors)}
-    behind, first = quantized
-    left |= {layer.name: f"is before a quantized node ({first[0].name or first[0].output[0]}, {first[0].op_type}, "
+    left |= {layer.name: f"is before a quantized node ({quantized.name or quantized.output[0]}, {quantized.op_type}, "
              "or another), through which no gradient passes" for layer in layers
              if layer.name not in left and any(t.name in behind for t in layer.tensors)}
     left |= {layer.name: f"does not feed output {output!r}" for layer in layers

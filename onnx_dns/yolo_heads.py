@@ -52,10 +52,10 @@ def detection_head(model: onnx.ModelProto, output: str, sample: np.ndarray,
         return None
     classes = sample.shape[1 if anchors_last else 2] - 4
     logits = class_logits(model, output, anchors_last, classes)
-    if is_yolo_head(sample, size):
-        objectness = has_objectness(_anchors_last(sample, anchors_last))
-        return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size), logits, objectness)
-    if raw_yolox_side(_anchors_last(sample, anchors_last)) is not None:
+    head = _anchors_last(sample, anchors_last)
+    if in_pixels(head, size):
+        return DetectionHead(anchors_last, classes, FLOOR_FRACTION * max(size), logits, has_objectness(head))
+    if raw_yolox_side(head) is not None:
         return DetectionHead(anchors_last, classes, None, logits, objectness=True)
     return None  # neither boxes in pixels nor a raw head's offsets and scores: a plain regression
 
