@@ -61,7 +61,8 @@ def entry_count(positions: np.ndarray, bits: int) -> int:
     return int(len(gaps) + ((gaps - 1) // (2 ** bits - 1)).sum())
 
 
-def best_index_bits(positions: np.ndarray) -> int:
-    """The width of relative indices that stores `positions` in the fewest bits (fillers included)."""
-    costs = {bits: entry_count(positions, bits) * bits for bits in range(1, MAX_INDEX_BITS + 1)}
+def best_index_bits(positions: np.ndarray, widths=range(1, MAX_INDEX_BITS + 1)) -> int:
+    """The width among `widths` of relative indices that stores `positions` in the fewest bits (fillers
+    included)."""
+    costs = {bits: entry_count(positions, bits) * bits for bits in widths}
     return min(costs, key=lambda b: (costs[b], b))

@@ -10,6 +10,8 @@ from graphs import RUNNABLE, init_arrays, make_model, random_feeds, run, tensor,
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from onnx_dns import packed as packed_module
+from onnx_dns.bitpack import best_index_bits
 from onnx_dns.fold import read_metadata
 from onnx_dns.normalize import lift_constants
 from onnx_dns.ort_training import onnxruntime
@@ -144,3 +146,40 @@ def test_float64_and_float16_weights_pack_exactly(dtype, proto):
     onnx.checker.check_model(packed, full_check=True)
     feeds = {"x": rng.normal(size=(2, 300)).astype(dtype)}
     np.testing.assert_array_equal(run(packed, feeds)[0], run(model, feeds)[0])
+
+
+def grid_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Rebuild nodes that only the grid decoding writes (a bit-field shift, a prefix sum along rows)."""
+    axes = {t.name: int(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer if t.dims == []}
+    return {"BitShift": sum(n.op_type == "BitShift" for n in model.graph.node),
+            "row sums": sum(n.op_type == "CumSum" and axes.get(n.input[1]) == 1 for n in model.graph.node)}
+
+
+@pytest.mark.parametrize("keep,bits", [(0.5, None), (0.5, 3), (0.1, None), (0.1, 4), (0.004, None)])
+def test_long_streams_decode_as_a_grid_exactly_in_onnxruntime_and_the_reference_evaluator(monkeypatch, keep, bits):
+    monkeypatch.setattr(packed_module, "GRID_FROM", 64)
+    monkeypatch.setattr(packed_module, "ROW", 24)  # no stream here fills its last row
+    model = wide_mlp(keep=keep)
+    packed = repack(model, "packed", bits).model
+    onnx.checker.check_model(packed, full_check=True)
+    assert grid_ops(packed)["row sums"] >= 1
+    assert grid_ops(packed)["BitShift"] >= 1 or keep < 0.01  # 1/250 kept: 8- or 16-bit gaps, read as whole bytes
+    dense = repack(model, "dense", bits).model
+    feeds = random_feeds(model, batch=3)
+    np.testing.assert_array_equal(run(packed, feeds)[0], run(dense, feeds)[0])
+    for name, array in init_arrays(unpack_model(packed).model).items():
+        np.testing.assert_array_equal(array, init_arrays(dense)[name])
+
+
+def test_short_streams_keep_the_plain_decoding():
+    packed = repack(wide_mlp(keep=0.5), "packed").model
+    assert grid_ops(packed) == {"BitShift": 0, "row sums": 0}
+
+
+def test_a_long_stream_is_stored_at_a_width_the_grid_reads(monkeypatch):
+    positions = np.cumsum(np.random.default_rng(0).integers(3, 8, size=5000))
+    assert best_index_bits(positions) == 3
+    assert packed_module.index_bits(positions) == 3
+    monkeypatch.setattr(packed_module, "GRID_FROM", 1000)
+    assert packed_module.index_bits(positions) in packed_module.GRID_BITS
+    assert packed_module.index_bits(positions) == best_index_bits(positions, packed_module.GRID_BITS)
