@@ -40,7 +40,8 @@ def _corpus_rows(entries: list[dict]) -> list[list]:
 def _run_rows(runs: list[dict]) -> list[list]:
     def fmt(value, pattern):
         return None if value is None else pattern.format(value)
-    return [[r["model"], r["target"], r.get("options", "defaults"), r["status"], fmt(r.get("compression"), "{:.1f}x"),
+    return [[r["model"], r["target"], r.get("options", "defaults"), fmt(r.get("iterations"), "{:,}"),
+             fmt(r.get("train_samples"), "{:,}"), r["status"], fmt(r.get("compression"), "{:.1f}x"),
              fmt(r.get("fidelity"), "{:.3f}"), fmt(r.get("step_ms"), "{:.0f}"), fmt(r.get("setup_s"), "{:.0f}"),
              fmt(r.get("wall_s"), "{:.0f}"), fmt(r.get("peak_rss_mb"), "{:,}"), fmt(r.get("file_mb"), "{:.1f}"),
              r.get("error")] for r in runs]
@@ -52,7 +53,8 @@ def markdown(results: dict) -> str:
         "# Real pretrained models from PyPI wheels: onnx-dns compress today\n",
         f"Made with `{' && '.join(results['commands'])}` on {results['machine']}, Python {results['python']}. "
         "Label-free (distillation from the original), default settings apart from iterations, batch size, "
-        "evaluation batch size and interval. Each run's address space is capped (`--max-memory-gb`). "
+        "evaluation batch size and interval (`iterations`; `inputs`: training inputs, a tenth held out for "
+        "validation). Each run's address space is capped (`--max-memory-gb`). "
         "Fidelity: detectors, share of the original's boxes reproduced at IoU 0.5; recognizer, share of lines "
         "decoded to identical text; classifiers, top-1 agreement; embeddings, mean cosine; VAD, agreement of "
         "speech decisions at 0.5. `vs truth`: the original model on what the input generator knows (rendered "
@@ -63,8 +65,8 @@ def markdown(results: dict) -> str:
         table(["model", "package", "exporter", "producer", "opsets", "size", "params", "prunable layers",
                "operators without CPU gradient", "vs truth", "expected"], _corpus_rows(results["models"])),
         "\n## Runs\n",
-        table(["model", "target", "options", "status", "compression", "fidelity", "ms/step", "setup s", "wall s",
-               "peak MB", "file MB", "error"], _run_rows(results["runs"])),
+        table(["model", "target", "options", "iterations", "inputs", "status", "compression", "fidelity", "ms/step",
+               "setup s", "wall s", "peak MB", "file MB", "error"], _run_rows(results["runs"])),
         "\n## Inputs and outputs\n",
         table(["model", "inputs", "outputs", "input generator", "fidelity on"],
               [[e["name"], "; ".join(e.get("graph_inputs", [])),

@@ -153,6 +153,7 @@ def run_target(model: corpus.Model, model_path: Path, work: Path, target: str, a
                "--eval-batch-size", str(args.eval_batch_size), "-o", str(output), "--report", str(report), "-v",
                *shlex.split(args.compress_options)]
     row = {"model": model.name, "target": target, "options": args.compress_options or "defaults",
+           "iterations": args.iterations, "train_samples": args.train_samples,
            **_compress(command, args.timeout, args.max_memory_gb)}
     below = output.with_name(f"{target}.below-bound.onnx")
     if row["exit_code"] == 0 and report.exists():
