@@ -145,7 +145,7 @@ def _grid_positions(b: _Builder, deltas: np.ndarray, bits: int) -> tuple[str, st
 
 def _first(b: _Builder, grid: str, count: int, shape: list[int], entries: int | None = None) -> str:
     """The first `count` entries of a grid (of `entries` rounded up to rows) in reading order, as `shape`; zeros
-    after its end."""
+    after its end. Only integer grids are cut or padded: onnxruntime has no float16 Pad to fold."""
     flat = b.op("Reshape", grid, b.const(np.array(shape, np.int64)))
     beyond = count - -(-(entries or count) // ROW) * ROW
     if beyond > 0:
@@ -156,11 +156,12 @@ def _first(b: _Builder, grid: str, count: int, shape: list[int], entries: int | 
 
 def index_bits(positions: np.ndarray) -> int:
     """The width of relative indices a packed group stores `positions` at: the fewest bits, or among
-    GRID_BITS when the stream is long enough to be decoded as a grid."""
+    GRID_BITS when the stream is still long enough at that width to be decoded as a grid."""
     best = best_index_bits(positions)
     if entry_count(positions, best) < GRID_FROM or best in GRID_BITS:
         return best
-    return best_index_bits(positions, GRID_BITS)
+    readable = best_index_bits(positions, GRID_BITS)
+    return readable if entry_count(positions, readable) >= GRID_FROM else best
 
 
 def _coded_values(b: _Builder, books: list[Codebook], value_bits: int) -> str:
@@ -200,9 +201,9 @@ def _grid_weights(b: _Builder, deltas: np.ndarray, bits: int, values: str, total
     if bits == 1:
         d = _read_grid(b, pack_bits(deltas, bits), bits, len(deltas))
         value_index = b.op("Mul", b.op("Cast", _grid_prefix_sum(b, d), to=TensorProto.INT32), d)
-        return _first(b, b.op("Gather", values, value_index), total, [-1], len(deltas))
+        return b.op("Gather", values, _first(b, value_index, total, [-1], len(deltas)))
     scatter, value_index = _grid_positions(b, deltas, bits)
-    entry_values = _first(b, b.op("Gather", values, value_index), len(deltas), [-1])
+    entry_values = b.op("Gather", values, _first(b, value_index, len(deltas), [-1]))
     zeros = b.op("ConstantOfShape", b.const(np.array([total], np.int64)), value=numpy_helper.from_array(zero, "value"))
     return b.op("ScatterND", zeros, scatter, entry_values)
 

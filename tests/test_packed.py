@@ -11,7 +11,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from onnx_dns import packed as packed_module
-from onnx_dns.bitpack import best_index_bits
+from onnx_dns.bitpack import best_index_bits, entry_count
 from onnx_dns.fold import read_metadata
 from onnx_dns.normalize import lift_constants
 from onnx_dns.ort_training import onnxruntime
@@ -183,3 +183,33 @@ def test_a_long_stream_is_stored_at_a_width_the_grid_reads(monkeypatch):
     monkeypatch.setattr(packed_module, "GRID_FROM", 1000)
     assert packed_module.index_bits(positions) in packed_module.GRID_BITS
     assert packed_module.index_bits(positions) == best_index_bits(positions, packed_module.GRID_BITS)
+
+
+def test_a_float16_grid_with_zeros_past_its_last_row_folds_completely(monkeypatch, tmp_path):
+    monkeypatch.setattr(packed_module, "GRID_FROM", 64)
+    monkeypatch.setattr(packed_module, "ROW", 24)
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(30, 100)) * (rng.random((30, 100)) < 0.5)).astype(np.float16)
+    inits = [tensor("w", w), tensor("b", np.zeros(100, np.float16))]  # 100 zeros at the end: past the grid
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
+    model = make_model(nodes, [value("x", ["N", 30], onnx.TensorProto.FLOAT16)],
+                       [value("y", ["N", 100], onnx.TensorProto.FLOAT16)], inits)
+    packed = repack(model, "packed").model
+    assert grid_ops(packed)["row sums"] >= 1
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(packed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert not ops(onnx.load(str(tmp_path / "optimized.onnx"))) & (REBUILD_OPS | {"Pad", "Gather", "BitShift"})
+    x = rng.normal(size=(2, 30)).astype(np.float16)
+    np.testing.assert_array_equal(run(packed, {"x": x})[0], run(model, {"x": x})[0])
+
+
+def test_a_wider_width_that_would_not_make_a_grid_is_not_taken(monkeypatch):
+    rng = np.random.default_rng(0)
+    gaps = np.where(rng.random(6000) < 0.15, rng.integers(32, 63, 6000), rng.integers(16, 32, 6000))
+    positions = np.cumsum(gaps) - 1
+    best = best_index_bits(positions)
+    assert best not in packed_module.GRID_BITS
+    monkeypatch.setattr(packed_module, "GRID_FROM", entry_count(positions, best))  # a grid at the best width only
+    assert entry_count(positions, best_index_bits(positions, packed_module.GRID_BITS)) < packed_module.GRID_FROM
+    assert packed_module.index_bits(positions) == best
