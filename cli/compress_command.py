@@ -71,7 +71,8 @@ DATA_OPTIONS = [
     click.option("--distill-weight", type=click.FloatRange(0, 1),
                  help=with_default("distill_weight", "Share of distillation in the loss when there are labels too.")),
     click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
-                 help=with_default("temperature", "Distillation temperature.")),
+                 help="Distillation temperature.  [default: the largest of 4, 2 and 1 at which the input model's "
+                 "top class keeps half of its softened probability on average]"),
     click.option("--task", type=click.Choice(["classify", "regress"]), help="What the output is. Default: classify "
                  "with integer labels or a Softmax output, else regress."),
     click.option("--output-name", help="The model output to train on; layers that do not feed it are left as "

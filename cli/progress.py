@@ -73,6 +73,9 @@ class Progress:
         elif kind == "calibrated":
             self._echo(f"calibrated start: {event['corrected']} of {event['layers']} layers scored and refit "
                        f"({_duration(event['seconds'])})")
+        elif kind == "temperature":
+            self._echo(f"distillation temperature {event['temperature']:g}: the softest of 4, 2 and 1 at which the "
+                       "original's top class keeps half of its softened probability")
         elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":

@@ -29,7 +29,8 @@ from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.stream import BURN_IN_RUNS, state_pairs
-from onnx_dns.targets import Targets, batch_axis, caching, stored_bytes, with_teacher
+from onnx_dns.targets import (TEMPERATURES, Targets, batch_axis, caching, choose_temperature, stored_bytes,
+                              with_teacher)
 from onnx_dns.yolo_heads import detection_head, is_raw_yolox, is_yolo_head
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,12 @@ def loss_spec(task: str, output: str, labels: np.ndarray | None, sample: np.ndar
             raise DataError(f"{_name(options.data)}: labels range over {labels.min()}..{labels.max()} but the "
                             f"model has {num_classes} classes")
     scale = channel_scale(sample) if task == "regress" and distill and labels is None and sample.ndim >= 3 else None
-    return LossSpec(task, output, label_weight, distill_weight, options.temperature, num_classes, sample.ndim, scale)
+    temperature = options.temperature
+    if temperature is None:
+        temperature = TEMPERATURES[0]
+        if task == "classify" and distill:
+            temperature = choose_temperature(sample)
+    return LossSpec(task, output, label_weight, distill_weight, temperature, num_classes, sample.ndim, scale)
 
 
 def channel_scale(sample: np.ndarray) -> tuple[float, ...]:

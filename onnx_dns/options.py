@@ -111,7 +111,7 @@ class CompressOptions:
     val: Any = option(None)
     distill: bool | None = option(None, FLAG)
     distill_weight: float = option(0.5, Range(low=0, high=1))
-    temperature: float = option(4.0, Range(low=0, low_open=True))
+    temperature: float | None = option(None, Range(low=0, low_open=True))  # None: `targets.choose_temperature`
     task: str | None = option(None, ("classify", "regress"))
     output_name: str | None = option(None)
     fidelity: str = option("auto", FIDELITY_CHOICES)

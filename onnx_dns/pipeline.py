@@ -74,6 +74,8 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     batch_size = training_batch_size(prepared, options.train.batch_size or DEFAULT_BATCH_SIZE)
     options = replace(options, train=replace(options.train, batch_size=batch_size))
     objective = build_objective(prepared, options)
+    if options.temperature is None and objective.spec.task == "classify" and objective.spec.distill_weight > 0:
+        progress({"event": "temperature", "temperature": objective.spec.temperature})
     if options.start == "calibrated" and not resume:  # a resume restores the calibrated weights from its checkpoint
         prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)

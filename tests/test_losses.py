@@ -321,3 +321,35 @@ def test_distillation_loss_is_zero_for_a_student_equal_to_its_teacher():
     out = attach_loss(linear(W, B), LossSpec("classify", "y", 0.0, 1.0, 4.0, num_classes=4))
     loss = run(out, x=X, **{SOFT_TARGET: np_softmax(LOGITS / 4.0)})[0]
     assert abs(float(loss)) < 1e-5
+
+
+def top_share(logits: np.ndarray, t: float) -> float:
+    """Mean probability of the top class of softmax(logits / t), written here independently of the library."""
+    z = logits / t
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    return float((p.max(axis=-1) / p.sum(axis=-1)).mean())
+
+
+@pytest.mark.parametrize("classes,margin", [(2, 3.0), (10, 6.0), (6625, 8.0), (6625, 30.0)])
+def test_the_temperature_is_the_softest_at_which_the_top_class_keeps_half(classes, margin):
+    from onnx_dns.targets import choose_temperature
+
+    logits = np.random.default_rng(0).standard_normal((16, 5, classes)) * 0.5
+    logits[..., 0] += margin
+    chosen = choose_temperature(logits)
+    softer = [t for t in (4.0, 2.0, 1.0) if t > chosen]
+    assert top_share(logits, chosen) >= 0.5 or chosen == 1.0
+    assert all(top_share(logits, t) < 0.5 for t in softer)
+
+
+def test_without_temperature_a_many_class_distillation_sharpens_and_a_given_one_is_kept():
+    from onnx_dns.objective import loss_spec
+    from onnx_dns.options import CompressOptions
+
+    logits = np.zeros((8, 40, 6625), np.float32)
+    logits[..., 0], logits[..., 1] = 20.0, 12.0  # like PP-OCR's recognizer: the top class keeps 2% at 4, 76% at 2
+    assert loss_spec("classify", "y", None, logits, CompressOptions()).temperature == 2.0
+    assert loss_spec("classify", "y", None, logits, CompressOptions(temperature=4.0)).temperature == 4.0
+    two = np.zeros((8, 2), np.float32)
+    two[:, 0] = 8.0
+    assert loss_spec("classify", "y", None, two, CompressOptions()).temperature == 4.0
