@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python benchmarks/packed_open.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     from onnx_dns.ort_training import onnxruntime
-    results = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                "rounds": args.rounds, "command": command.strip(), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -186,25 +186,27 @@ def _coded_values(b: _Builder, books: list[Codebook], value_bits: int) -> str:
 def _weights(b: _Builder, deltas: np.ndarray, bits: int, values: str, total: int, dtype: np.dtype) -> str:
     """Nodes of the `total` weights laid end to end: each real entry's value at its position, zeros elsewhere."""
     scatter, filler, ordinal = _positions(b, deltas, bits)
-    zero = np.zeros((), dtype)
-    entry_values = b.op("Where", filler, b.const(zero), b.op("Gather", values, ordinal))
-    zeros = b.op("ConstantOfShape", b.const(np.array([total], np.int64)),
-                 value=numpy_helper.from_array(zero.reshape(1), "value"))
-    return b.op("ScatterND", zeros, scatter, entry_values)
+    entry_values = b.op("Where", filler, b.const(np.zeros((), dtype)), b.op("Gather", values, ordinal))
+    return _scattered(b, scatter, entry_values, total, dtype)
 
 
 def _grid_weights(b: _Builder, deltas: np.ndarray, bits: int, values: str, total: int, dtype: np.dtype) -> str:
     """The same from a long stream, `values` with a zero put first. At one bit every entry advances the position
     by one, so the entries in reading order are the weights themselves and need no scatter (half the weights
     nonzero, as at 2x, is stored so)."""
-    zero = np.zeros(1, dtype)
     if bits == 1:
         d = _read_grid(b, pack_bits(deltas, bits), bits, len(deltas))
         value_index = b.op("Mul", b.op("Cast", _grid_prefix_sum(b, d), to=TensorProto.INT32), d)
         return b.op("Gather", values, _first(b, value_index, total, [-1], len(deltas)))
     scatter, value_index = _grid_positions(b, deltas, bits)
     entry_values = b.op("Gather", values, _first(b, value_index, len(deltas), [-1]))
-    zeros = b.op("ConstantOfShape", b.const(np.array([total], np.int64)), value=numpy_helper.from_array(zero, "value"))
+    return _scattered(b, scatter, entry_values, total, dtype)
+
+
+def _scattered(b: _Builder, scatter: str, entry_values: str, total: int, dtype: np.dtype) -> str:
+    """Nodes writing each entry's value at its index into `total` zeros."""
+    zeros = b.op("ConstantOfShape", b.const(np.array([total], np.int64)),
+                 value=numpy_helper.from_array(np.zeros(1, dtype), "value"))
     return b.op("ScatterND", zeros, scatter, entry_values)
 
 
