@@ -203,18 +203,19 @@ def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | No
         reporter.advance(n)
 
 
-def measure(run: Run, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,
+def measure(run: Run | None, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,
             reference: Run | None = None, progress: Callable[[dict], None] | None = None,
             fidelity: str = "relative-error") -> Metrics:
     """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`;
-    a regression output is also scored by `fidelity`. Runs that carry a stream's state start the pass afresh."""
+    a regression output is also scored by `fidelity`. Runs that carry a stream's state start the pass afresh.
+    With `run` None the stored original outputs are scored themselves: the original's metrics, with no pass."""
     tally = Tally(task, fidelity)
     labelled = None
     start_pass(run)
     start_pass(reference)
     for feed, y, stored, n, scored in batches(data, batch_size, fixed_batch, progress):
         labelled = y is not None
-        out = batch_first(run(feed), len(next(iter(feed.values()))))[:n]
+        out = stored if run is None else batch_first(run(feed), len(next(iter(feed.values()))))[:n]
         ref = None
         if y is None:
             ref = stored if stored is not None else batch_first(reference(feed), len(next(iter(feed.values()))))[:n]

@@ -29,7 +29,7 @@ from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.stream import BURN_IN_RUNS, state_pairs
-from onnx_dns.targets import (TEMPERATURES, Targets, batch_axis, caching, choose_temperature, stored_bytes,
+from onnx_dns.targets import (TEACHER, TEMPERATURES, Targets, batch_axis, caching, choose_temperature, stored_bytes,
                               with_teacher)
 from onnx_dns.yolo_heads import detection_head, is_raw_yolox, is_yolo_head
 
@@ -270,3 +270,13 @@ def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int,
     run = session_runner(model, objective.spec.output, objective.targets.stream)
     return measure(run, objective.val, objective.spec.task, batch_size, fixed_batch,
                    objective.val_teacher or objective.teacher, progress, objective.targets.fidelity)
+
+
+def measure_original(model: onnx.ModelProto, objective: Objective, batch_size: int, fixed_batch: int | None,
+                     progress: Callable[[dict], None] | None = None) -> Metrics:
+    """The original model's metrics on the validation data: scored from its outputs stored beside unlabelled
+    validation data (no pass), else as `measure_model`."""
+    val = objective.val
+    if isinstance(val, Dataset) and val.labels is None and TEACHER in val.aligned:
+        return measure(None, val, objective.spec.task, batch_size, None, None, progress, objective.targets.fidelity)
+    return measure_model(model, objective, batch_size, fixed_batch, progress)

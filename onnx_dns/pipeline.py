@@ -33,7 +33,7 @@ from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
-from onnx_dns.objective import Objective, build_objective, measure_model, with_teacher_outputs
+from onnx_dns.objective import Objective, build_objective, measure_original, with_teacher_outputs
 from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared, prepare, replan, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
@@ -174,12 +174,12 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
         if options.train.iterations is None:
             options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
         share_from = share_weights(trainer, prepared, options)
-        baseline = None if prepared.start is None else measure_model(
+        baseline = None if resume else measure_original(  # a resume reads it back from its checkpoint
             prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from,
                            baseline).run(resume=resume)
-    original = trained.baseline if options.start == "calibrated" else None  # measured as finalize would
-    return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress, original)
+    return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress,
+                    trained.baseline)
 
 
 def build_stage(prepared: Prepared, objective: Objective, options: CompressOptions, work: Path,

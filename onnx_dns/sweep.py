@@ -22,6 +22,7 @@ from onnx_dns.errors import OptionError
 from onnx_dns.evaluate import Metrics
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.latency import median_latency, sample_feed
+from onnx_dns.objective import measure_original
 from onnx_dns.options import CompressOptions, parse_target
 from onnx_dns.pipeline import set_up, sized
 from onnx_dns.plans import plans_for
@@ -108,6 +109,8 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
     spare, ready.trainer = ready.trainer, None  # the batch-size probe's, on these graphs: the first target's
     options = replace(options, train=ready.options.train)
     feed = sample_feed(objective.val, prepared.fixed_batch)
+    original_metrics = measure_original(prepared.original, objective, options.train.eval_batch_size,
+                                        prepared.fixed_batch, progress)
     points: list[SweepPoint] = []
     previous: TrainResult | None = None
     for target in targets:
@@ -126,16 +129,15 @@ def run_sweep(original: onnx.ModelProto, source: str, options: CompressOptions, 
         if warmed:
             warm(trainer, previous)
         previous = TrainingLoop(trainer, objective.train, objective.val, work / f"target-{target:g}x",
-                                progress).run()
+                                progress, baseline=original_metrics).run()
         result = finalize(replace(prepared, plans=plans), masked, objective, previous, step,
                           Timings(started, ready.artifact_seconds if not points else 0.0), size_before, progress,
-                          original=points[0].result.accuracy_before if points else None)
+                          original=original_metrics)
         points.append(SweepPoint(target, result.compression, result.accuracy_after, result.model.ByteSize(),
                                  median_latency(result.model, feed), False, warmed, result=result))
-    baseline = points[0].result.accuracy_before
     for point in points:
-        point.within_bound = within_bound(point.metrics, baseline, max_drop)
-    return SweepResult(baseline, size_before, median_latency(prepared.original, feed), points, max_drop,
+        point.within_bound = within_bound(point.metrics, original_metrics, max_drop)
+    return SweepResult(original_metrics, size_before, median_latency(prepared.original, feed), points, max_drop,
                        choose(points))
 
 

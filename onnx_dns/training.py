@@ -60,7 +60,7 @@ class TrainingLoop:
                  work_dir: str | Path, progress: Progress | None = None, share_from: int | None = None,
                  baseline: Metrics | None = None) -> None:
         """`share_from`: the iteration from which the trainer's weight sharing (if any) fine-tunes codebooks;
-        `baseline`: the original's metrics when training does not start from it (else measured at iteration 0)."""
+        `baseline`: the original's metrics (when None, those of the model being trained, measured at iteration 0)."""
         self.trainer = trainer
         self.config = trainer.config
         self.train_data = train

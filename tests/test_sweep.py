@@ -116,11 +116,13 @@ def test_cli_sweep_exit_code_and_files(case, tmp_path):
 
 
 def test_the_original_is_measured_once_for_all_targets(case, monkeypatch):
-    from onnx_dns import finalize
+    from onnx_dns import finalize, objective
 
     measured = []
     real = finalize.measure_model
-    monkeypatch.setattr(finalize, "measure_model", lambda model, *a, **k: measured.append(model) or real(model, *a, **k))
+    for module in (finalize, objective):
+        monkeypatch.setattr(module, "measure_model",
+                            lambda model, *a, **k: measured.append(model) or real(model, *a, **k))
     model, train, val = case
     result = onnx_dns.sweep(model, train, val=val, targets="2x,3x,5x", **{**TRAIN, "iterations": 20})
     assert len(measured) == 1 + 3  # the original, then each target's result

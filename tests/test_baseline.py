@@ -1,0 +1,81 @@
+"""The original model's metrics, the bound's baseline: measured once, from its outputs stored beside unlabelled
+validation data when they exist, and never by evaluating the model being trained at iteration 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from graphs import init_arrays, mlp, set_initializer
+
+from onnx_dns.dataset import Dataset
+from onnx_dns.evaluate import session_runner
+from onnx_dns.losses import LossSpec
+from onnx_dns.objective import Objective, measure_model, measure_original
+from onnx_dns.options import CompressOptions, TrainConfig
+from onnx_dns.pipeline import compress_file
+from onnx_dns.targets import Targets, with_teacher
+from onnx_dns.trainer import Trainer
+
+CLASSIFY = LossSpec("classify", "y", 0.0, 1.0, 2.0, 5)
+REGRESS = LossSpec("regress", "y", 0.0, 1.0)
+
+
+def _data(n: int, seed: int = 0) -> Dataset:
+    x = np.random.default_rng(seed).standard_normal((n, 1, 4, 4)).astype(np.float32)
+    return Dataset({"x": x}, None, "data")
+
+
+def _objective(spec: LossSpec, model: onnx.ModelProto, val: Dataset, store: bool) -> Objective:
+    teacher = session_runner(model, "y")
+    val = with_teacher(val, teacher, 8) if store else val
+    return Objective(_data(16, seed=1), val, spec, teacher, Targets(spec, teacher, (5,)), 8, {})
+
+
+def _perturbed() -> onnx.ModelProto:
+    model = mlp()
+    weight = init_arrays(model)["fc2.w"]
+    noise = np.random.default_rng(0).standard_normal(weight.shape).astype(np.float32)
+    set_initializer(model, "fc2.w", weight + noise * weight.std())
+    return model
+
+
+def test_stored_outputs_give_the_original_its_measured_metrics_without_running_it():
+    for spec in (CLASSIFY, REGRESS):
+        objective = _objective(spec, mlp(), _data(30), store=True)
+        # an empty model cannot run: the stored outputs must be all it reads
+        assert measure_original(onnx.ModelProto(), objective, 8, None) == measure_model(mlp(), objective, 8, None)
+    # without stored outputs the model given is run: another model scores differently against the original
+    objective = _objective(CLASSIFY, mlp(), _data(30), store=False)
+    assert measure_original(_perturbed(), objective, 8, None).fidelity < 100
+    assert measure_original(mlp(), objective, 8, None).fidelity == 100
+
+
+def test_labelled_validation_data_runs_the_original(tmp_path):
+    """Stored outputs say nothing of accuracy against labels: the original is run."""
+    val = _data(30)
+    labels = session_runner(mlp(), "y")(val.inputs).argmax(axis=-1)
+    labelled = Dataset(val.inputs, labels, "val")
+    objective = _objective(CLASSIFY, mlp(), labelled, store=True)
+    assert measure_original(mlp(), objective, 8, None).top1 == 100
+    assert measure_original(_perturbed(), objective, 8, None).top1 < 100
+
+
+def test_a_label_free_run_evaluates_the_model_being_trained_only_at_its_intervals(tmp_path, monkeypatch):
+    evaluated = []
+    trainer_evaluate = Trainer.evaluate
+
+    def counted(self, *args, **kwargs):
+        evaluated.append(self)
+        return trainer_evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    onnx.save(mlp(), str(tmp_path / "model.onnx"))
+    np.savez(tmp_path / "x.npz", x=_data(80).inputs["x"])
+    options = CompressOptions(data=str(tmp_path / "x.npz"), target=2.0,
+                              train=TrainConfig(iterations=8, batch_size=16, lr=1e-3, eval_every=4, threads=1))
+    events = []
+    result = compress_file(tmp_path / "model.onnx", tmp_path / "out.onnx", options, progress=events.append)
+    assert len(evaluated) == 2  # iterations 4 and 8, none at 0
+    start = next(e for e in events if e["event"] == "start")
+    assert start["baseline"] == result.accuracy_before
+    assert result.accuracy_before.fidelity == 100
