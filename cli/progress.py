@@ -39,6 +39,10 @@ class Progress:
         if kind == "teacher" and event.get("where") == "on the fly":
             self._echo(f"the original model's outputs on {event['samples']} {event['data']} samples would take "
                        f"{event['bytes'] / 1e9:.1f} GB: computed batch by batch as needed, not stored")
+        elif kind == "teacher" and event.get("lazy"):
+            kept = "memory" if event["where"] == "memory" else "a memory-mapped file"
+            self._echo(f"the original model's outputs on {event['samples']} {event['data']} samples: computed as "
+                       f"training first draws them, kept in {kept}")
         elif kind == "teacher":
             self._echo(f"computing the original model's outputs on {event['samples']} {event['data']} samples ...")
         elif kind == "pass":

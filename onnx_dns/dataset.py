@@ -34,7 +34,7 @@ class Dataset:
     @property
     def inputs(self) -> dict[str, np.ndarray]:
         """A copy of the input arrays of this dataset's samples (and the aligned ones)."""
-        return {**self._take(slice(None))[0]}
+        return {**self.take(slice(None))[0]}
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -82,7 +82,8 @@ class Dataset:
             val = val.with_aligned(SCORED, np.arange(start, len(self)) >= first)
         return self.subset(np.arange(first), self.source), val
 
-    def _take(self, positions: np.ndarray | slice) -> Batch:
+    def take(self, positions: np.ndarray | slice) -> Batch:
+        """The samples at `positions` (in this dataset's order), with their aligned rows and labels."""
         rows = self._rows(positions)
         arrays = {n: np.array(a[rows]) for n, a in self._inputs.items()}
         arrays |= {n: np.array(a[positions]) for n, a in self.aligned.items()}
@@ -97,14 +98,14 @@ class Dataset:
         if self.windows and len(self) >= batch_size:
             starts = _permutation(seed, epoch, len(self) - batch_size + 1)
             start = int(starts[k % len(starts)])
-            return self._take(np.arange(start, start + batch_size))
+            return self.take(np.arange(start, start + batch_size))
         order = _permutation(seed, epoch, len(self))
-        return self._take(np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order)
+        return self.take(np.sort(order[k * batch_size:(k + 1) * batch_size]) if len(self) >= batch_size else order)
 
     def iterate(self, batch_size: int) -> Iterator[Batch]:
         """One ordered pass over all samples."""
         for start in range(0, len(self), batch_size):
-            yield self._take(slice(start, start + batch_size))
+            yield self.take(slice(start, start + batch_size))
 
 
 def release_pages(array: np.ndarray) -> None:

@@ -29,8 +29,8 @@ from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.stream import BURN_IN_RUNS, state_pairs
-from onnx_dns.targets import (TEACHER, TEMPERATURES, Targets, batch_axis, caching, choose_temperature, stored_bytes,
-                              with_teacher)
+from onnx_dns.targets import (TEACHER, TEMPERATURES, LazyOutputs, Targets, batch_axis, caching, choose_temperature,
+                              stored_bytes, with_teacher)
 from onnx_dns.yolo_heads import detection_head, is_raw_yolox, is_yolo_head
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,10 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
 
 def with_teacher_outputs(objective: Objective, batch_size: int, fixed_batch: int | None, work: Path | None,
                          progress: Callable[[dict], None] | None = None) -> Objective:
-    """The original model's outputs computed once beside data held in arrays: the training set's when the loss
-    distills, the validation set's when it has no labels (large ones memory-mapped under `work`; beyond
-    `targets.ON_DISK_BYTES` left to be computed batch by batch). A model with a fixed batch size runs on batches
-    of that size, the last one padded."""
+    """The original model's outputs stored beside data held in arrays: the training set's when the loss distills
+    (each computed when a batch first draws it), the validation set's when it has no labels (computed now, in one
+    pass). Large ones are memory-mapped under `work`; beyond `targets.ON_DISK_BYTES` they are left to be computed
+    batch by batch. A model with a fixed batch size runs on batches of that size, padded."""
     train, val = objective.train, objective.val
     if isinstance(train, Dataset) and objective.spec.distill_weight > 0 and not objective.sequence:
         train = _taught(objective, train, "train", batch_size, fixed_batch, work, progress)
@@ -121,10 +121,16 @@ def _taught(objective: Objective, data: Dataset, which: str, batch_size: int, fi
         log.info("the original model's outputs on %d %s samples would take %.1f GB: computed batch by batch when "
                  "needed (one extra forward pass per batch) instead of stored", len(data), which, size / 1e9)
     if progress is not None:
-        progress({"event": "teacher", "data": which, "samples": len(data), "bytes": size, "where": where})
+        progress({"event": "teacher", "data": which, "samples": len(data), "bytes": size, "where": where,
+                  "lazy": which == "train"})
     if where == "on the fly":
         return data
     folder = work / f"teacher-{'train' if which == 'train' else 'val'}" if work else None
+    if which == "train":
+        targets = objective.targets
+        return data.with_aligned(TEACHER, LazyOutputs(data, teacher or objective.teacher, fixed_batch or batch_size,
+                                                      targets.sample_shape, targets.dtype, folder,
+                                                      fixed_batch is not None))
     return with_teacher(data, teacher or objective.teacher, fixed_batch or batch_size, folder, fixed_batch is not None,
                         progress)
 

@@ -1,8 +1,8 @@
 """The loss inputs fed beside each training batch: one-hot labels and/or the original model's softened outputs.
 
 For data held in arrays the original model's outputs are computed once, batch by batch, and stored beside the
-inputs of a copy of the data (`with_teacher`): in memory up to 256 MB, in a memory-mapped file of the work folder
-up to 512 MB. Beyond that (the [40, 6625] outputs of a text recognizer take 21 GB for 20,000 images) and for
+inputs of a copy of the data: in one pass (`with_teacher`, the validation set's), or each the first time a training
+batch draws it (`LazyOutputs`); in memory up to 256 MB, in a memory-mapped file of the work folder up to 512 MB. Beyond that (the [40, 6625] outputs of a text recognizer take 21 GB for 20,000 images) and for
 streamed data they are computed batch by batch when needed, one extra forward pass per batch, so neither memory
 nor disk grows with the data (`caching`). Outputs are stored batch first; a model whose output has its batch on
 another axis ([T, B, C]) gets its targets in its own layout.
@@ -132,9 +132,7 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
     start_pass(teacher)
     for inputs, _ in data.iterate(batch_size):
         n = len(next(iter(inputs.values())))
-        if pad and n < batch_size:
-            inputs = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in inputs.items()}
-        out = batch_first(teacher(inputs), len(next(iter(inputs.values()))))[:n]
+        out = _outputs(teacher, inputs, batch_size if pad else 0)
         if store is None:
             store = _allocate((len(data), *out.shape[1:]), out.dtype, folder)
         store[start:start + n] = out
@@ -142,6 +140,47 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
         start += n
         reporter.advance(n)
     return data.with_aligned(TEACHER, store)
+
+
+class LazyOutputs:
+    """The original model's outputs for the samples of `data`, computed the first time a batch draws them and kept
+    (in memory, or memory-mapped under `folder` when over 256 MB): training starts without a pass over the data,
+    and samples it never draws cost nothing. Indexed like the array it stands for (`Dataset.take`)."""
+
+    def __init__(self, data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int,
+                 sample_shape: tuple[int, ...], dtype: np.dtype, folder: str | Path | None = None,
+                 pad: bool = False) -> None:
+        """`batch_size`: the most samples the original runs on at once (with `pad`, exactly that many, the
+        missing ones copies of the last: a model exported with a fixed batch size)."""
+        self.data = data
+        self.teacher = teacher
+        self.batch_size = batch_size
+        self.pad = pad
+        self.store = _allocate((len(data), *sample_shape), dtype, folder)
+        self.known = np.zeros(len(data), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    def __getitem__(self, positions: np.ndarray | slice) -> np.ndarray:
+        rows = np.arange(len(self))[positions]
+        missing = rows[~self.known[rows]]
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            self.store[chunk] = _outputs(self.teacher, self.data.take(chunk)[0], self.batch_size if self.pad else 0)
+            self.known[chunk] = True
+        taken = np.array(self.store[rows])
+        release_pages(self.store)
+        return taken
+
+
+def _outputs(teacher: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray],
+             padded_to: int) -> np.ndarray:
+    """The original's outputs on a batch, batch first, run padded to `padded_to` samples (when more)."""
+    n = len(next(iter(inputs.values())))
+    if n < padded_to:
+        inputs = {k: np.concatenate([v, np.repeat(v[-1:], padded_to - n, axis=0)]) for k, v in inputs.items()}
+    return batch_first(teacher(inputs), len(next(iter(inputs.values()))))[:n]
 
 
 def _allocate(shape: tuple[int, ...], dtype: np.dtype, folder: str | Path | None) -> np.ndarray:

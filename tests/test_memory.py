@@ -15,7 +15,7 @@ from onnx_dns.dataset import Dataset
 from onnx_dns.evaluate import measure, session_runner
 from onnx_dns.losses import LossSpec
 from onnx_dns.objective import Objective, with_teacher_outputs
-from onnx_dns.targets import TEACHER, Targets, caching, stored_bytes, with_teacher
+from onnx_dns.targets import TEACHER, LazyOutputs, Targets, caching, stored_bytes, with_teacher
 
 SPEC = LossSpec("classify", "y", 0.0, 1.0, 2.0, 5)
 
@@ -188,6 +188,8 @@ def test_label_free_compression_trains_the_same_with_outputs_computed_on_the_fly
     calls = []
     monkeypatch.setattr(objective_stage, "with_teacher", lambda data, *a, **k: calls.append(len(data)) or
                         with_teacher(data, *a, **k))
+    monkeypatch.setattr(objective_stage, "LazyOutputs", lambda data, *a, **k: calls.append(len(data)) or
+                        LazyOutputs(data, *a, **k))
     stored, stored_weights = compress()
     assert len(calls) == 2  # training and validation outputs stored
     monkeypatch.setattr(targets, "IN_MEMORY_BYTES", 0)
@@ -200,3 +202,52 @@ def test_label_free_compression_trains_the_same_with_outputs_computed_on_the_fly
     assert [h["loss"] for h in stored.history] == pytest.approx([h["loss"] for h in computed.history], rel=1e-4)
     for name, value in stored_weights.items():
         np.testing.assert_allclose(computed_weights[name], value, rtol=1e-4, atol=1e-5)
+
+
+class CountingTeacher:
+    """The original as a function that records the size of each batch it runs on."""
+
+    def __init__(self, model) -> None:
+        self.run = session_runner(model, "y")
+        self.batches: list[int] = []
+
+    def __call__(self, inputs):
+        self.batches.append(len(inputs["x"]))
+        return self.run(inputs)
+
+
+def test_training_outputs_are_computed_when_first_drawn_and_only_once():
+    train, _ = _data(60).split(0.25, seed=3)
+    teacher = CountingTeacher(mlp())
+    lazy = train.with_aligned(TEACHER, LazyOutputs(train, teacher, 8, (5,), np.dtype(np.float32)))
+    assert teacher.batches == []  # nothing before the first batch
+    stored = with_teacher(train, session_runner(mlp(), "y"), 8)
+    for iteration in range(12):  # more than two epochs of batches of 8 from 45 samples
+        drawn, expected = lazy.batch(iteration, 8, seed=1)[0], stored.batch(iteration, 8, seed=1)[0]
+        np.testing.assert_array_equal(drawn[TEACHER], expected[TEACHER])
+        if iteration == 0:
+            assert teacher.batches == [8]
+    drawn_once = int(lazy.aligned[TEACHER].known.sum())  # the samples some batch drew, most two or three times
+    assert sum(teacher.batches) == drawn_once > 40  # each computed once
+    assert max(teacher.batches) <= 8
+
+
+def test_a_fixed_batch_original_always_runs_on_its_batch_size():
+    train = _data(21)
+    teacher = CountingTeacher(mlp())
+    lazy = LazyOutputs(train, teacher, 8, (5,), np.dtype(np.float32), pad=True)
+    expected = session_runner(mlp(), "y")(train.inputs)
+    np.testing.assert_array_equal(lazy[np.array([2, 3, 20])], expected[[2, 3, 20]])
+    np.testing.assert_array_equal(lazy[:], expected)
+    assert set(teacher.batches) == {8}
+    assert len(teacher.batches) == 1 + 3  # three samples padded to 8, then the other 18 in batches of 8
+
+
+def test_large_training_outputs_go_to_a_file_in_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(targets, "IN_MEMORY_BYTES", 0)
+    train = _data(40)
+    lazy = LazyOutputs(train, session_runner(mlp(), "y"), 8, (5,), np.dtype(np.float32), tmp_path)
+    assert isinstance(lazy.store, np.memmap)
+    np.testing.assert_array_equal(lazy[5:9], session_runner(mlp(), "y")(train.take(slice(5, 9))[0]))
+    reread = np.load(tmp_path / "teacher.npy", mmap_mode="r")
+    np.testing.assert_array_equal(reread[5:9], lazy[5:9])
