@@ -68,13 +68,12 @@ def trainable_parameters(model: onnx.ModelProto) -> list[str]:
 
 
 def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: str | Path, *,
-                    update_bn_stats: bool = False, frozen: Collection[str] = (),
-                    speed_rewrites: bool = False) -> TrainingArtifacts:
+                    update_bn_stats: bool = False, frozen: Collection[str] = ()) -> TrainingArtifacts:
     """Write the training artifacts of `masked_model` with `loss` into `directory` and describe them.
 
     BatchNormalization trains with frozen statistics unless `update_bn_stats`, Dropout in training mode
     (training_mode.py); initializers named in `frozen`, and those the loss's output does not depend on, are not
-    trained. `speed_rewrites` also rewrites the nodes that train faster in another form (`rewrites.SPEED_REWRITES`)."""
+    trained."""
     directory = Path(directory).absolute()  # the build runs inside it (set_aside.inside)
     directory.mkdir(parents=True, exist_ok=True)
     masks = mask_pairs(masked_model)
@@ -84,7 +83,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     feeding = initializers_feeding(masked_model, loss.output)  # onnxruntime refuses unreachable parameters
     trainable = [n for n in trainable_parameters(masked_model)
                  if n in feeding and n not in masks.values() and n not in frozen]
-    _generate(_trainable_copy(masked_model, trainable, update_bn_stats, speed_rewrites), loss, trainable, masks,
+    _generate(_trainable_copy(masked_model, trainable, update_bn_stats), loss, trainable, masks,
               directory)
     training_path = directory / "training_model.onnx"
     training = onnx.load(str(training_path), load_external_data=False)  # its constants stay in their file
@@ -107,8 +106,7 @@ def build_artifacts(masked_model: onnx.ModelProto, loss: LossSpec, directory: st
     )
 
 
-def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_bn_stats: bool,
-                    speed_rewrites: bool = False) -> onnx.ModelProto:
+def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_bn_stats: bool) -> onnx.ModelProto:
     """The model as onnxruntime-training must see it: Dropout active, BatchNorm frozen (unless its statistics
     are re-measured), operators without a CPU gradient rewritten; refused when a node still blocks training."""
     # each pass's copy replaces the last, so at most the caller's model and one copy are alive here
@@ -117,7 +115,7 @@ def _trainable_copy(masked_model: onnx.ModelProto, trainable: list[str], update_
         rewritten = freeze_batchnorm(rewritten).model
     # sizes the rewrites need (an LSTM's sequence length), hidden behind shape arithmetic
     rewritten = fold_integer_constants(resolve_computed_shapes(rewritten).model).model
-    rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten, speed_rewrites).model).model)
+    rewritten = _tensor_outputs(infer_output_shapes(rewrite_for_training(rewritten).model).model)
     rewritten = declare_propagated_shapes(rewritten).model  # broadcast gradients need shapes computed ones hide
     rewritten = fuse_tanh_gelu(rewritten).model  # last: shape inference does not know FastGelu
     blocked = untrainable_nodes(rewritten, trainable)

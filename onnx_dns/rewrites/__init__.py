@@ -35,8 +35,8 @@ import onnx
 
 from onnx_dns.graph import DEFAULT_DOMAINS, all_names, attribute, default_opset, node_label
 from onnx_dns.passes import PassResult
-from onnx_dns.rewrites import (activations, conv_transpose, einsum, fixups, im2col, layout, normalization,
-                               recurrent, reductions, resize)
+from onnx_dns.rewrites import (activations, conv_transpose, einsum, fixups, layout, normalization, recurrent,
+                               reductions, resize)
 from onnx_dns.rewrites.emitter import Emitter, Skip, model_facts
 
 # No gradient builder registered in onnxruntime-training 1.19.2 (each measured: generate_artifacts fails with
@@ -86,24 +86,20 @@ REWRITES: dict[str, Rewrite] = {
     "GRU": recurrent.gru,
     "RNN": recurrent.rnn,
 }
-# Rewrites for speed, not for a missing gradient (each skips the nodes where it was not measured faster).
-SPEED_REWRITES: dict[str, Rewrite] = {"Conv": im2col.im2col_conv}
 # operators without a right CPU gradient of their own that the table replaces (Dropout, Split, Pad and Clip are
 # fixed in some forms or opsets only)
 REWRITTEN_OPS = frozenset(REWRITES) - {"Dropout", "Split", "Pad", "Clip"}
 
 
-def rewrite_for_training(model: onnx.ModelProto, speed: bool = False) -> PassResult:
-    """Replace each top-level node without a CPU gradient by an equivalent subgraph that has one (and, with
-    `speed`, the nodes SPEED_REWRITES handles by equivalents that train faster).
+def rewrite_for_training(model: onnx.ModelProto) -> PassResult:
+    """Replace each top-level node without a CPU gradient by an equivalent subgraph that has one.
 
     The input model is not changed. Nodes a rewrite cannot handle (unknown type or shape, attributes it does
     not support, a model opset outside 11-21) are left as they are (`untrainable_nodes` reports them and
     `untrainable_message` says why).
     """
     graph = model.graph
-    table = {**REWRITES, **SPEED_REWRITES} if speed else REWRITES
-    if not any(_is_default(n) and n.op_type in table for n in graph.node):
+    if not any(_is_default(n) and n.op_type in REWRITES for n in graph.node):
         return PassResult(model, False)
     opset = default_opset(model)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
@@ -113,7 +109,7 @@ def rewrite_for_training(model: onnx.ModelProto, speed: bool = False) -> PassRes
     new_nodes: list[onnx.NodeProto] = []
     modified = False
     for index, node in enumerate(graph.node):
-        rewrite = table.get(node.op_type) if _is_default(node) else None
+        rewrite = REWRITES.get(node.op_type) if _is_default(node) else None
         if rewrite is not None:
             emitter = Emitter(node, node_label(node, index), opset, facts, taken)
             try:
