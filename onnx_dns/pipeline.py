@@ -174,8 +174,8 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
         if options.train.iterations is None:
             options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
         share_from = share_weights(trainer, prepared, options)
-        baseline = None if resume else measure_original(  # a resume reads it back from its checkpoint
-            prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
+        baseline = measure_original(prepared.original, objective, options.train.eval_batch_size,
+                                    prepared.fixed_batch, progress)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from,
                            baseline).run(resume=resume)
     return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress,

@@ -2,9 +2,10 @@
 
 For data held in arrays the original model's outputs are computed once, batch by batch, and stored beside the
 inputs of a copy of the data: in one pass (`with_teacher`, the validation set's), or each the first time a training
-batch draws it (`LazyOutputs`); in memory up to 256 MB, in a memory-mapped file of the work folder up to 512 MB. Beyond that (the [40, 6625] outputs of a text recognizer take 21 GB for 20,000 images) and for
-streamed data they are computed batch by batch when needed, one extra forward pass per batch, so neither memory
-nor disk grows with the data (`caching`). Outputs are stored batch first; a model whose output has its batch on
+batch draws it (`LazyOutputs`); in memory up to 256 MB, in a memory-mapped file of the work folder up to 512 MB.
+Beyond that (the [40, 6625] outputs of a text recognizer take 21 GB for 20,000 images) and for streamed data
+they are computed batch by batch when needed, one extra forward pass per batch, so neither memory nor disk grows
+with the data (`caching`). Outputs are stored batch first; a model whose output has its batch on
 another axis ([T, B, C]) gets its targets in its own layout.
 """
 
