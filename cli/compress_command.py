@@ -127,8 +127,9 @@ TRAINING_OPTIONS = [
                  "a short probe on the first batches, with the gradient norm bounded; see the README]"),
     click.option("--clip-grad-norm", type=float, metavar="X", help="Bound the gradient norm at X.  [default: chosen "
                  "with the learning rate when --lr is not given, else none]"),
-    click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=with_default(
-        "optimizer", "sgd: momentum 0.9, weight decay 5e-4 (the paper's); adamw.")),
+    click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="sgd: momentum 0.9, weight decay 5e-4 "
+                 "(the paper's); adamw.  [default: sgd when the loss has labels, adamw when it only distils the "
+                 "original's outputs]"),
     click.option("--weight-decay", type=click.FloatRange(min=0), help="[default: 5e-4 sgd, 1e-4 adamw]"),
     click.option("--schedule", type=click.Choice(["inv", "step", "cosine", "constant"]), help=with_default(
         "schedule", "Learning-rate schedule; inv is Caffe's (gamma 1e-4, power 0.75).")),
@@ -254,8 +255,10 @@ def summary_line(result: CompressResult) -> str:
     sizes = ", ".join(f"{name} {human_bytes(size)}" for name, size in result.format_sizes.items())
     rollbacks = f", {result.rollbacks} rollbacks of a diverging loss" if result.rollbacks else ""
     probed = " (probed)" if result.lr_probe else ""
+    optimizer = f"{result.optimizer} " if result.optimizer else ""
     return (f"params {result.params:,} -> {result.nonzeros:,} ({result.compression:.1f}x; "
             f"{result.weight_compression:.1f}x weights only), {before.describe()} -> {after.describe()} "
             f"on {before.samples} samples, file {human_bytes(result.file_size_before)} -> "
-            f"{human_bytes(result.file_size_after)} ({sizes}), lr {result.learning_rate:.3g}{probed}{rollbacks}, "
-            f"{result.seconds:.0f} s (mask updates {result.surgery_ms_per_step:.2f} ms/step) -> {result.output}")
+            f"{human_bytes(result.file_size_after)} ({sizes}), {optimizer}lr {result.learning_rate:.3g}{probed}"
+            f"{rollbacks}, {result.seconds:.0f} s (mask updates {result.surgery_ms_per_step:.2f} ms/step) -> "
+            f"{result.output}")

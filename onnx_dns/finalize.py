@@ -85,7 +85,8 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
         images_per_second=steps * objective.batch_size / max(trained.seconds, 1e-9),
         chosen_iteration=trained.chosen.iteration, history=trained.history, val_source=objective.val.source,
         artifact_seconds=timings.artifact_seconds, rollbacks=trained.rollbacks, learning_rate=trained.lr,
-        grad_clip=trained.clip, lr_probe=trained.probe, refold=None if prepared.channels is not None else refold,
+        optimizer=cfg.optimizer, grad_clip=trained.clip, lr_probe=trained.probe,
+        refold=None if prepared.channels is not None else refold,
     )
 
 

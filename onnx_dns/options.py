@@ -76,7 +76,7 @@ class TrainConfig:
     lr: float | None = option(None, Range(low=0, low_open=True))
     schedule: str = option("inv", SCHEDULES)
     warmup: int = option(0, Range(True, 0))
-    optimizer: str = option("sgd", ("sgd", "adamw"))
+    optimizer: str | None = option(None, ("sgd", "adamw"))  # None: chosen from the loss (`optimizers.choose`)
     weight_decay: float | None = option(None, Range(low=0))
     seed: int = option(0, Range(True))
     eval_every: int | None = option(None, Range(True, 1))

@@ -5,9 +5,9 @@
 
 `run` works on a model in memory; `compress_file` is the command line's job around it: read the model, write
 the result atomically (as NAME.below-bound.onnx when it misses the accuracy bound) and clean up the work folder.
-Each stage announces itself through `progress` (events prepared, calibrating, calibrating-layer, calibrated,
-teacher, building, built, sized, lr-probe, lr-chosen, start, step, sharing, rollback, pass, bn-statistics,
-folding, measuring, writing, written), which is also how benchmarks time the stages.
+Each stage announces itself through `progress` (events prepared, temperature, optimizer, calibrating,
+calibrating-layer, calibrated, teacher, building, built, sized, lr-probe, lr-chosen, start, step, sharing, rollback,
+pass, bn-statistics, folding, measuring, writing, written), which is also how benchmarks time the stages.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from onnx_dns.insert_masks import insert_masks
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
 from onnx_dns.objective import Objective, build_objective, measure_original, with_teacher_outputs
+from onnx_dns.optimizers import choose as choose_optimizer
 from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared, prepare, replan, training_batch_size
 from onnx_dns.result import CompressResult, stored_size
@@ -76,6 +77,10 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
     objective = build_objective(prepared, options)
     if options.temperature is None and objective.spec.task == "classify" and objective.spec.distill_weight > 0:
         progress({"event": "temperature", "temperature": objective.spec.temperature})
+    if options.train.optimizer is None:
+        chosen = choose_optimizer(objective.spec.label_weight > 0)
+        options = replace(options, train=replace(options.train, optimizer=chosen))
+        progress({"event": "optimizer", "optimizer": chosen, "labelled": objective.spec.label_weight > 0})
     if options.start == "calibrated" and not resume:  # a resume restores the calibrated weights from its checkpoint
         prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)

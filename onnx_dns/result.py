@@ -43,6 +43,7 @@ class CompressResult:
     artifact_seconds: float
     rollbacks: int = 0
     learning_rate: float | None = None
+    optimizer: str | None = None
     grad_clip: float | None = None
     lr_probe: list[dict] | None = None
     output: str | None = None

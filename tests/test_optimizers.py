@@ -114,3 +114,31 @@ def test_make_optimizer_defaults_and_errors():
     assert make_optimizer("sgd", p, weight_decay=0.0).weight_decay == 0.0
     with pytest.raises(ValueError, match="adam"):
         make_optimizer("adam", p)
+
+
+@pytest.mark.parametrize("labelled,given,expected", [
+    (True, None, "sgd"), (False, None, "adamw"), (False, "sgd", "sgd"), (True, "adamw", "adamw")])
+def test_compress_trains_with_sgd_on_labels_and_adamw_label_free_unless_told(labelled, given, expected,
+                                                                             monkeypatch):
+    from engine_fixtures import blobs
+    from engine_fixtures import mlp as classifier
+
+    import onnx_dns
+    from onnx_dns import trainer
+
+    made = []
+    monkeypatch.setattr(trainer, "make_optimizer", lambda name, *a, **k: made.append(name) or make_optimizer(
+        name, *a, **k))
+    x, y = blobs(200, 6, 3, seed=1)
+    data = {"x": x, "labels": y} if labelled else {"x": x}
+    events = []
+    options = {} if given is None else {"optimizer": given}
+    result = onnx_dns.compress(classifier(6, 16, 3), data, target=2, iterations=4, batch_size=32, lr=0.01,
+                               progress=events.append, **options)
+    assert set(made) == {expected} and result.optimizer == expected
+    chosen = [e for e in events if e["event"] == "optimizer"]
+    assert chosen == ([] if given else [{"event": "optimizer", "optimizer": expected, "labelled": labelled}])
+
+
+def test_make_optimizer_without_a_name_is_the_papers_sgd():
+    assert isinstance(make_optimizer(None, {"w": np.zeros(2, dtype=np.float32)}), SGD)
