@@ -81,9 +81,8 @@ class Progress:
             self._echo(f"distillation temperature {event['temperature']:g}: the softest of 4, 2 and 1 at which the "
                        "original's top class keeps half of its softened probability")
         elif kind == "optimizer":
-            self._echo("optimizer sgd, the paper's: the loss has labels" if event["labelled"] else
-                       "optimizer adamw: the loss distils the original's outputs only (--optimizer sgd for the "
-                       "paper's)")
+            why = "the loss has labels" if event["labelled"] else "the loss distils the original's outputs only"
+            self._echo(f"optimizer {event['optimizer']}: {why} (--optimizer chooses)")
         elif kind == "building":
             self._echo(f"building training graphs for {event['layers']} prunable layers ...")
         elif kind == "start":

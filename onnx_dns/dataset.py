@@ -55,6 +55,11 @@ class Dataset:
         return Dataset(self._inputs, self._labels, self.source, self.index, {**self.aligned, name: values},
                        self.windows)
 
+    def without(self, name: str) -> Dataset:
+        """A copy that no longer yields the aligned array `name` (batches that need no targets)."""
+        return Dataset(self._inputs, self._labels, self.source, self.index,
+                       {k: v for k, v in self.aligned.items() if k != name}, self.windows)
+
     def as_windows(self) -> Dataset:
         """A copy whose batches are runs of consecutive samples (see the class)."""
         return Dataset(self._inputs, self._labels, self.source, self.index, self.aligned, windows=True)
@@ -106,6 +111,15 @@ class Dataset:
         """One ordered pass over all samples."""
         for start in range(0, len(self), batch_size):
             yield self.take(slice(start, start + batch_size))
+
+
+def padded(inputs: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """The batch with copies of its last sample appended up to `size` samples (for a model exported with a fixed
+    batch size); as it is when it has that many."""
+    n = len(next(iter(inputs.values())))
+    if n >= size:
+        return inputs
+    return {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in inputs.items()}
 
 
 def release_pages(array: np.ndarray) -> None:

@@ -18,7 +18,7 @@ import onnx
 
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.data import CallableData, model_inputs
-from onnx_dns.dataset import SCORED, Dataset
+from onnx_dns.dataset import SCORED, Dataset, padded
 from onnx_dns.errors import DataError
 from onnx_dns.fidelity import LABELS, REGIONS_HINT, DecisionOverlap, accumulator
 from onnx_dns.ort_training import runtime, session_options
@@ -197,8 +197,8 @@ def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | No
     for inputs, y in data.iterate(size):
         n = len(next(iter(inputs.values())))
         feed = {k: v for k, v in inputs.items() if k not in (TEACHER, SCORED)}
-        if fixed_batch and n < fixed_batch:
-            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed_batch - n, axis=0)]) for k, v in feed.items()}
+        if fixed_batch:
+            feed = padded(feed, fixed_batch)
         yield feed, y, inputs.get(TEACHER), n, inputs.get(SCORED)
         reporter.advance(n)
 

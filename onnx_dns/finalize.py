@@ -17,6 +17,7 @@ import onnx
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.channel_fold import fold_channels, kept_channels
 from onnx_dns.channel_report import channel_record
+from onnx_dns.dataset import Dataset
 from onnx_dns.evaluate import Metrics
 from onnx_dns.fold import fold_masks, read_metadata, write_metadata
 from onnx_dns.insert_masks import mask_name
@@ -27,6 +28,7 @@ from onnx_dns.repack import repack
 from onnx_dns.report import LayerStats, compression, layer_stats
 from onnx_dns.result import CompressResult
 from onnx_dns.selection import within_bound
+from onnx_dns.targets import TEACHER
 from onnx_dns.training import TrainResult
 from onnx_dns.training_mode import estimate_statistics
 
@@ -41,8 +43,8 @@ class Timings:
 
 def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, trained: TrainResult,
              options: CompressOptions, timings: Timings, size_before: int,
-             progress: Callable[[dict], None], original: Metrics | None = None) -> CompressResult:
-    """Fold the chosen state into the model and measure it (and the original, unless its metrics are given);
+             progress: Callable[[dict], None], original: Metrics) -> CompressResult:
+    """Fold the chosen state into the model and measure it against `original`, the original model's metrics;
     the caller decides where it is written."""
     values = dict(trained.params) | {mask_name(w): m for w, m in trained.masks.items()}
     if options.update_bn_stats:
@@ -70,14 +72,12 @@ def finalize(prepared: Prepared, masked: onnx.ModelProto, objective: Objective, 
     progress({"event": "measuring"})
     cfg = options.train
     batch = prepared.fixed_batch
-    before = original if original is not None else measure_model(prepared.original, objective, cfg.eval_batch_size,
-                                                                 batch, progress)
     after = measure_model(folded, objective, cfg.eval_batch_size, batch, progress)
     steps = max(trained.iterations_run, 1)
     return CompressResult(
-        model=folded, format=fmt, met_bound=within_bound(after, before, cfg.max_accuracy_drop),
+        model=folded, format=fmt, met_bound=within_bound(after, original, cfg.max_accuracy_drop),
         layers_before=layer_stats(prepared.model, prepared.layers), layers_after=layers_after,
-        accuracy_before=before, accuracy_after=after, file_size_before=size_before,
+        accuracy_before=original, accuracy_after=after, file_size_before=size_before,
         file_size_after=folded.ByteSize(), seconds=time.perf_counter() - timings.started,
         train_seconds=trained.seconds, iterations=cfg.iterations,
         host_overhead=trained.host_seconds / max(trained.seconds, 1e-9),
@@ -102,7 +102,8 @@ def _new_statistics(prepared: Prepared, masked: onnx.ModelProto, objective: Obje
     progress({"event": "bn-statistics", "batches": BN_BATCHES})
     trained = fold_masks(masked, sparse=False, values=values).model
     axes = {s.name: s.batch_axis for s in prepared.specs}
-    batches = (model_feed(objective.train.batch(i, objective.batch_size, seed)[0], axes) for i in range(BN_BATCHES))
+    train = objective.train.without(TEACHER) if isinstance(objective.train, Dataset) else objective.train
+    batches = (model_feed(train.batch(i, objective.batch_size, seed)[0], axes) for i in range(BN_BATCHES))
     return estimate_statistics(trained, batches, layers=prepared.feeding - prepared.frozen)
 
 

@@ -11,7 +11,7 @@ import onnx
 
 from onnx_dns.batch_axes import model_feed
 from onnx_dns.data import CallableData, Dataset, model_inputs
-from onnx_dns.dataset import SCORED
+from onnx_dns.dataset import SCORED, padded
 from onnx_dns.ort_training import onnxruntime
 from onnx_dns.targets import TEACHER
 
@@ -23,11 +23,7 @@ def sample_feed(data: Dataset | CallableData, fixed_batch: int | None = None) ->
     """The model inputs of the first sample of `data` (the first `fixed_batch` samples for a fixed-batch model)."""
     size = fixed_batch or 1
     inputs, _ = next(iter(data.iterate(size)))
-    feed = {k: v[:size] for k, v in inputs.items() if k not in (TEACHER, SCORED)}
-    n = len(next(iter(feed.values())))
-    if n < size:
-        feed = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in feed.items()}
-    return feed
+    return padded({k: v[:size] for k, v in inputs.items() if k not in (TEACHER, SCORED)}, size)
 
 
 def median_latency(model: onnx.ModelProto, feed: dict[str, np.ndarray], runs: int = RUNS) -> float:

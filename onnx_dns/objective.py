@@ -130,9 +130,9 @@ def _taught(objective: Objective, data: Dataset, which: str, batch_size: int, fi
         targets = objective.targets
         return data.with_aligned(TEACHER, LazyOutputs(data, teacher or objective.teacher, fixed_batch or batch_size,
                                                       targets.sample_shape, targets.dtype, folder,
-                                                      fixed_batch is not None))
+                                                      fixed_batch is not None, targets.axis))
     return with_teacher(data, teacher or objective.teacher, fixed_batch or batch_size, folder, fixed_batch is not None,
-                        progress)
+                        progress, objective.targets.axis)
 
 
 def split_data(options: CompressOptions, prepared: Prepared, windows: bool = False,

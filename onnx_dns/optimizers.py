@@ -106,10 +106,10 @@ def choose(labelled: bool) -> str:
     return "sgd" if labelled else "adamw"
 
 
-def make_optimizer(name: str | None, params: Mapping[str, np.ndarray], weight_decay: float | None = None,
+def make_optimizer(name: str, params: Mapping[str, np.ndarray], weight_decay: float | None = None,
                    runner: ChunkedRunner | None = None):
-    """`sgd` (momentum 0.9, decay 5e-4, the paper's; also for None) or `adamw` (decay 1e-4)."""
-    if name in ("sgd", None):
+    """`sgd` (momentum 0.9, decay 5e-4, the paper's) or `adamw` (decay 1e-4)."""
+    if name == "sgd":
         return SGD(params, weight_decay=5e-4 if weight_decay is None else weight_decay, runner=runner)
     if name == "adamw":
         return AdamW(params, weight_decay=1e-4 if weight_decay is None else weight_decay, runner=runner)

@@ -81,6 +81,10 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
         chosen = choose_optimizer(objective.spec.label_weight > 0)
         options = replace(options, train=replace(options.train, optimizer=chosen))
         progress({"event": "optimizer", "optimizer": chosen, "labelled": objective.spec.label_weight > 0})
+        if options.train.lr is not None and chosen == "adamw":
+            log.warning("--lr %g trains with AdamW, the default without labels; a rate chosen for the paper's SGD "
+                        "(such as 0.01) is far too large for it: give --optimizer sgd, or leave --lr out to probe",
+                        options.train.lr)
     if options.start == "calibrated" and not resume:  # a resume restores the calibrated weights from its checkpoint
         prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)
@@ -179,8 +183,8 @@ def run(original: onnx.ModelProto, source: str, options: CompressOptions, work: 
         if options.train.iterations is None:
             options, prepared = sized(trainer, prepared, objective, options, work, resume, progress)
         share_from = share_weights(trainer, prepared, options)
-        baseline = measure_original(prepared.original, objective, options.train.eval_batch_size,
-                                    prepared.fixed_batch, progress)
+        baseline = None if resume else measure_original(  # a resume reads it back from its checkpoint
+            prepared.original, objective, options.train.eval_batch_size, prepared.fixed_batch, progress)
     trained = TrainingLoop(trainer, objective.train, objective.val, work, progress, share_from,
                            baseline).run(resume=resume)
     return finalize(prepared, ready.masked, objective, trained, options, timings, size_before, progress,

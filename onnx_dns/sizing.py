@@ -2,7 +2,8 @@
 time budget (`--time-budget`, an hour by default) at the measured time per step, whichever is fewer.
 
 A step is timed on the first batches at learning rate 0 without surgery, and everything it changed is restored.
-Evaluations and checkpoints come on top of the budget. A resumed run reads the count it was sized to from the work
+Evaluations, checkpoints and the original's outputs on the samples the first epoch draws come on top of the
+budget. A resumed run reads the count it was sized to from the work
 folder, so it continues the same schedule.
 """
 

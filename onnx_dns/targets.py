@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_dns.dataset import Dataset, release_pages
+from onnx_dns.dataset import Dataset, padded, release_pages
 from onnx_dns.losses import HARD_TARGET, LossSpec
 from onnx_dns.pass_progress import PassProgress
 from onnx_dns.stream import start_pass
@@ -78,7 +78,7 @@ class Targets:
         cached = inputs.get(TEACHER)
         if cached is not None:
             return cached
-        return batch_first(self.teacher(inputs), len(next(iter(inputs.values()))))
+        return np.moveaxis(self.teacher(inputs), self.axis, 0)
 
     def for_batch(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> list[np.ndarray]:
         feeds = []
@@ -119,9 +119,9 @@ def caching(size: int) -> str:
 
 def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int,
                  folder: str | Path | None = None, pad: bool = True,
-                 progress: Callable[[dict], None] | None = None) -> Dataset:
+                 progress: Callable[[dict], None] | None = None, axis: int = 0) -> Dataset:
     """A copy of `data` with the original model's outputs for every sample beside the inputs, computed once in
-    batches of `batch_size` (a pass over 2 s reports to `progress`).
+    batches of `batch_size` (a pass over 2 s reports to `progress`); `axis` is the outputs' batch axis.
 
     With `pad`, the last batch is padded with copies of its last sample (whose outputs are dropped), so that a
     model exported with a fixed batch size runs on any number of samples. Outputs over 256 MB go to a
@@ -133,7 +133,7 @@ def with_teacher(data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.nd
     start_pass(teacher)
     for inputs, _ in data.iterate(batch_size):
         n = len(next(iter(inputs.values())))
-        out = _outputs(teacher, inputs, batch_size if pad else 0)
+        out = _outputs(teacher, inputs, batch_size if pad else 0, axis)
         if store is None:
             store = _allocate((len(data), *out.shape[1:]), out.dtype, folder)
         store[start:start + n] = out
@@ -150,13 +150,15 @@ class LazyOutputs:
 
     def __init__(self, data: Dataset, teacher: Callable[[dict[str, np.ndarray]], np.ndarray], batch_size: int,
                  sample_shape: tuple[int, ...], dtype: np.dtype, folder: str | Path | None = None,
-                 pad: bool = False) -> None:
+                 pad: bool = False, axis: int = 0) -> None:
         """`batch_size`: the most samples the original runs on at once (with `pad`, exactly that many, the
-        missing ones copies of the last: a model exported with a fixed batch size)."""
+        missing ones copies of the last: a model exported with a fixed batch size); `axis`: the outputs' batch
+        axis."""
         self.data = data
         self.teacher = teacher
         self.batch_size = batch_size
         self.pad = pad
+        self.axis = axis
         self.store = _allocate((len(data), *sample_shape), dtype, folder)
         self.known = np.zeros(len(data), dtype=bool)
 
@@ -164,11 +166,12 @@ class LazyOutputs:
         return len(self.known)
 
     def __getitem__(self, positions: np.ndarray | slice) -> np.ndarray:
-        rows = np.arange(len(self))[positions]
+        rows = np.arange(*positions.indices(len(self))) if isinstance(positions, slice) else np.asarray(positions)
         missing = rows[~self.known[rows]]
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start:start + self.batch_size]
-            self.store[chunk] = _outputs(self.teacher, self.data.take(chunk)[0], self.batch_size if self.pad else 0)
+            self.store[chunk] = _outputs(self.teacher, self.data.take(chunk)[0], self.batch_size if self.pad else 0,
+                                         self.axis)
             self.known[chunk] = True
         taken = np.array(self.store[rows])
         release_pages(self.store)
@@ -176,12 +179,11 @@ class LazyOutputs:
 
 
 def _outputs(teacher: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray],
-             padded_to: int) -> np.ndarray:
-    """The original's outputs on a batch, batch first, run padded to `padded_to` samples (when more)."""
+             padded_to: int, axis: int) -> np.ndarray:
+    """The original's outputs on a batch, batch first (moved from `axis`: a batch of as many samples as the
+    output has steps must not be guessed), run padded to `padded_to` samples (when more)."""
     n = len(next(iter(inputs.values())))
-    if n < padded_to:
-        inputs = {k: np.concatenate([v, np.repeat(v[-1:], padded_to - n, axis=0)]) for k, v in inputs.items()}
-    return batch_first(teacher(inputs), len(next(iter(inputs.values()))))[:n]
+    return np.moveaxis(teacher(padded(inputs, padded_to)), axis, 0)[:n]
 
 
 def _allocate(shape: tuple[int, ...], dtype: np.dtype, folder: str | Path | None) -> np.ndarray:

@@ -25,6 +25,7 @@ from onnx_dns.data import CallableData
 from onnx_dns.dataset import Dataset
 from onnx_dns.errors import TrainingError
 from onnx_dns.evaluate import Metrics, evaluate_module
+from onnx_dns.optimizers import choose as choose_optimizer
 from onnx_dns.optimizers import make_optimizer
 from onnx_dns.options import DEFAULT_ITERATIONS, TrainConfig
 from onnx_dns.ort_training import session_options, training_api
@@ -67,7 +68,9 @@ class Trainer:
         # the host-side updates run while onnxruntime's threads are idle: they may use as many
         self.runner = ChunkedRunner(config.threads or available_cpus())
         self.surgeon.runner = self.runner
-        self.optimizer = make_optimizer(config.optimizer, self.params, config.weight_decay, self.runner)
+        labelled = targets.spec.label_weight > 0
+        self.optimizer = make_optimizer(config.optimizer or choose_optimizer(labelled), self.params,
+                                        config.weight_decay, self.runner)
         self.schedule = None if config.lr is None else self._schedule(config.lr)
         self.clip = config.clip_grad_norm
         self.sharing: WeightSharing | None = None

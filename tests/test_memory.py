@@ -186,12 +186,12 @@ def test_label_free_compression_trains_the_same_with_outputs_computed_on_the_fly
         return result, {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
 
     calls = []
-    monkeypatch.setattr(objective_stage, "with_teacher", lambda data, *a, **k: calls.append(len(data)) or
+    monkeypatch.setattr(objective_stage, "with_teacher", lambda data, *a, **k: calls.append("validation") or
                         with_teacher(data, *a, **k))
-    monkeypatch.setattr(objective_stage, "LazyOutputs", lambda data, *a, **k: calls.append(len(data)) or
+    monkeypatch.setattr(objective_stage, "LazyOutputs", lambda data, *a, **k: calls.append("training, lazily") or
                         LazyOutputs(data, *a, **k))
     stored, stored_weights = compress()
-    assert len(calls) == 2  # training and validation outputs stored
+    assert calls == ["training, lazily", "validation"]  # both stored
     monkeypatch.setattr(targets, "IN_MEMORY_BYTES", 0)
     monkeypatch.setattr(targets, "ON_DISK_BYTES", 0)
     computed, computed_weights = compress()
@@ -251,3 +251,21 @@ def test_large_training_outputs_go_to_a_file_in_the_work_folder(tmp_path, monkey
     np.testing.assert_array_equal(lazy[5:9], session_runner(mlp(), "y")(train.take(slice(5, 9))[0]))
     reread = np.load(tmp_path / "teacher.npy", mmap_mode="r")
     np.testing.assert_array_equal(reread[5:9], lazy[5:9])
+
+
+def test_outputs_with_the_batch_on_their_second_axis_are_stored_sample_first():
+    """[T, B, C] outputs: a chunk of as many missing samples as there are steps must not be taken for [B, T, C]."""
+    steps = 3
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((10, steps)).astype(np.float32)}, None, "train")
+
+    def teacher(inputs):  # [T, B, 2]: step t of sample b is (x[b, t], t)
+        x = inputs["x"]
+        return np.stack([x.T, np.broadcast_to(np.arange(steps, dtype=np.float32)[:, None], x.T.shape)], axis=-1)
+
+    lazy = LazyOutputs(data, teacher, 4, (steps, 2), np.dtype(np.float32), axis=1)
+    lazy[np.array([0])]  # leaves 3 missing among the next 4
+    got = lazy[np.arange(4)]
+    np.testing.assert_array_equal(got[..., 0], data.inputs["x"][:4])
+    np.testing.assert_array_equal(got[..., 1], np.broadcast_to(np.arange(steps, dtype=np.float32), (4, steps)))
+    stored = with_teacher(data, teacher, steps, axis=1).aligned[TEACHER]  # batches of 3, as many as the steps
+    np.testing.assert_array_equal(stored[..., 0], data.inputs["x"])

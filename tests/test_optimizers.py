@@ -140,5 +140,6 @@ def test_compress_trains_with_sgd_on_labels_and_adamw_label_free_unless_told(lab
     assert chosen == ([] if given else [{"event": "optimizer", "optimizer": expected, "labelled": labelled}])
 
 
-def test_make_optimizer_without_a_name_is_the_papers_sgd():
-    assert isinstance(make_optimizer(None, {"w": np.zeros(2, dtype=np.float32)}), SGD)
+def test_make_optimizer_needs_a_name():
+    with pytest.raises(ValueError, match="choose sgd or adamw"):
+        make_optimizer(None, {"w": np.zeros(2, dtype=np.float32)})
