@@ -3,8 +3,7 @@ time budget (`--time-budget`, an hour by default) at the measured time per step,
 
 A step is timed on the first batches at learning rate 0 without surgery, and everything it changed is restored.
 Evaluations, checkpoints and the original's outputs on the samples the first epoch draws come on top of the
-budget. A resumed run reads the count it was sized to from the work
-folder, so it continues the same schedule.
+budget. A resumed run reads the count it was sized to from the work folder, so it continues the same schedule.
 """
 
 from __future__ import annotations
