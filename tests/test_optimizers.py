@@ -143,3 +143,17 @@ def test_compress_trains_with_sgd_on_labels_and_adamw_label_free_unless_told(lab
 def test_make_optimizer_needs_a_name():
     with pytest.raises(ValueError, match="choose sgd or adamw"):
         make_optimizer(None, {"w": np.zeros(2, dtype=np.float32)})
+
+
+@pytest.mark.parametrize("given,warned", [(None, True), ("adamw", False), ("sgd", False)])
+def test_a_learning_rate_given_for_the_label_free_default_warns(given, warned, caplog):
+    from engine_fixtures import blobs
+    from engine_fixtures import mlp as classifier
+
+    import onnx_dns
+
+    x, _ = blobs(200, 6, 3, seed=1)
+    options = {} if given is None else {"optimizer": given}
+    with caplog.at_level("WARNING"):
+        onnx_dns.compress(classifier(6, 16, 3), {"x": x}, target=2, iterations=2, batch_size=32, lr=0.01, **options)
+    assert any("--lr 0.01 trains with AdamW" in r.getMessage() for r in caplog.records) == warned
