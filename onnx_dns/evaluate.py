@@ -205,20 +205,26 @@ def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | No
 
 def measure(run: Run | None, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,
             reference: Run | None = None, progress: Callable[[dict], None] | None = None,
-            fidelity: str = "relative-error") -> Metrics:
+            fidelity: str = "relative-error", axis: int | None = None) -> Metrics:
     """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`;
     a regression output is also scored by `fidelity`. Runs that carry a stream's state start the pass afresh.
-    With `run` None the stored original outputs are scored themselves: the original's metrics, with no pass."""
+    With `run` None the stored original outputs are scored themselves: the original's metrics, with no pass.
+    `axis` is the outputs' batch axis (None: the first of the batch's size)."""
     tally = Tally(task, fidelity)
     labelled = None
     start_pass(run)
     start_pass(reference)
+
+    def first(output: np.ndarray, feed: dict[str, np.ndarray], n: int) -> np.ndarray:
+        moved = batch_first(output, len(next(iter(feed.values())))) if axis is None else np.moveaxis(output, axis, 0)
+        return moved[:n]
+
     for feed, y, stored, n, scored in batches(data, batch_size, fixed_batch, progress):
         labelled = y is not None
-        out = stored if run is None else batch_first(run(feed), len(next(iter(feed.values()))))[:n]
+        out = stored if run is None else first(run(feed), feed, n)
         ref = None
         if y is None:
-            ref = stored if stored is not None else batch_first(reference(feed), len(next(iter(feed.values()))))[:n]
+            ref = stored if stored is not None else first(reference(feed), feed, n)
         if scored is not None:
             out, y, ref = (None if a is None else a[scored] for a in (out, y, ref))
         tally.add(out, y, ref)
@@ -239,4 +245,5 @@ def evaluate_module(module, art, data: Dataset | CallableData, targets: Targets,
         return dict(zip(art.outputs, module(*[feed[n] for n in art.inputs], *targets.dummy(batch))))
 
     run = runner(run_all, targets.spec.output, targets.stream)
-    return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress, targets.fidelity)
+    return measure(run, data, targets.spec.task, batch_size, fixed_batch, targets.teacher, progress, targets.fidelity,
+                   targets.axis)

@@ -275,7 +275,8 @@ def measure_model(model: onnx.ModelProto, objective: Objective, batch_size: int,
     """Metrics of a plain onnxruntime session of `model` on the validation data (what a deployment would see)."""
     run = session_runner(model, objective.spec.output, objective.targets.stream)
     return measure(run, objective.val, objective.spec.task, batch_size, fixed_batch,
-                   objective.val_teacher or objective.teacher, progress, objective.targets.fidelity)
+                   objective.val_teacher or objective.teacher, progress, objective.targets.fidelity,
+                   objective.targets.axis)
 
 
 def measure_original(model: onnx.ModelProto, objective: Objective, batch_size: int, fixed_batch: int | None,

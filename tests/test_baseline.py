@@ -13,7 +13,7 @@ from onnx_dns.losses import LossSpec
 from onnx_dns.objective import Objective, measure_model, measure_original
 from onnx_dns.options import CompressOptions, TrainConfig
 from onnx_dns.pipeline import compress_file
-from onnx_dns.targets import Targets, with_teacher
+from onnx_dns.targets import TEACHER, Targets, with_teacher
 from onnx_dns.trainer import Trainer
 
 CLASSIFY = LossSpec("classify", "y", 0.0, 1.0, 2.0, 5)
@@ -79,3 +79,23 @@ def test_a_label_free_run_evaluates_the_model_being_trained_only_at_its_interval
     start = next(e for e in events if e["event"] == "start")
     assert start["baseline"] == result.accuracy_before
     assert result.accuracy_before.fidelity == 100
+
+
+def test_outputs_with_the_batch_on_their_second_axis_are_scored_sample_first():
+    """[T, B, C] logits: the last batch holds as many samples as there are steps, and must not be read as
+    [B, T, C] against the stored outputs (which are sample first)."""
+    from onnx import TensorProto, helper
+
+    steps, classes = 3, 5
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2])], "tbc",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, classes])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, "N", classes])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.random.default_rng(0).standard_normal((7, steps, classes)).astype(np.float32)
+    run = session_runner(model, "y")
+    val = with_teacher(Dataset({"x": x}, None, "val"), run, 4, axis=1)  # batches of 4 and 3
+    np.testing.assert_array_equal(val.aligned[TEACHER], x)
+    from onnx_dns.evaluate import measure
+
+    assert measure(run, val, "classify", 4, axis=1).fidelity == 100
