@@ -6,9 +6,9 @@ keep at its stop iteration), so the loss has something to recover. Cut all at on
 wall that training, which prunes gradually and recovers as it goes, never meets: Silero's VAD cut to 2x has a
 gradient norm of 37 there (training at a good rate sees at most 2), and one step of any rate from 3e-4 up
 throws it off the wall. STEPS steps at the smallest candidate first settle the cut (the norm falls to 7.4), and
-every rate is tried from that settled point. For each candidate rate, from 1 down to 1e-5 in steps of sqrt(10),
-it trains STEPS iterations from the same starting point (weights, masks and optimizer state restored before
-each), and a rate passes when the loss falls steadily: finite, never above RISE times its first value, and
+every rate is tried from that settled point. For each candidate rate, from 1 down to 1e-5 in steps of sqrt(10)
+(with AdamW, from 1e-2 down to 1e-6), it trains STEPS iterations from the same starting point (weights, masks
+and optimizer state restored before each), and a rate passes when the loss falls steadily: finite, never above RISE times its first value, and
 the mean of the last three below 0.98 times the mean of the first two. A run of one sequence is probed on one
 batch repeated, so its losses are comparable step to step and a rate is judged by the later half of its steps,
 once it has left the cut: even settled, the cut is steeper than anything training meets (on Silero's LSTM every
@@ -36,9 +36,14 @@ import numpy as np
 
 from onnx_dns.data import CallableData
 from onnx_dns.dataset import Dataset
+from onnx_dns.optimizers import AdamW
 from onnx_dns.trainer import Trainer
 
 CANDIDATES = tuple(float(10 ** (-k / 2)) for k in range(11))  # 1, 0.316, 0.1, ..., 1e-5
+# AdamW moves every weight by about the rate at each step, whatever its gradient: from 1e-2 down to 1e-6. At 1
+# (every weight moved by 1) the next step of ddddocr's detector killed the process inside onnxruntime-training
+# (a double free).
+ADAMW_CANDIDATES = tuple(float(10 ** (-k / 2)) for k in range(4, 13))
 STEPS = 8
 SAFETY = 1 / 3
 CLIP = 5.0
@@ -65,7 +70,7 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
         start = _settled_cut(trainer, saved, batches)
         trainer.restore_state(start)
         base = [max(loss, 1e-12) for loss in _run(trainer, batches, 0.0, float("inf"))[0]]
-        for lr in CANDIDATES:
+        for lr in candidates(trainer):
             trainer.restore_state(start)
             losses, norms = _run(trainer, batches, lr, SPIKE if windows else RISE, base)
             relative = [loss / b for loss, b in zip(losses, base)]
@@ -77,13 +82,18 @@ def probe_learning_rate(trainer: Trainer, data: Dataset | CallableData, batch_si
     return _choose(tried)
 
 
+def candidates(trainer: Trainer) -> tuple[float, ...]:
+    """The rates the probe tries for the trainer's optimizer, the largest first."""
+    return ADAMW_CANDIDATES if isinstance(getattr(trainer, "optimizer", None), AdamW) else CANDIDATES
+
+
 def _settled_cut(trainer: Trainer, saved: dict, batches: list) -> dict:
     """The state the candidates start from: `saved` pruned as at the end of the surgery, then STEPS steps at the
     smallest candidate (kept only when their losses stay finite), with the optimizer's state as in `saved`."""
     trainer.restore_state(saved)
     _prune_for_probe(trainer)
     cut = trainer.save_state()
-    losses, _ = _run(trainer, batches, CANDIDATES[-1], float("inf"))
+    losses, _ = _run(trainer, batches, candidates(trainer)[-1], float("inf"))
     if len(losses) < STEPS or not all(np.isfinite(losses)):
         return cut
     trainer.load_optimizer(saved["optimizer"])

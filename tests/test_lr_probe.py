@@ -8,7 +8,7 @@ from engine_fixtures import blobs, make_trainer, paper_plans, setup_training, tr
 
 import onnx_dns
 from onnx_dns.dataset import Dataset
-from onnx_dns.lr_probe import CANDIDATES, SAFETY, _choose, _verdict, probe_learning_rate
+from onnx_dns.lr_probe import CANDIDATES, SAFETY, _choose, _verdict, candidates, probe_learning_rate
 from onnx_dns.options import TrainConfig
 
 
@@ -53,6 +53,21 @@ def test_the_probe_leaves_weights_masks_and_optimizer_as_they_were(tmp_path):
     assert all(np.all(v == 0) for v in trainer.optimizer.state_dict().values())
     assert found.lr in [c * SAFETY for c in CANDIDATES] and found.tried[-1]["verdict"] in ("falls", "flat")
     assert found.tried[0]["lr"] == CANDIDATES[0]
+
+
+def test_an_adamw_trainer_is_probed_from_a_hundredth_down(tmp_path):
+    """AdamW moves every weight by about the rate a step: rates near 1 only wreck the weights (at 1 one detector's
+    next step crashed onnxruntime), so its probe starts at 1e-2, and SGD's still at 1."""
+    model, x, y = pretrained(tmp_path)
+    setup = setup_training(model, tmp_path, x, y)
+    for optimizer, first in (("adamw", 1e-2), ("sgd", 1.0)):
+        config = TrainConfig(iterations=10, batch_size=32, optimizer=optimizer)
+        trainer = make_trainer(setup, paper_plans(setup, 1.0), config, tmp_path / optimizer).trainer
+        trainer.surgeon.initialize(trainer.params)
+        found = probe_learning_rate(trainer, setup.train, 32, 0)
+        assert found.tried[0]["lr"] == pytest.approx(first)
+        assert candidates(trainer)[0] == pytest.approx(first) and len(candidates(trainer)) >= 9
+        assert found.tried[-1]["lr"] >= candidates(trainer)[-1]
 
 
 def test_gradients_are_clipped_to_the_bound(tmp_path):
