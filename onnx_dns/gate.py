@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnx_dns.batch_axes import fixed_batch
@@ -17,7 +18,7 @@ from onnx_dns.data import as_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
 from onnx_dns.evaluate import Metrics, measure, session_runner
 from onnx_dns.objective import choose_fidelity, guess_task
-from onnx_dns.targets import batch_first
+from onnx_dns.targets import batch_axis
 from onnx_dns.losses import loss_output
 from onnx_dns.model_io import load_model
 from onnx_dns.report import ModelReport, inspect_model
@@ -59,12 +60,14 @@ def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | 
     if first_labels is None and ref_run is None:
         raise DataError(f"{data if isinstance(data, str) else 'the data'}: no labels; give --reference ORIGINAL "
                         "to score agreement with it instead")
-    sample = batch_first(run(first_inputs), len(next(iter(first_inputs.values()))))
+    first = run(first_inputs)
+    axis = batch_axis(first, len(next(iter(first_inputs.values()))))  # then kept: a later batch may hold T samples
+    sample = np.moveaxis(first, axis, 0)
     task = task or guess_task(model, output, first_labels, sample)
     fidelity = choose_fidelity(fidelity, model, output, task, first_labels, sample, first_inputs)
-    metrics = measure(run, dataset, task, batch_size, fixed, ref_run, fidelity=fidelity)
+    metrics = measure(run, dataset, task, batch_size, fixed, ref_run, fidelity=fidelity, axis=axis)
     ref_metrics = None if ref_run is None else measure(ref_run, dataset, task, batch_size, fixed, ref_run,
-                                                         fidelity=fidelity)
+                                                         fidelity=fidelity, axis=axis)
     result = GateResult(inspect_model(model, path), metrics, ref_metrics)
     if min_accuracy is not None and metrics.score < min_accuracy:
         result.failures.append(f"{metrics.label} {metrics.score:.2f} is below --min-accuracy {min_accuracy}")

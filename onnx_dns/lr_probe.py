@@ -5,7 +5,7 @@ The probe starts from the weights as pruned at the end of the surgery (each laye
 keep at its stop iteration), so the loss has something to recover. Cut all at once, a network can sit on a steep
 wall that training, which prunes gradually and recovers as it goes, never meets: Silero's VAD cut to 2x has a
 gradient norm of 37 there (training at a good rate sees at most 2), and one step of any rate from 3e-4 up
-throws it off the wall. STEPS steps at the smallest candidate first settle the cut (the norm falls to 7.4), and
+throws it off the wall. STEPS steps at SETTLE (1e-5) first settle the cut (the norm falls to 7.4), and
 every rate is tried from that settled point. For each candidate rate, from 1 down to 1e-5 in steps of sqrt(10)
 (with AdamW, from 1e-2 down to 1e-6), it trains STEPS iterations from the same starting point (weights, masks
 and optimizer state restored before each), and a rate passes when the loss falls steadily: finite, never above RISE times its first value, and
@@ -44,6 +44,7 @@ CANDIDATES = tuple(float(10 ** (-k / 2)) for k in range(11))  # 1, 0.316, 0.1, .
 # (every weight moved by 1) the next step of ddddocr's detector killed the process inside onnxruntime-training
 # (a double free).
 ADAMW_CANDIDATES = tuple(float(10 ** (-k / 2)) for k in range(4, 13))
+SETTLE = 1e-5  # the rate of the settling steps, with either optimizer (measured on Silero with SGD, see above)
 STEPS = 8
 SAFETY = 1 / 3
 CLIP = 5.0
@@ -88,12 +89,12 @@ def candidates(trainer: Trainer) -> tuple[float, ...]:
 
 
 def _settled_cut(trainer: Trainer, saved: dict, batches: list) -> dict:
-    """The state the candidates start from: `saved` pruned as at the end of the surgery, then STEPS steps at the
-    smallest candidate (kept only when their losses stay finite), with the optimizer's state as in `saved`."""
+    """The state the candidates start from: `saved` pruned as at the end of the surgery, then STEPS steps at
+    SETTLE (kept only when their losses stay finite), with the optimizer's state as in `saved`."""
     trainer.restore_state(saved)
     _prune_for_probe(trainer)
     cut = trainer.save_state()
-    losses, _ = _run(trainer, batches, candidates(trainer)[-1], float("inf"))
+    losses, _ = _run(trainer, batches, SETTLE, float("inf"))
     if len(losses) < STEPS or not all(np.isfinite(losses)):
         return cut
     trainer.load_optimizer(saved["optimizer"])

@@ -31,6 +31,7 @@ from onnx_dns.calibrated_start import calibrated_start
 from onnx_dns.errors import Interrupted, OutputError
 from onnx_dns.finalize import Timings, finalize
 from onnx_dns.insert_masks import insert_masks
+from onnx_dns.lr_probe import ADAMW_CANDIDATES
 from onnx_dns.model_io import check_output_path, load_model, save_model
 from onnx_dns.normalize import pin_input_shapes
 from onnx_dns.objective import Objective, build_objective, measure_original, with_teacher_outputs
@@ -81,10 +82,10 @@ def set_up(original: onnx.ModelProto, source: str, options: CompressOptions, wor
         chosen = choose_optimizer(objective.spec.label_weight > 0)
         options = replace(options, train=replace(options.train, optimizer=chosen))
         progress({"event": "optimizer", "optimizer": chosen, "labelled": objective.spec.label_weight > 0})
-        if options.train.lr is not None and chosen == "adamw":
-            log.warning("--lr %g trains with AdamW, the default without labels; a rate chosen for the paper's SGD "
-                        "(such as 0.01) is far too large for it: give --optimizer sgd, or leave --lr out to probe",
-                        options.train.lr)
+        if options.train.lr is not None and chosen == "adamw" and options.train.lr >= ADAMW_CANDIDATES[0]:
+            log.warning("--lr %g trains with AdamW, the default without labels, which moves every weight by about "
+                        "the rate each step; a rate chosen for the paper's SGD (such as 0.01) is far too large for "
+                        "it: give --optimizer sgd, or leave --lr out to probe", options.train.lr)
     if options.start == "calibrated" and not resume:  # a resume restores the calibrated weights from its checkpoint
         prepared = calibrate_stage(prepared, objective, options, progress)
     open_work_dir(work, identity, options, resume)

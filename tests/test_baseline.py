@@ -99,3 +99,10 @@ def test_outputs_with_the_batch_on_their_second_axis_are_scored_sample_first():
     from onnx_dns.evaluate import measure
 
     assert measure(run, val, "classify", 4, axis=1).fidelity == 100
+    spec = LossSpec("classify", "y", 0.0, 1.0, 2.0, classes)
+    objective = Objective(val, val, spec, run, Targets(spec, run, (steps, classes), axis=1), 4, {})
+    assert measure_model(model, objective, 4, None).fidelity == 100  # the objective's axis reaches the pass
+    from onnx_dns.gate import evaluate_model
+
+    labels = x.argmax(axis=-1)  # the model's own top class at each step: 100% top-1 when read sample first
+    assert evaluate_model(model, {"x": x, "labels": labels}, batch_size=4, task="classify").metrics.top1 == 100

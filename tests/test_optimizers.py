@@ -145,8 +145,9 @@ def test_make_optimizer_needs_a_name():
         make_optimizer(None, {"w": np.zeros(2, dtype=np.float32)})
 
 
-@pytest.mark.parametrize("given,warned", [(None, True), ("adamw", False), ("sgd", False)])
-def test_a_learning_rate_given_for_the_label_free_default_warns(given, warned, caplog):
+@pytest.mark.parametrize("given,lr,warned", [(None, 0.01, True), (None, 1e-3, False), ("adamw", 0.01, False),
+                                              ("sgd", 0.01, False)])
+def test_a_large_learning_rate_given_for_the_label_free_default_warns(given, lr, warned, caplog):
     from engine_fixtures import blobs
     from engine_fixtures import mlp as classifier
 
@@ -155,5 +156,5 @@ def test_a_learning_rate_given_for_the_label_free_default_warns(given, warned, c
     x, _ = blobs(200, 6, 3, seed=1)
     options = {} if given is None else {"optimizer": given}
     with caplog.at_level("WARNING"):
-        onnx_dns.compress(classifier(6, 16, 3), {"x": x}, target=2, iterations=2, batch_size=32, lr=0.01, **options)
-    assert any("--lr 0.01 trains with AdamW" in r.getMessage() for r in caplog.records) == warned
+        onnx_dns.compress(classifier(6, 16, 3), {"x": x}, target=2, iterations=2, batch_size=32, lr=lr, **options)
+    assert any(f"--lr {lr:g} trains with AdamW" in r.getMessage() for r in caplog.records) == warned
