@@ -18,7 +18,7 @@ from onnx_dns.data import as_data, model_inputs
 from onnx_dns.errors import AccuracyBoundError, DataError
 from onnx_dns.evaluate import Metrics, measure, session_runner
 from onnx_dns.objective import choose_fidelity, guess_task
-from onnx_dns.targets import batch_axis
+from onnx_dns.targets import find_batch_axis
 from onnx_dns.losses import loss_output
 from onnx_dns.model_io import load_model
 from onnx_dns.report import ModelReport, inspect_model
@@ -61,7 +61,7 @@ def evaluate_model(model: str | onnx.ModelProto, data: Any, *, reference: str | 
         raise DataError(f"{data if isinstance(data, str) else 'the data'}: no labels; give --reference ORIGINAL "
                         "to score agreement with it instead")
     first = run(first_inputs)
-    axis = batch_axis(first, len(next(iter(first_inputs.values()))))  # then kept: a later batch may hold T samples
+    axis = find_batch_axis(run, first_inputs, first)  # then kept: a later batch may hold T samples
     sample = np.moveaxis(first, axis, 0)
     task = task or guess_task(model, output, first_labels, sample)
     fidelity = choose_fidelity(fidelity, model, output, task, first_labels, sample, first_inputs)

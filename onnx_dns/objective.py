@@ -29,8 +29,8 @@ from onnx_dns.options import DEFAULT_BATCH_SIZE, CompressOptions
 from onnx_dns.prepare import Prepared
 from onnx_dns.sequence_batch import samples_interact
 from onnx_dns.stream import BURN_IN_RUNS, state_pairs
-from onnx_dns.targets import (TEACHER, TEMPERATURES, LazyOutputs, Targets, batch_axis, caching, choose_temperature,
-                              stored_bytes, with_teacher)
+from onnx_dns.targets import (TEACHER, TEMPERATURES, LazyOutputs, Targets, caching, choose_temperature,
+                              find_batch_axis, stored_bytes, with_teacher)
 from onnx_dns.yolo_heads import detection_head, is_raw_yolox, is_yolo_head
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
     teacher = session_runner(prepared.model, logits_name(prepared.model, prepared.output))
     first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
     raw = teacher(first_inputs)
-    sequence = prepared.fixed_batch is None and samples_interact(teacher, first_inputs, raw)
+    axis = find_batch_axis(teacher, first_inputs, raw)
+    sequence = prepared.fixed_batch is None and samples_interact(teacher, first_inputs, raw, axis)
     pairs = state_pairs(prepared.model) if sequence else {}
     if sequence:
         log.warning("%s: a sample's output depends on the other samples of its batch (the batch axis is a "
@@ -81,7 +82,7 @@ def build_objective(prepared: Prepared, options: CompressOptions) -> Objective:
         train, val = split_data(options, prepared, windows=True, burn_in=BURN_IN_RUNS * batch_size if pairs else 0)
         first_inputs, first_labels = train.batch(0, batch_size, cfg.seed)
         raw = teacher(first_inputs)
-    axis = batch_axis(raw, len(next(iter(first_inputs.values()))))
+        axis = find_batch_axis(teacher, first_inputs, raw)
     sample = np.moveaxis(raw, axis, 0)
     task = options.task or guess_task(prepared.model, prepared.output, first_labels, sample)
     spec = loss_spec(task, prepared.output, first_labels, sample, options)

@@ -14,22 +14,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnx_dns.targets import batch_first
 
 TAIL = 2
 
 
 def samples_interact(teacher: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray],
-                     output: np.ndarray) -> bool:
+                     output: np.ndarray, axis: int = 0) -> bool:
     """Whether the last samples of this batch get other outputs alone than inside it (`output`, the teacher's
-    output on `inputs`, sample-first data); a batch of fewer than three samples cannot tell, nor a model that
-    does not run on two samples."""
+    output on `inputs`, sample-first data, with its batch on `axis`); a batch of fewer than three samples cannot
+    tell, nor a model that does not run on two samples."""
     n = len(next(iter(inputs.values())))
     if n <= TAIL:
         return False
-    inside = batch_first(output, n)[-TAIL:].astype(np.float64)
+    inside = np.moveaxis(output, axis, 0)[-TAIL:].astype(np.float64)
     try:
-        alone = batch_first(teacher({k: v[-TAIL:] for k, v in inputs.items()}), TAIL).astype(np.float64)
+        alone = np.moveaxis(teacher({k: v[-TAIL:] for k, v in inputs.items()}), axis, 0).astype(np.float64)
     except Exception:  # noqa: BLE001 - a model that runs only at its batch size is taken as it was before
         return False
     if alone.shape != inside.shape:

@@ -49,6 +49,22 @@ def batch_axis(output: np.ndarray, batch: int) -> int:
     return next((axis for axis, size in enumerate(output.shape) if size == batch), 0)
 
 
+def find_batch_axis(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray],
+                    output: np.ndarray) -> int:
+    """The axis of `output` (`run`'s output on `inputs`) that holds the batch: the one axis of the batch's size,
+    or, when several have it (a [T, B, C] output of a batch of T samples), the one that follows the batch when the
+    model runs on one sample fewer (the first of them when it cannot: a model exported with a fixed batch size)."""
+    n = len(next(iter(inputs.values())))
+    axes = [axis for axis, size in enumerate(output.shape) if size == n]
+    if len(axes) <= 1 or n < 2:
+        return axes[0] if axes else 0
+    try:
+        fewer = run({k: v[:n - 1] for k, v in inputs.items()})
+    except Exception:  # noqa: BLE001 - a model that runs only at its batch size keeps the first guess
+        return axes[0]
+    return next((axis for axis in axes if axis < fewer.ndim and fewer.shape[axis] == n - 1), axes[0])
+
+
 def batch_first(output: np.ndarray, batch: int) -> np.ndarray:
     """The output with its batch axis first."""
     axis = batch_axis(output, batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from graphs import init_arrays, mlp, set_initializer
 
 from onnx_dns.dataset import Dataset
@@ -106,3 +107,40 @@ def test_outputs_with_the_batch_on_their_second_axis_are_scored_sample_first():
 
     labels = x.argmax(axis=-1)  # the model's own top class at each step: 100% top-1 when read sample first
     assert evaluate_model(model, {"x": x, "labels": labels}, batch_size=4, task="classify").metrics.top1 == 100
+
+
+def _steps_first(steps: int, features: int = 4, classes: int = 5) -> onnx.ModelProto:
+    """x [N, T, F] -> MatMul W [F, C] -> Transpose -> y [T, N, C]: logits with the batch on their second axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(1).standard_normal((features, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Transpose", ["z"], ["y"], perm=[1, 0, 2])],
+        "tnc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, "N", classes])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("steps,batch", [(8, 8), (8, 5), (2, 6)])
+def test_the_batch_axis_is_found_when_another_axis_has_the_batch_size(steps, batch):
+    from onnx_dns.sequence_batch import samples_interact
+    from onnx_dns.targets import find_batch_axis
+
+    run = session_runner(_steps_first(steps), "y")
+    inputs = {"x": np.random.default_rng(0).standard_normal((batch, steps, 4)).astype(np.float32)}
+    output = run(inputs)
+    assert find_batch_axis(run, inputs, output) == 1
+    assert not samples_interact(run, inputs, output, 1)  # independent samples, even with two steps
+
+
+def test_a_model_with_as_many_steps_as_its_batch_compresses(tmp_path):
+    import onnx_dns
+
+    x = np.random.default_rng(0).standard_normal((64, 8, 4)).astype(np.float32)
+    result = onnx_dns.compress(_steps_first(8), {"x": x}, target=2, iterations=2, batch_size=8, lr=1e-3,
+                               max_accuracy_drop=None, task="classify")
+    assert result.accuracy_before.positions == 8 and result.accuracy_before.fidelity == 100
+    assert result.accuracy_after.samples == result.accuracy_before.samples == 6
