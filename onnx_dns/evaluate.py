@@ -24,7 +24,7 @@ from onnx_dns.fidelity import LABELS, REGIONS_HINT, DecisionOverlap, accumulator
 from onnx_dns.ort_training import runtime, session_options
 from onnx_dns.pass_progress import PassProgress
 from onnx_dns.stream import runner, start_pass
-from onnx_dns.targets import TEACHER, Targets, batch_first
+from onnx_dns.targets import TEACHER, Targets
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -205,26 +205,21 @@ def batches(data: Dataset | CallableData, batch_size: int, fixed_batch: int | No
 
 def measure(run: Run | None, data: Dataset | CallableData, task: str, batch_size: int, fixed_batch: int | None = None,
             reference: Run | None = None, progress: Callable[[dict], None] | None = None,
-            fidelity: str = "relative-error", axis: int | None = None) -> Metrics:
+            fidelity: str = "relative-error", axis: int = 0) -> Metrics:
     """Metrics of `run` over all of `data`, against labels, the stored original outputs, or `reference`;
     a regression output is also scored by `fidelity`. Runs that carry a stream's state start the pass afresh.
     With `run` None the stored original outputs are scored themselves: the original's metrics, with no pass.
-    `axis` is the outputs' batch axis (None: the first of the batch's size)."""
+    `axis` is the outputs' batch axis (`targets.find_batch_axis`)."""
     tally = Tally(task, fidelity)
     labelled = None
     start_pass(run)
     start_pass(reference)
-
-    def first(output: np.ndarray, feed: dict[str, np.ndarray], n: int) -> np.ndarray:
-        moved = batch_first(output, len(next(iter(feed.values())))) if axis is None else np.moveaxis(output, axis, 0)
-        return moved[:n]
-
     for feed, y, stored, n, scored in batches(data, batch_size, fixed_batch, progress):
         labelled = y is not None
-        out = stored if run is None else first(run(feed), feed, n)
+        out = stored if run is None else np.moveaxis(run(feed), axis, 0)[:n]
         ref = None
         if y is None:
-            ref = stored if stored is not None else first(reference(feed), feed, n)
+            ref = stored if stored is not None else np.moveaxis(reference(feed), axis, 0)[:n]
         if scored is not None:
             out, y, ref = (None if a is None else a[scored] for a in (out, y, ref))
         tally.add(out, y, ref)

@@ -5,28 +5,26 @@ The probe starts from the weights as pruned at the end of the surgery (each laye
 keep at its stop iteration), so the loss has something to recover. Cut all at once, a network can sit on a steep
 wall that training, which prunes gradually and recovers as it goes, never meets: Silero's VAD cut to 2x has a
 gradient norm of 37 there (training at a good rate sees at most 2), and one step of any rate from 3e-4 up
-throws it off the wall. STEPS steps at SETTLE (1e-5) first settle the cut (the norm falls to 7.4), and
-every rate is tried from that settled point. For each candidate rate, from 1 down to 1e-5 in steps of sqrt(10)
-(with AdamW, from 1e-2 down to 1e-6), it trains STEPS iterations from the same starting point (weights, masks
-and optimizer state restored before each), and a rate passes when the loss falls steadily: finite, never above RISE times its first value, and
-the mean of the last three below 0.98 times the mean of the first two. A run of one sequence is probed on one
-batch repeated, so its losses are comparable step to step and a rate is judged by the later half of its steps,
-once it has left the cut: even settled, the cut is steeper than anything training meets (on Silero's LSTM every
-rate from 1e-2 up throws the loss to 4-8 times its start on the first step; 1e-2 then ends 47 times below it,
-and trains to 95.5% of the decisions where the 1e-3 chosen for that spike keeps 70%). There a rate passes when
-every loss is finite and under SPIKE times the first, the later half never above the first, and the mean of the
-last three below 0.98 times the first; it diverges when the later half rises above RISE times the first.
-Each loss is read relative to the loss of its batch at the settled cut (measured once, at a rate of 0): batches
-whose losses differ tenfold, as a detector's with and without objects do, would otherwise make every rate look
-as if it diverged (on a YOLOv8n every rate did, and the fallback 3.3e-6 trained nothing).
-A rate whose losses all stay within UNMOVED (relative) of the losses at rate 0 ends the probe as flat: every
-smaller rate moves the weights less and would be flat too, and the choice is the same (magika-v3.3, whose
-distillation loss barely has a gradient, spent 88 steps of several seconds trying all eleven rates for it).
-The largest passing rate times SAFETY is chosen (if none falls, the largest whose loss stays flat; else the
-smallest candidate), among the rates below the smallest one whose loss rose or diverged. The gradient norm is
-then bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot throw the weights
-away. Everything the probe changed is restored before training starts.
-"""
+throws it off the wall. STEPS steps at SETTLE (1e-5) first settle the cut (the norm falls to 7.4), and every rate is
+tried from that settled point. For each candidate rate, from 1 down to 1e-5 in steps of sqrt(10) (with AdamW, from
+1e-2 down to 1e-6), it trains STEPS iterations from the same starting point (weights, masks and optimizer state
+restored before each), and a rate passes when the loss falls steadily: finite, never above RISE times its first
+value, and the mean of the last three below 0.98 times the mean of the first two. A run of one sequence is probed on
+one batch repeated, so its losses are comparable step to step and a rate is judged by the later half of its steps,
+once it has left the cut: even settled, the cut is steeper than anything training meets (on Silero's LSTM every rate
+from 1e-2 up throws the loss to 4-8 times its start on the first step; 1e-2 then ends 47 times below it, and trains
+to 95.5% of the decisions where the 1e-3 chosen for that spike keeps 70%). There a rate passes when every loss is
+finite and under SPIKE times the first, the later half never above the first, and the mean of the last three below
+0.98 times the first; it diverges when the later half rises above RISE times the first. Each loss is read relative
+to the loss of its batch at the settled cut (measured once, at a rate of 0): batches whose losses differ tenfold, as
+a detector's with and without objects do, would otherwise make every rate look as if it diverged (on a YOLOv8n every
+rate did, and the fallback 3.3e-6 trained nothing). A rate whose losses all stay within UNMOVED (relative) of the
+losses at rate 0 ends the probe as flat: every smaller rate moves the weights less and would be flat too, and the
+choice is the same (magika-v3.3, whose distillation loss barely has a gradient, spent 88 steps of several seconds
+trying all eleven rates for it). The largest passing rate times SAFETY is chosen (if none falls, the largest whose
+loss stays flat; else the smallest candidate), among the rates below the smallest one whose loss rose or diverged.
+The gradient norm is then bounded at CLIP times the median norm seen at the chosen rate, so one bad batch cannot
+throw the weights away. Everything the probe changed is restored before training starts."""
 
 from __future__ import annotations
 

@@ -44,11 +44,6 @@ def choose_temperature(logits: np.ndarray, candidates: tuple[float, ...] = TEMPE
     return next((t for t in candidates if softmax(rows, t).max(axis=-1).mean() >= TOP_SHARE), candidates[-1])
 
 
-def batch_axis(output: np.ndarray, batch: int) -> int:
-    """The axis of a model output that holds the batch: the first of size `batch` (0 when none is)."""
-    return next((axis for axis, size in enumerate(output.shape) if size == batch), 0)
-
-
 def find_batch_axis(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray],
                     output: np.ndarray) -> int:
     """The axis of `output` (`run`'s output on `inputs`) that holds the batch: the one axis of the batch's size,
@@ -63,12 +58,6 @@ def find_batch_axis(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: 
     except Exception:  # noqa: BLE001 - a model that runs only at its batch size keeps the first guess
         return axes[0]
     return next((axis for axis in axes if axis < fewer.ndim and fewer.shape[axis] == n - 1), axes[0])
-
-
-def batch_first(output: np.ndarray, batch: int) -> np.ndarray:
-    """The output with its batch axis first."""
-    axis = batch_axis(output, batch)
-    return output if axis == 0 else np.moveaxis(output, axis, 0)
 
 
 class Targets:
